@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs what the real-sshd test lab (tests/integration/lab.rs) needs:
+# OpenSSH server + client and git. Idempotent; quiet when nothing is missing.
+# Never starts the system sshd service: the lab runs its own sshd processes.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO=sudo
+else
+    SUDO=
+fi
+
+apt_updated=0
+# Runs a command with its output captured; shows the output only on failure.
+quiet() {
+    local log
+    log=$(mktemp)
+    if ! "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "install-test-deps: failed: $*" >&2
+        exit 1
+    fi
+    rm -f "$log"
+}
+apt_install() {
+    # $@: Debian package names
+    if [ "$apt_updated" -eq 0 ]; then
+        quiet $SUDO apt-get update
+        apt_updated=1
+    fi
+    quiet $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+        --no-install-recommends "$@"
+    echo "install-test-deps: installed $*"
+}
+
+need_ssh=0
+[ -x /usr/sbin/sshd ] || need_ssh=1
+command -v ssh >/dev/null 2>&1 || need_ssh=1
+command -v ssh-keygen >/dev/null 2>&1 || need_ssh=1
+
+if [ "$need_ssh" -eq 1 ]; then
+    # Keep the package's maintainer scripts from starting the sshd service:
+    # invoke-rc.d consults /usr/sbin/policy-rc.d, and exit code 101 means
+    # "action forbidden". Only install our policy file if none exists, and
+    # always remove it again afterwards.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod 755 "$policy"
+        own_policy=1
+    fi
+    cleanup_policy() {
+        if [ "$own_policy" -eq 1 ]; then
+            $SUDO rm -f "$policy"
+        fi
+    }
+    trap cleanup_policy EXIT
+    apt_install openssh-server openssh-client
+    cleanup_policy
+    own_policy=0
+    trap - EXIT
+fi
+
+if ! command -v git >/dev/null 2>&1; then
+    apt_install git
+fi
+
+# sshd refuses to start without its privilege-separation directory; /run is
+# a tmpfs on most systems, so create it every time (the lab does it as well).
+$SUDO mkdir -p /run/sshd
+$SUDO chmod 755 /run/sshd

@@ -1,0 +1,87 @@
+//! Command-line interface: the clap types and the help text an operator reads.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// convoy deploys web applications to fleets of servers over SSH, declaratively.
+///
+/// Desired state lives in YAML manifests (Site, ServerGroup, Release). convoy observes the
+/// release live on each host and converges: builds everywhere in parallel, switches only when
+/// every required host built, stage by stage, with health checks and rollback.
+#[derive(Debug, Parser)]
+#[command(name = "convoy", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Manifest directory (searched recursively for *.yaml/*.yml) or a single manifest file.
+    #[arg(short = 'f', long = "manifests", global = true, default_value = "manifests", env = "CONVOY_MANIFESTS")]
+    pub manifests: PathBuf,
+
+    /// Where convoy keeps status, history and its lock.
+    #[arg(long, global = true, default_value = ".convoy-state", env = "CONVOY_STATE_DIR")]
+    pub state_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the manifests and report every problem with file:line:column; touches no host.
+    ///
+    /// Exit 0 when valid (with a one-line summary), 2 when invalid.
+    Validate,
+
+    /// Print the CustomResourceDefinitions of every kind (apiextensions.k8s.io/v1).
+    Crds {
+        /// Write one file per kind into this directory instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+
+    /// Converge every site to its desired release.
+    ///
+    /// With --once: one pass, then exit 0 (converged), 3 (degraded: optional hosts
+    /// unreachable), 1 (failed or blocked) or 2 (invalid manifests). Without --once: run as a
+    /// controller that watches the manifest directory.
+    Reconcile {
+        /// Converge once and exit, for cron or CI.
+        #[arg(long)]
+        once: bool,
+        /// Only this site.
+        #[arg(long, value_name = "NAME")]
+        site: Option<String>,
+        /// Bound for the whole run, e.g. 15m.
+        #[arg(long, value_name = "DURATION", default_value = "15m")]
+        timeout: String,
+        /// Global cap on hosts worked on at once, across all sites.
+        #[arg(long, value_name = "N", default_value_t = 32)]
+        max_parallel: usize,
+    },
+
+    /// Observe the hosts and print what a reconcile pass would do; changes nothing.
+    Plan {
+        /// Only this site.
+        #[arg(long, value_name = "NAME")]
+        site: Option<String>,
+    },
+
+    /// Show each site's phase and the release live on each host.
+    Status {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+
+    /// Show the deployment history of a site: who did what, where and when.
+    History {
+        /// The site.
+        site: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}

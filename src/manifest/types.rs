@@ -1,0 +1,444 @@
+//! The manifest DTOs exactly as operators write them (`convoy.dev/v1alpha1`).
+//! Unknown fields are rejected here, at the edge; cross-object rules live in `validate`.
+//! Doc comments become the CRD field descriptions, so they speak to the operator.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::Duration;
+use super::located::{Located, Pos};
+
+pub const API_GROUP: &str = "convoy.dev";
+pub const API_VERSION: &str = "convoy.dev/v1alpha1";
+
+/// The kinds convoy understands, in the order they are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Site,
+    ServerGroup,
+    Release,
+    Notification,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Site, Kind::ServerGroup, Kind::Release, Kind::Notification];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Site => "Site",
+            Kind::ServerGroup => "ServerGroup",
+            Kind::Release => "Release",
+            Kind::Notification => "Notification",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// The lowercase plural used in CRD names (`sites.convoy.dev`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Site => "sites",
+            Kind::ServerGroup => "servergroups",
+            Kind::Release => "releases",
+            Kind::Notification => "notifications",
+        }
+    }
+}
+
+/// Every manifest: `apiVersion`, `kind`, `metadata`, `spec`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Object<S> {
+    pub api_version: Located<String>,
+    pub kind: Located<String>,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+}
+
+/// Name and labels of a manifest object.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectMeta {
+    /// Lowercase DNS-1123 label (a Release name may also contain dots).
+    pub name: Located<String>,
+    /// Free-form labels; values must be valid Kubernetes label values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, Located<String>>,
+}
+
+// ---------------------------------------------------------------- ServerGroup
+
+/// A set of hosts and how to reach them.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerGroupSpec {
+    /// SSH defaults for every host of the group.
+    #[serde(default)]
+    pub ssh: SshSettings,
+    /// At most this many hosts of this group are worked on at once (default: no group limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_parallel: Option<Located<u32>>,
+    /// The hosts of the group.
+    #[schemars(length(min = 1))]
+    pub hosts: Located<Vec<HostSpec>>,
+}
+
+/// How convoy treats an SSH host key it has not seen before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyChecking {
+    /// Only keys already in known_hosts are accepted (the default).
+    #[default]
+    Strict,
+    /// Unknown hosts are trusted on first use and recorded; a CHANGED key is still refused.
+    AcceptNew,
+}
+
+/// SSH settings shared by the hosts of a group.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SshSettings {
+    /// Remote user (default: the ssh client's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Located<String>>,
+    /// SSH port (default 22).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<Located<u16>>,
+    /// Private key to authenticate with; `~/` is the controller user's home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_file: Option<Located<String>>,
+    /// An ssh_config file to honour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<Located<String>>,
+    /// How long to wait for a connection (default 10s; whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Located<Duration>>,
+    /// `strict` (default): only known_hosts keys; `accept-new`: trust unknown hosts on first use.
+    #[serde(default)]
+    pub host_key_checking: HostKeyChecking,
+}
+
+/// One server.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostSpec {
+    /// Unique across the whole fleet; the `host` label in metrics.
+    pub name: Located<String>,
+    /// SSH destination (hostname or IP), or `local` for this machine without SSH.
+    pub address: Located<String>,
+    /// Per-host override of `ssh.port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<Located<u16>>,
+    /// Per-host override of `ssh.user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Located<String>>,
+    /// Per-host override of `ssh.identityFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_file: Option<Located<String>>,
+    /// Only for `address: local`: a directory prefixed to every path on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Located<String>>,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, Located<String>>,
+}
+
+// ---------------------------------------------------------------- Release
+
+/// One version of one site's code.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReleaseSpec {
+    /// The Site this release belongs to.
+    pub site: Located<String>,
+    /// What the fetch step checks out: a commit, tag or branch (a branch is resolved once).
+    pub revision: Located<String>,
+}
+
+// ---------------------------------------------------------------- Site
+
+/// What runs where, and how a release goes live.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SiteSpec {
+    /// The Release to run. GitOps: change this line to deploy or roll back.
+    pub release: Located<String>,
+    /// Absolute path on every host: releases/<id>/, current -> releases/<id>, shared/.
+    pub path: Located<String>,
+    /// Switched in this order; a stage goes live only after the one before it.
+    #[schemars(length(min = 1))]
+    pub stages: Located<Vec<Stage>>,
+    /// How a release's files arrive in releases/<id>.
+    pub fetch: Located<Fetch>,
+    /// Run in releases/<id> on every host; any failure = build failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub build: Vec<Located<String>>,
+    /// Paths kept in <path>/shared/ and symlinked into every release (`dir/` = a directory).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<Located<String>>,
+    /// Exported to build, once, activate and health commands.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, Located<String>>,
+    /// Run on each host after activate; failure = rollback of what switched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Pace and failure policy of a rollout.
+    #[serde(default)]
+    pub rollout: Rollout,
+    /// Complete releases kept per host (minimum 2); never removes current, previous or desired.
+    #[serde(default = "defaults::keep_releases")]
+    #[schemars(range(min = 2))]
+    pub keep_releases: Located<u32>,
+    /// true: observe and report, change nothing.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Other Sites that must be Converged before this one switches (not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<Located<Vec<String>>>,
+}
+
+/// One stage of a site: a ServerGroup that goes live together.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Stage {
+    /// Unique within the site.
+    pub name: Located<String>,
+    /// The ServerGroup whose hosts form this stage.
+    pub group: Located<String>,
+    /// Unreachable hosts here do not block the rollout; they catch up when back.
+    #[serde(default)]
+    pub optional: bool,
+    /// Once per release, on one host of this stage, after all builds and before any switch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub once: Vec<Located<String>>,
+    /// Run on each host right after its switch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub activate: Vec<Located<String>>,
+}
+
+/// Exactly one of `git` or `archive`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fetch {
+    /// Check the release's revision out of a git repository (mirrored on each host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitFetch>,
+    /// Upload an archive from the controller; `{release}` is replaced by the release id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveFetch>,
+}
+
+/// A git repository every host can clone.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GitFetch {
+    /// Clone URL, e.g. `git@github.com:org/app.git` or `https://…`.
+    pub repository: Located<String>,
+}
+
+/// An archive on the controller, uploaded to every host.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArchiveFetch {
+    /// A .tar.gz (e.g. `./dist/{release}.tar.gz`) or a directory on the controller, relative to
+    /// convoy's working directory; a directory is packed by convoy.
+    pub path: Located<String>,
+}
+
+/// A health check run on each host after activation.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Health {
+    /// Shell command; exit 0 = healthy.
+    pub command: Located<String>,
+    /// Per attempt (default 10s).
+    #[serde(default = "defaults::health_timeout")]
+    pub timeout: Duration,
+    /// Further attempts after the first failure (`3` = up to 4 runs; default 0).
+    #[serde(default)]
+    pub retries: u32,
+    /// Wait between attempts (default 2s).
+    #[serde(default = "defaults::health_interval")]
+    pub interval: Duration,
+}
+
+/// Pace and failure policy of a rollout.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rollout {
+    /// Site-wide cap on hosts worked on at once (default 10).
+    #[serde(default = "defaults::max_parallel")]
+    #[schemars(range(min = 1))]
+    pub max_parallel: Located<u32>,
+    /// Switch this many hosts of a stage at a time; 0 = the whole stage at once.
+    #[serde(default)]
+    pub batch: u32,
+    /// Wait between batches (default 0s).
+    #[serde(default)]
+    pub pause: Duration,
+    /// Failed attempts of one release after which it is held Failed (default 3, minimum 1).
+    #[serde(default = "defaults::failure_retries")]
+    #[schemars(range(min = 1))]
+    pub failure_retries: Located<u32>,
+    /// Failures tolerated in an optional stage, a count or `N%` (not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed: Option<Located<IntOrPercent>>,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            max_parallel: defaults::max_parallel(),
+            batch: 0,
+            pause: Duration::default(),
+            failure_retries: defaults::failure_retries(),
+            max_failed: None,
+        }
+    }
+}
+
+/// A count (`2`) or a percentage of a stage's hosts (`"5%"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntOrPercent {
+    Count(u32),
+    Percent(u32),
+}
+
+impl<'de> Deserialize<'de> for IntOrPercent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = IntOrPercent;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a count like `2` or a percentage like `\"5%\"`")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<IntOrPercent, E> {
+                u32::try_from(v)
+                    .map(IntOrPercent::Count)
+                    .map_err(|_| E::custom("count too large"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<IntOrPercent, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("expected a count of 0 or more, got {v}")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IntOrPercent, E> {
+                v.strip_suffix('%')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .filter(|n| *n <= 100)
+                    .map(IntOrPercent::Percent)
+                    .ok_or_else(|| E::custom(format!("expected a percentage from `0%` to `100%`, got `{v}`")))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl Serialize for IntOrPercent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            IntOrPercent::Count(n) => serializer.serialize_u32(*n),
+            IntOrPercent::Percent(n) => serializer.collect_str(&format_args!("{n}%")),
+        }
+    }
+}
+
+impl JsonSchema for IntOrPercent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IntOrPercent".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "x-kubernetes-int-or-string": true,
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": "^[0-9]+%$"}
+            ]
+        })
+    }
+}
+
+// ---------------------------------------------------------------- Notification
+
+/// Who hears about what (not supported yet: manifests using it are refused).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotificationSpec {
+    /// Sites to report on (default: every site).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<String>,
+    /// Which phase changes to send.
+    pub events: Vec<NotificationEvent>,
+    /// Where to send them.
+    pub webhook: Webhook,
+}
+
+/// Events a notification can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum NotificationEvent {
+    Failed,
+    Blocked,
+    Degraded,
+    RolledBack,
+    Converged,
+}
+
+/// An HTTP receiver.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Webhook {
+    /// `slack` (incoming-webhook JSON) or `json` (convoy's event object).
+    pub format: WebhookFormat,
+    /// Where the URL comes from; never the URL itself.
+    pub url_from: UrlFrom,
+}
+
+/// Payload format of a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    Slack,
+    Json,
+}
+
+/// A secret's source: an environment variable or a file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlFrom {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn keep_releases() -> Located<u32> {
+        Located::new(5, Pos::default())
+    }
+    pub fn max_parallel() -> Located<u32> {
+        Located::new(10, Pos::default())
+    }
+    pub fn failure_retries() -> Located<u32> {
+        Located::new(3, Pos::default())
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(2)
+    }
+}
+
+/// Default SSH port and connect timeout, applied where a manifest says nothing.
+pub const DEFAULT_SSH_PORT: u16 = 22;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

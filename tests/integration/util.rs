@@ -1,0 +1,31 @@
+//! Running the real `convoy` binary from tests.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `convoy ARGS` from the repository root, so relative paths in messages are stable.
+pub fn convoy(args: &[&str]) -> Output {
+    convoy_in(repo_root(), args)
+}
+
+pub fn convoy_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CONVOY_MANIFESTS")
+        .env_remove("CONVOY_STATE_DIR")
+        .output()
+        .expect("failed to run the convoy binary")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

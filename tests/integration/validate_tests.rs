@@ -1,0 +1,165 @@
+//! `convoy validate`: valid manifests pass with a summary; every invalid fixture fails with
+//! its exact, located message (golden files in `snapshots/`); garbage never panics.
+
+use std::fs;
+
+use convoy::manifest::load::{Loaded, parse_file_into};
+use proptest::prelude::*;
+
+use crate::util::{convoy, convoy_in, repo_root, stderr, stdout};
+
+#[test]
+fn bundled_manifests_are_valid() {
+    let out = convoy(&["validate", "-f", "manifests"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "12 sites, 4 server groups, 12 releases, 16 hosts: valid\n");
+}
+
+#[test]
+fn every_example_validates_on_its_own() {
+    for example in ["manifests/examples/wordpress-fleet", "manifests/examples/php-behind-lb"] {
+        let out = convoy(&["validate", "-f", example]);
+        assert_eq!(out.status.code(), Some(0), "{example}: {}", stderr(&out));
+    }
+    let out = convoy(&["validate", "-f", "manifests/examples/wordpress-fleet"]);
+    assert_eq!(stdout(&out), "10 sites, 1 server group, 10 releases, 10 hosts: valid\n");
+}
+
+#[test]
+fn yaml_edge_cases_are_valid() {
+    let out = convoy(&["validate", "-f", "tests/fixtures/valid"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "1 site, 1 server group, 1 release, 2 hosts: valid\n");
+}
+
+#[test]
+fn each_invalid_fixture_fails_with_its_exact_message() {
+    let dir = repo_root().join("tests/fixtures/invalid");
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 30, "fixtures missing: {names:?}");
+    for name in names {
+        let path = format!("tests/fixtures/invalid/{name}");
+        let out = convoy(&["validate", "-f", &path]);
+        assert_eq!(out.status.code(), Some(2), "{path} should be invalid");
+        assert_eq!(stdout(&out), "", "{path}: nothing on stdout when invalid");
+        let case = name.trim_end_matches(".yaml");
+        insta::with_settings!({snapshot_path => "snapshots/invalid", prepend_module_to_snapshot => false, omit_expression => true}, {
+            insta::assert_snapshot!(case, stderr(&out));
+        });
+    }
+}
+
+#[test]
+fn empty_directory_and_missing_directory_get_clear_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("empty")).unwrap();
+    let out = convoy_in(tmp.path(), &["validate", "-f", "empty"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "empty: no manifests found (looked for *.yaml and *.yml files, recursively)\n1 error: manifests are invalid; nothing was changed on any host\n"
+    );
+    let out = convoy_in(tmp.path(), &["validate", "-f", "missing"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).starts_with("missing: failed to read manifests: No such file or directory"));
+}
+
+#[test]
+fn documents_in_any_order_across_files_and_folders() {
+    // The Site comes before its Release and group, in a deeper folder: order must not matter.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fs::read_to_string(repo_root().join("manifests/jobs-manager.yaml")).unwrap();
+    let mut docs: Vec<&str> = src.split("\n---\n").collect();
+    docs.reverse();
+    fs::create_dir_all(tmp.path().join("a/b")).unwrap();
+    fs::write(tmp.path().join("a/b/0-site-first.yml"), docs.join("\n---\n")).unwrap();
+    fs::copy(repo_root().join("manifests/releases.yaml"), tmp.path().join("z.yaml")).unwrap();
+    fs::write(tmp.path().join("notes.txt"), "not a manifest").unwrap();
+    fs::create_dir(tmp.path().join(".git")).unwrap();
+    fs::write(tmp.path().join(".git/ignored.yaml"), "garbage: [").unwrap();
+    let out = convoy_in(tmp.path(), &["validate", "-f", "."]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "1 site, 2 server groups, 1 release, 3 hosts: valid\n");
+}
+
+#[test]
+fn errors_across_files_are_all_reported_sorted_by_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (file, text) in [
+        ("b.yaml", "apiVersion: convoy.dev/v1alpha1\nkind: Release\nmetadata: {name: r1}\nspec: {site: nope, revision: v1}\n"),
+        ("a.yaml", "apiVersion: convoy.dev/v1alpha1\nkind: Release\nmetadata: {name: r2}\nspec: {site: gone, revision: v1}\n"),
+    ] {
+        fs::write(tmp.path().join(file), text).unwrap();
+    }
+    let out = convoy_in(tmp.path(), &["validate", "-f", "."]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "./a.yaml:4:14: Release/r2: spec.site: Site `gone` is not defined\n\
+         ./b.yaml:4:14: Release/r1: spec.site: Site `nope` is not defined\n\
+         2 errors: manifests are invalid; nothing was changed on any host\n"
+    );
+}
+
+/// Every prefix of every valid manifest, and byte-level damage, yields errors or success,
+/// never a panic, and every error names the file.
+#[test]
+fn truncated_and_garbled_yaml_never_panics() {
+    let mut sources = vec![];
+    for path in ["manifests/jobs-manager.yaml", "tests/fixtures/valid/edge-cases.yaml", "manifests/examples/php-behind-lb/shop.yaml"] {
+        sources.push(fs::read(repo_root().join(path)).unwrap());
+    }
+    let mut errors = 0;
+    for src in &sources {
+        for cut in 0..src.len() {
+            let mut loaded = Loaded::default();
+            parse_file_into("cut.yaml", &src[..cut], &mut loaded);
+            errors += loaded.diagnostics.len();
+            assert!(loaded.diagnostics.iter().all(|d| d.file == "cut.yaml"));
+        }
+        // Flip bytes to characters that matter to YAML.
+        for (i, garbage) in [b'{', b'[', b':', b'"', b'\t', b'&', b'*', b'!', b'|', 0xff].iter().cycle().take(400).enumerate() {
+            let mut damaged = src.clone();
+            let at = (i * 7919) % damaged.len();
+            damaged[at] = *garbage;
+            let mut loaded = Loaded::default();
+            parse_file_into("damaged.yaml", &damaged, &mut loaded);
+            errors += loaded.diagnostics.len();
+        }
+    }
+    assert!(errors > 1000, "damage should produce errors, got {errors}");
+}
+
+#[test]
+fn alias_bombs_are_refused_not_expanded() {
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..20 {
+        let p = i - 1;
+        text.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+    }
+    let mut loaded = Loaded::default();
+    parse_file_into("bomb.yaml", text.as_bytes(), &mut loaded);
+    assert_eq!(loaded.diagnostics.len(), 1, "{:?}", loaded.diagnostics);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut loaded = Loaded::default();
+        parse_file_into("random.yaml", &bytes, &mut loaded);
+        prop_assert!(loaded.objects.len() + loaded.diagnostics.len() > 0);
+    }
+
+    #[test]
+    fn random_yaml_like_text_never_panics(text in "[a-zA-Z:\\-\\[\\]{}&*!|>'\" \n#,.%@`0-9]{0,300}") {
+        let mut loaded = Loaded::default();
+        parse_file_into("random.yaml", text.as_bytes(), &mut loaded);
+        prop_assert!(loaded.objects.len() + loaded.diagnostics.len() > 0);
+    }
+}
