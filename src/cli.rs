@@ -10,14 +10,30 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// release live on each host and converges: builds everywhere in parallel, switches only when
 /// every required host built, stage by stage, with health checks and rollback.
 #[derive(Debug, Parser)]
-#[command(name = "convoy", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "convoy",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Manifest directory (searched recursively for *.yaml/*.yml) or a single manifest file.
-    #[arg(short = 'f', long = "manifests", global = true, default_value = "manifests", env = "CONVOY_MANIFESTS")]
+    #[arg(
+        short = 'f',
+        long = "manifests",
+        global = true,
+        default_value = "manifests",
+        env = "CONVOY_MANIFESTS"
+    )]
     pub manifests: PathBuf,
 
     /// Where convoy keeps status, history and its lock.
-    #[arg(long, global = true, default_value = ".convoy-state", env = "CONVOY_STATE_DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = ".convoy-state",
+        env = "CONVOY_STATE_DIR"
+    )]
     pub state_dir: PathBuf,
 
     #[command(subcommand)]

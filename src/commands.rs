@@ -47,7 +47,8 @@ fn crds(out_dir: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<u8> {
     match out_dir {
         None => out.write_all(crd::all_yaml().as_bytes())?,
         Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("failed to create `{}`", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create `{}`", dir.display()))?;
             for kind in Kind::ALL {
                 let path = dir.join(crd::file_name(kind));
                 std::fs::write(&path, crd::to_yaml(kind))

@@ -47,9 +47,18 @@ fn drop_closed_objects(value: &mut Value) {
 /// The `openAPIV3Schema` of one kind: the Kubernetes envelope around its spec (and status).
 pub fn open_api_schema(kind: Kind) -> Value {
     let (spec, description) = match kind {
-        Kind::Site => (schema_for::<SiteSpec>(), "What runs where, and how a release goes live."),
-        Kind::ServerGroup => (schema_for::<ServerGroupSpec>(), "A set of hosts and how to reach them."),
-        Kind::Release => (schema_for::<ReleaseSpec>(), "One version of one site's code."),
+        Kind::Site => (
+            schema_for::<SiteSpec>(),
+            "What runs where, and how a release goes live.",
+        ),
+        Kind::ServerGroup => (
+            schema_for::<ServerGroupSpec>(),
+            "A set of hosts and how to reach them.",
+        ),
+        Kind::Release => (
+            schema_for::<ReleaseSpec>(),
+            "One version of one site's code.",
+        ),
         Kind::Notification => (schema_for::<NotificationSpec>(), "Who hears about what."),
     };
     let mut properties = json!({

@@ -56,7 +56,11 @@ impl fmt::Display for Diagnostics {
             writeln!(f, "{d}")?;
         }
         let n = self.0.len();
-        write!(f, "{n} error{}: manifests are invalid; nothing was changed on any host", if n == 1 { "" } else { "s" })
+        write!(
+            f,
+            "{n} error{}: manifests are invalid; nothing was changed on any host",
+            if n == 1 { "" } else { "s" }
+        )
     }
 }
 

@@ -51,7 +51,9 @@ impl Duration {
                 "d" => 86_400_000,
                 "" if !rest.is_empty() => {
                     let bad = rest.chars().next().unwrap_or(' ');
-                    return Err(format!("invalid duration `{text}`: unexpected {bad:?} (write e.g. `1h30m`, no spaces)"));
+                    return Err(format!(
+                        "invalid duration `{text}`: unexpected {bad:?} (write e.g. `1h30m`, no spaces)"
+                    ));
                 }
                 "" => {
                     return Err(format!(
@@ -82,7 +84,12 @@ impl fmt::Display for Duration {
         if ms == 0 {
             return f.write_str("0s");
         }
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
             if ms >= size {
                 write!(f, "{}{unit}", ms / size)?;
                 ms %= size;
@@ -145,7 +152,18 @@ mod tests {
 
     #[test]
     fn rejects_what_the_pattern_rejects() {
-        for bad in ["", "5", "5 m", "m", "1.5s", "-1s", "5min", "10sec", "1h 30m", "99999999999999999999999d"] {
+        for bad in [
+            "",
+            "5",
+            "5 m",
+            "m",
+            "1.5s",
+            "-1s",
+            "5min",
+            "10sec",
+            "1h 30m",
+            "99999999999999999999999d",
+        ] {
             assert!(Duration::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         assert_eq!(

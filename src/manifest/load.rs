@@ -18,7 +18,7 @@ use super::types::*;
 /// One parsed manifest object of any kind.
 #[derive(Debug, Clone)]
 pub enum AnyObject {
-    Site(Object<SiteSpec>),
+    Site(Box<Object<SiteSpec>>),
     ServerGroup(Object<ServerGroupSpec>),
     Release(Object<ReleaseSpec>),
     Notification(Object<NotificationSpec>),
@@ -70,9 +70,10 @@ pub fn load_path(root: &Path) -> Loaded {
     let meta = match fs::metadata(root) {
         Ok(meta) => meta,
         Err(e) => {
-            loaded
-                .diagnostics
-                .push(Diagnostic::file_level(&shown, format!("failed to read manifests: {e}")));
+            loaded.diagnostics.push(Diagnostic::file_level(
+                &shown,
+                format!("failed to read manifests: {e}"),
+            ));
             return loaded;
         }
     };
@@ -97,9 +98,10 @@ pub fn load_path(root: &Path) -> Loaded {
         loaded.files += 1;
         match fs::read(&file) {
             Ok(bytes) => parse_file_into(&shown, &bytes, &mut loaded),
-            Err(e) => loaded
-                .diagnostics
-                .push(Diagnostic::file_level(&shown, format!("failed to read manifest: {e}"))),
+            Err(e) => loaded.diagnostics.push(Diagnostic::file_level(
+                &shown,
+                format!("failed to read manifest: {e}"),
+            )),
         }
     }
     loaded
@@ -117,7 +119,10 @@ fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), (PathBuf
         let file_type = entry.file_type().map_err(|e| (path.clone(), e))?;
         if file_type.is_dir() {
             collect_yaml_files(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             out.push(path);
         }
     }
@@ -195,10 +200,16 @@ fn is_marker(line: &str, marker: &str) -> bool {
 /// Splits a YAML stream at `---` lines. A `---` in column 0 always starts a new document in
 /// YAML (even inside a block scalar), so this split agrees with the parser's.
 fn split_documents(text: &str) -> Vec<Chunk> {
-    let mut chunks = vec![Chunk { first_line: 1, text: String::new() }];
+    let mut chunks = vec![Chunk {
+        first_line: 1,
+        text: String::new(),
+    }];
     for (index, line) in text.lines().enumerate() {
         if is_marker(line, "---") && index > 0 {
-            chunks.push(Chunk { first_line: index as u32 + 1, text: String::new() });
+            chunks.push(Chunk {
+                first_line: index as u32 + 1,
+                text: String::new(),
+            });
         }
         let chunk = chunks.last_mut().expect("never empty");
         chunk.text.push_str(line);
@@ -248,19 +259,24 @@ struct HeaderMeta {
 }
 
 fn parse_document(file: &Arc<str>, chunk: &Chunk, loaded: &mut Loaded) {
-    let diag = |pos: Pos, object: Option<String>, field: Option<String>, message: String| Diagnostic {
-        file: file.to_string(),
-        pos,
-        object,
-        field,
-        message,
-    };
+    let diag =
+        |pos: Pos, object: Option<String>, field: Option<String>, message: String| Diagnostic {
+            file: file.to_string(),
+            pos,
+            object,
+            field,
+            message,
+        };
     let header: Header = match parse_tracked(chunk) {
         Ok(header) => header,
         Err(e) => {
             // Only the envelope fields are meaningful paths here; anything else was a syntax
             // error that happened to occur under some key.
-            let field = e.field.filter(|f| ["apiVersion", "kind", "metadata"].iter().any(|k| f.starts_with(k)));
+            let field = e.field.filter(|f| {
+                ["apiVersion", "kind", "metadata"]
+                    .iter()
+                    .any(|k| f.starts_with(k))
+            });
             loaded.diagnostics.push(diag(e.pos, None, field, e.message));
             if let Some(identity) = guess_identity(&chunk.text) {
                 loaded.broken.insert(identity);
@@ -271,23 +287,34 @@ fn parse_document(file: &Arc<str>, chunk: &Chunk, loaded: &mut Loaded) {
     let name = header.metadata.and_then(|m| m.name);
     let Some(api_version) = header.api_version else {
         let message = "missing field `apiVersion` (expected `convoy.dev/v1alpha1`)".into();
-        loaded.diagnostics.push(diag(chunk.start(), None, None, message));
+        loaded
+            .diagnostics
+            .push(diag(chunk.start(), None, None, message));
         return;
     };
     if api_version.value != API_VERSION {
-        if let (Some(kind), Some(name)) = (header.kind.as_ref().and_then(|k| Kind::parse(k)), &name) {
+        if let (Some(kind), Some(name)) = (header.kind.as_ref().and_then(|k| Kind::parse(k)), &name)
+        {
             loaded.broken.insert((kind, name.clone()));
         }
         let message = format!(
             "unsupported apiVersion `{}`: this convoy understands `{API_VERSION}`",
             api_version.value
         );
-        loaded.diagnostics.push(diag(api_version.pos, None, Some("apiVersion".into()), message));
+        loaded.diagnostics.push(diag(
+            api_version.pos,
+            None,
+            Some("apiVersion".into()),
+            message,
+        ));
         return;
     }
     let Some(kind_text) = header.kind else {
-        let message = "missing field `kind` (one of Site, ServerGroup, Release, Notification)".into();
-        loaded.diagnostics.push(diag(chunk.start(), None, None, message));
+        let message =
+            "missing field `kind` (one of Site, ServerGroup, Release, Notification)".into();
+        loaded
+            .diagnostics
+            .push(diag(chunk.start(), None, None, message));
         return;
     };
     let Some(kind) = Kind::parse(&kind_text) else {
@@ -295,20 +322,27 @@ fn parse_document(file: &Arc<str>, chunk: &Chunk, loaded: &mut Loaded) {
             "unknown kind `{}`: expected one of Site, ServerGroup, Release, Notification",
             kind_text.value
         );
-        loaded.diagnostics.push(diag(kind_text.pos, None, Some("kind".into()), message));
+        loaded
+            .diagnostics
+            .push(diag(kind_text.pos, None, Some("kind".into()), message));
         return;
     };
     let object = match kind {
-        Kind::Site => parse_tracked(chunk).map(AnyObject::Site),
+        Kind::Site => parse_tracked(chunk).map(|o| AnyObject::Site(Box::new(o))),
         Kind::ServerGroup => parse_tracked(chunk).map(AnyObject::ServerGroup),
         Kind::Release => parse_tracked(chunk).map(AnyObject::Release),
         Kind::Notification => parse_tracked(chunk).map(AnyObject::Notification),
     };
     match object {
-        Ok(object) => loaded.objects.push(Sourced { file: file.clone(), object }),
+        Ok(object) => loaded.objects.push(Sourced {
+            file: file.clone(),
+            object,
+        }),
         Err(e) => {
             let object = name.as_ref().map(|n| format!("{}/{n}", kind.as_str()));
-            loaded.diagnostics.push(diag(e.pos, object, e.field, e.message));
+            loaded
+                .diagnostics
+                .push(diag(e.pos, object, e.field, e.message));
             if let Some(name) = name {
                 loaded.broken.insert((kind, name));
             }
@@ -338,7 +372,11 @@ fn parse_tracked<T: DeserializeOwned>(chunk: &Chunk) -> Result<T, ParseError> {
     });
     result.map_err(|e| {
         // `Located` reads through serde-saphyr's `Spanned`, whose inner field is `value`.
-        let path = track.path().to_string().replace(".value.", ".").replace(".value[", "[");
+        let path = track
+            .path()
+            .to_string()
+            .replace(".value.", ".")
+            .replace(".value[", "[");
         let path = path.strip_suffix(".value").unwrap_or(&path).to_string();
         let pos = match e.location() {
             Some(at) => chunk.pos(at.line(), at.column()),
@@ -382,7 +420,10 @@ fn humanize(message: &str) -> String {
         return fixed.to_string();
     }
     if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
-        let key = rest.split(", set DuplicateKeyPolicy").next().unwrap_or(rest);
+        let key = rest
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(rest);
         return format!("duplicate key `{key}`: each key may appear once");
     }
     message.to_string()

@@ -86,7 +86,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
             0 => Pos::default(),
             line => Pos::new(line as u32 + LINE_OFFSET.get(), at.column() as u32),
         };
-        Ok(Located { value: spanned.value, pos })
+        Ok(Located {
+            value: spanned.value,
+            pos,
+        })
     }
 }
 

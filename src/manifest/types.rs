@@ -23,7 +23,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Site, Kind::ServerGroup, Kind::Release, Kind::Notification];
+    pub const ALL: [Kind; 4] = [
+        Kind::Site,
+        Kind::ServerGroup,
+        Kind::Release,
+        Kind::Notification,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -332,7 +337,11 @@ impl<'de> Deserialize<'de> for IntOrPercent {
                     .and_then(|n| n.parse::<u32>().ok())
                     .filter(|n| *n <= 100)
                     .map(IntOrPercent::Percent)
-                    .ok_or_else(|| E::custom(format!("expected a percentage from `0%` to `100%`, got `{v}`")))
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "expected a percentage from `0%` to `100%`, got `{v}`"
+                        ))
+                    })
             }
         }
         deserializer.deserialize_any(Visitor)

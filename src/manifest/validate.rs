@@ -42,7 +42,14 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn at(&mut self, file: &Arc<str>, object: &str, pos: Pos, field: impl Into<String>, message: impl Into<String>) {
+    fn at(
+        &mut self,
+        file: &Arc<str>,
+        object: &str,
+        pos: Pos,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.diagnostics.push(Diagnostic {
             file: file.to_string(),
             pos,
@@ -59,7 +66,9 @@ fn place(file: &str, pos: Pos) -> String {
 }
 
 pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
-    let mut r = Reporter { diagnostics: loaded.diagnostics };
+    let mut r = Reporter {
+        diagnostics: loaded.diagnostics,
+    };
     let mut catalog = Catalog::default();
     let mut files: BTreeMap<(Kind, String), Arc<str>> = BTreeMap::new();
 
@@ -91,7 +100,7 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
         files.insert(key, file.clone());
         let name = meta.name.value.clone();
         match &sourced.object {
-            AnyObject::Site(o) => drop(catalog.sites.insert(name, o.clone())),
+            AnyObject::Site(o) => drop(catalog.sites.insert(name, (**o).clone())),
             AnyObject::ServerGroup(o) => drop(catalog.groups.insert(name, o.clone())),
             AnyObject::Release(o) => drop(catalog.releases.insert(name, o.clone())),
             AnyObject::Notification(o) => r.at(
@@ -105,7 +114,8 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
     }
     let file_of = |kind: Kind, name: &str| files[&(kind, name.to_string())].clone();
     let exists = |kind: Kind, name: &str| {
-        files.contains_key(&(kind, name.to_string())) || loaded.broken.contains(&(kind, name.to_string()))
+        files.contains_key(&(kind, name.to_string()))
+            || loaded.broken.contains(&(kind, name.to_string()))
     };
 
     // Hosts: unique names fleet-wide, or identical wherever repeated.
@@ -119,7 +129,13 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
             let field = format!("spec.hosts[{i}]");
             check_host(&mut r, &file, &id, &field, host);
             if !in_group.insert(host.name.value.clone()) {
-                r.at(&file, &id, host.name.pos, format!("{field}.name"), format!("host `{}` is listed twice in this group", host.name.value));
+                r.at(
+                    &file,
+                    &id,
+                    host.name.pos,
+                    format!("{field}.name"),
+                    format!("host `{}` is listed twice in this group", host.name.value),
+                );
                 continue;
             }
             let resolved = ResolvedHost::new(&group.spec.ssh, host);
@@ -150,7 +166,13 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
         let id = format!("Release/{name}");
         let site = &release.spec.site;
         if !exists(Kind::Site, site) {
-            r.at(&file, &id, site.pos, "spec.site", format!("Site `{}` is not defined", site.value));
+            r.at(
+                &file,
+                &id,
+                site.pos,
+                "spec.site",
+                format!("Site `{}` is not defined", site.value),
+            );
         }
         check_revision(&mut r, &file, &id, &release.spec.revision);
     }
@@ -173,29 +195,67 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
                 ),
             ),
             Some(_) => {}
-            None if loaded.broken.contains(&(Kind::Release, spec.release.value.clone())) => {}
-            None => r.at(&file, &id, spec.release.pos, "spec.release", format!("Release `{}` is not defined", spec.release.value)),
+            None if loaded
+                .broken
+                .contains(&(Kind::Release, spec.release.value.clone())) => {}
+            None => r.at(
+                &file,
+                &id,
+                spec.release.pos,
+                "spec.release",
+                format!("Release `{}` is not defined", spec.release.value),
+            ),
         }
         check_absolute_path(&mut r, &file, &id, "spec.path", &spec.path);
         check_site_settings(&mut r, &file, &id, spec);
         if spec.stages.is_empty() {
-            r.at(&file, &id, spec.stages.pos, "spec.stages", "a site needs at least one stage");
+            r.at(
+                &file,
+                &id,
+                spec.stages.pos,
+                "spec.stages",
+                "a site needs at least one stage",
+            );
         }
         let mut stage_names = BTreeMap::new();
         let mut host_stage: BTreeMap<String, String> = BTreeMap::new();
         for (i, stage) in spec.stages.iter().enumerate() {
             let field = format!("spec.stages[{i}]");
-            check_dns_label(&mut r, &file, &id, &format!("{field}.name"), &stage.name, "stage name");
+            check_dns_label(
+                &mut r,
+                &file,
+                &id,
+                &format!("{field}.name"),
+                &stage.name,
+                "stage name",
+            );
             if let Some(first) = stage_names.insert(stage.name.value.clone(), stage.name.pos) {
-                r.at(&file, &id, stage.name.pos, format!("{field}.name"), format!("duplicate stage name `{}`: already used at {}", stage.name.value, place(&file, first)));
+                r.at(
+                    &file,
+                    &id,
+                    stage.name.pos,
+                    format!("{field}.name"),
+                    format!(
+                        "duplicate stage name `{}`: already used at {}",
+                        stage.name.value,
+                        place(&file, first)
+                    ),
+                );
             }
             check_commands(&mut r, &file, &id, &format!("{field}.once"), &stage.once);
-            check_commands(&mut r, &file, &id, &format!("{field}.activate"), &stage.activate);
+            check_commands(
+                &mut r,
+                &file,
+                &id,
+                &format!("{field}.activate"),
+                &stage.activate,
+            );
             match catalog.groups.get(&stage.group.value) {
                 Some(group) => {
                     for host in group.spec.hosts.iter() {
                         let host = &host.name.value;
-                        if let Some(other) = host_stage.insert(host.clone(), stage.name.value.clone())
+                        if let Some(other) =
+                            host_stage.insert(host.clone(), stage.name.value.clone())
                             && other != stage.name.value
                         {
                             r.at(&file, &id, stage.group.pos, format!("{field}.group"), format!("host `{host}` is in stage `{other}` and in stage `{}`; a host can belong to only one stage of a site", stage.name.value));
@@ -210,7 +270,13 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
                     }
                 }
                 None if exists(Kind::ServerGroup, &stage.group) => {}
-                None => r.at(&file, &id, stage.group.pos, format!("{field}.group"), format!("ServerGroup `{}` is not defined", stage.group.value)),
+                None => r.at(
+                    &file,
+                    &id,
+                    stage.group.pos,
+                    format!("{field}.group"),
+                    format!("ServerGroup `{}` is not defined", stage.group.value),
+                ),
             }
         }
     }
@@ -251,7 +317,11 @@ impl ResolvedHost {
         let value = |v: &Option<Located<String>>| v.as_ref().map(|v| v.value.clone());
         ResolvedHost {
             address: host.address.value.clone(),
-            port: host.port.as_ref().or(ssh.port.as_ref()).map_or(DEFAULT_SSH_PORT, |p| p.value),
+            port: host
+                .port
+                .as_ref()
+                .or(ssh.port.as_ref())
+                .map_or(DEFAULT_SSH_PORT, |p| p.value),
             user: value(&host.user).or_else(|| value(&ssh.user)),
             identity_file: value(&host.identity_file).or_else(|| value(&ssh.identity_file)),
             root: value(&host.root),
@@ -267,7 +337,11 @@ impl ResolvedHost {
         } else if self.user != other.user {
             format!("user {} vs {}", show(&self.user), show(&other.user))
         } else if self.identity_file != other.identity_file {
-            format!("identityFile {} vs {}", show(&self.identity_file), show(&other.identity_file))
+            format!(
+                "identityFile {} vs {}",
+                show(&self.identity_file),
+                show(&other.identity_file)
+            )
         } else {
             format!("root {} vs {}", show(&self.root), show(&other.root))
         }
@@ -281,7 +355,8 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -298,26 +373,50 @@ fn check_name(r: &mut Reporter, file: &Arc<str>, id: &str, kind: Kind, name: &Lo
     };
     if !ok {
         let rule = match kind {
-            Kind::Release => "a release id must be lowercase letters, digits, `-` and `.` (DNS-1123 subdomain, e.g. `r2026-11-24.1`)",
-            _ => "a name must be lowercase letters, digits and `-`, start and end with a letter or digit, at most 63 characters (DNS-1123 label)",
+            Kind::Release => {
+                "a release id must be lowercase letters, digits, `-` and `.` (DNS-1123 subdomain, e.g. `r2026-11-24.1`)"
+            }
+            _ => {
+                "a name must be lowercase letters, digits and `-`, start and end with a letter or digit, at most 63 characters (DNS-1123 label)"
+            }
         };
-        r.at(file, id, name.pos, "metadata.name", format!("invalid name `{}`: {rule}", name.value));
+        r.at(
+            file,
+            id,
+            name.pos,
+            "metadata.name",
+            format!("invalid name `{}`: {rule}", name.value),
+        );
     }
 }
 
-fn check_dns_label(r: &mut Reporter, file: &Arc<str>, id: &str, field: &str, value: &Located<String>, what: &str) {
+fn check_dns_label(
+    r: &mut Reporter,
+    file: &Arc<str>,
+    id: &str,
+    field: &str,
+    value: &Located<String>,
+    what: &str,
+) {
     if !is_dns_label(value) {
         r.at(file, id, value.pos, field, format!("invalid {what} `{}`: use lowercase letters, digits and `-`, starting and ending with a letter or digit, at most 63 characters", value.value));
     }
 }
 
-fn check_labels(r: &mut Reporter, file: &Arc<str>, id: &str, field: &str, labels: &BTreeMap<String, Located<String>>) {
+fn check_labels(
+    r: &mut Reporter,
+    file: &Arc<str>,
+    id: &str,
+    field: &str,
+    labels: &BTreeMap<String, Located<String>>,
+) {
     // Kubernetes label syntax: `[prefix/]name`, name and value 1-63 of `[A-Za-z0-9._-]`,
     // starting and ending alphanumeric (a value may also be empty).
     fn is_label_name(s: &str) -> bool {
         !s.is_empty()
             && s.len() <= 63
-            && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
             && s.starts_with(|c: char| c.is_ascii_alphanumeric())
             && s.ends_with(|c: char| c.is_ascii_alphanumeric())
     }
@@ -352,63 +451,149 @@ fn path_form_problem(path: &str) -> Option<&'static str> {
     None
 }
 
-fn check_absolute_path(r: &mut Reporter, file: &Arc<str>, id: &str, field: &str, path: &Located<String>) {
+fn check_absolute_path(
+    r: &mut Reporter,
+    file: &Arc<str>,
+    id: &str,
+    field: &str,
+    path: &Located<String>,
+) {
     let problem = if !path.starts_with('/') {
         Some("it must be absolute (start with `/`)".to_string())
     } else if path.value == "/" {
         Some("it cannot be `/` itself".to_string())
     } else if let Some(bad) = path.chars().find(|c| !is_path_char(*c)) {
-        Some(format!("character {bad:?} is not allowed (use letters, digits and `/._-+@`)"))
+        Some(format!(
+            "character {bad:?} is not allowed (use letters, digits and `/._-+@`)"
+        ))
     } else {
         path_form_problem(path).map(|p| format!("{p}; write it in normal form"))
     };
     if let Some(problem) = problem {
-        r.at(file, id, path.pos, field, format!("invalid path `{}`: {problem}", path.value));
+        r.at(
+            file,
+            id,
+            path.pos,
+            field,
+            format!("invalid path `{}`: {problem}", path.value),
+        );
     }
 }
 
-fn check_relative_path(r: &mut Reporter, file: &Arc<str>, id: &str, field: &str, path: &Located<String>) {
+fn check_relative_path(
+    r: &mut Reporter,
+    file: &Arc<str>,
+    id: &str,
+    field: &str,
+    path: &Located<String>,
+) {
     let trimmed = path.strip_suffix('/').unwrap_or(path);
     let problem = if path.starts_with('/') {
         Some("it must be relative to the release directory".to_string())
     } else if trimmed.is_empty() {
         Some("it is empty".to_string())
     } else if let Some(bad) = trimmed.chars().find(|c| !is_path_char(*c)) {
-        Some(format!("character {bad:?} is not allowed (use letters, digits and `/._-+@`)"))
+        Some(format!(
+            "character {bad:?} is not allowed (use letters, digits and `/._-+@`)"
+        ))
     } else {
         path_form_problem(trimmed).map(|p| format!("{p}; write it in normal form"))
     };
     if let Some(problem) = problem {
-        r.at(file, id, path.pos, field, format!("invalid shared path `{}`: {problem}", path.value));
+        r.at(
+            file,
+            id,
+            path.pos,
+            field,
+            format!("invalid shared path `{}`: {problem}", path.value),
+        );
     }
 }
 
-fn check_commands(r: &mut Reporter, file: &Arc<str>, id: &str, field: &str, commands: &[Located<String>]) {
+fn check_commands(
+    r: &mut Reporter,
+    file: &Arc<str>,
+    id: &str,
+    field: &str,
+    commands: &[Located<String>],
+) {
     for (i, command) in commands.iter().enumerate() {
         if command.trim().is_empty() {
-            r.at(file, id, command.pos, format!("{field}[{i}]"), "empty command");
+            r.at(
+                file,
+                id,
+                command.pos,
+                format!("{field}[{i}]"),
+                "empty command",
+            );
         } else if command.contains('\0') {
-            r.at(file, id, command.pos, format!("{field}[{i}]"), "a command cannot contain a NUL character");
+            r.at(
+                file,
+                id,
+                command.pos,
+                format!("{field}[{i}]"),
+                "a command cannot contain a NUL character",
+            );
         }
     }
 }
 
 /// A value passed as one word to ssh or git: no leading `-` (it would become an option).
-fn check_word(r: &mut Reporter, file: &Arc<str>, id: &str, field: &str, value: &Located<String>, what: &str, extra: &str) {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '~' | '+' | '@' | ':') || extra.contains(c);
+fn check_word(
+    r: &mut Reporter,
+    file: &Arc<str>,
+    id: &str,
+    field: &str,
+    value: &Located<String>,
+    what: &str,
+    extra: &str,
+) {
+    let allowed = |c: char| {
+        c.is_ascii_alphanumeric()
+            || matches!(c, '.' | '_' | '-' | '/' | '~' | '+' | '@' | ':')
+            || extra.contains(c)
+    };
     if value.is_empty() {
         r.at(file, id, value.pos, field, format!("{what} is empty"));
     } else if value.starts_with('-') {
-        r.at(file, id, value.pos, field, format!("invalid {what} `{}`: it cannot start with `-`", value.value));
+        r.at(
+            file,
+            id,
+            value.pos,
+            field,
+            format!("invalid {what} `{}`: it cannot start with `-`", value.value),
+        );
     } else if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
-        r.at(file, id, value.pos, field, format!("invalid {what} `{}`: character {bad:?} is not allowed", value.value));
+        r.at(
+            file,
+            id,
+            value.pos,
+            field,
+            format!(
+                "invalid {what} `{}`: character {bad:?} is not allowed",
+                value.value
+            ),
+        );
     }
 }
 
 fn check_revision(r: &mut Reporter, file: &Arc<str>, id: &str, revision: &Located<String>) {
     check_word(r, file, id, "spec.revision", revision, "revision", "");
-    if revision.contains("..") || revision.contains(':') || revision.contains('~') || revision.ends_with(['/', '.']) {
-        r.at(file, id, revision.pos, "spec.revision", format!("invalid revision `{}`: not a valid git commit, tag or branch name", revision.value));
+    if revision.contains("..")
+        || revision.contains(':')
+        || revision.contains('~')
+        || revision.ends_with(['/', '.'])
+    {
+        r.at(
+            file,
+            id,
+            revision.pos,
+            "spec.revision",
+            format!(
+                "invalid revision `{}`: not a valid git commit, tag or branch name",
+                revision.value
+            ),
+        );
     }
 }
 
@@ -419,7 +604,13 @@ fn check_group(r: &mut Reporter, file: &Arc<str>, id: &str, spec: &ServerGroupSp
         r.at(file, id, n.pos, "spec.maxParallel", "must be at least 1");
     }
     if spec.hosts.is_empty() {
-        r.at(file, id, spec.hosts.pos, "spec.hosts", "a server group needs at least one host");
+        r.at(
+            file,
+            id,
+            spec.hosts.pos,
+            "spec.hosts",
+            "a server group needs at least one host",
+        );
     }
     let ssh = &spec.ssh;
     if let Some(user) = &ssh.user {
@@ -428,7 +619,13 @@ fn check_group(r: &mut Reporter, file: &Arc<str>, id: &str, spec: &ServerGroupSp
     if let Some(port) = &ssh.port
         && port.value == 0
     {
-        r.at(file, id, port.pos, "spec.ssh.port", "port must be between 1 and 65535");
+        r.at(
+            file,
+            id,
+            port.pos,
+            "spec.ssh.port",
+            "port must be between 1 and 65535",
+        );
     }
     if let Some(f) = &ssh.identity_file {
         check_word(r, file, id, "spec.ssh.identityFile", f, "identity file", "");
@@ -439,32 +636,73 @@ fn check_group(r: &mut Reporter, file: &Arc<str>, id: &str, spec: &ServerGroupSp
     if let Some(t) = &ssh.connect_timeout
         && t.as_std() < std::time::Duration::from_secs(1)
     {
-        r.at(file, id, t.pos, "spec.ssh.connectTimeout", "must be at least 1s (ssh counts whole seconds)");
+        r.at(
+            file,
+            id,
+            t.pos,
+            "spec.ssh.connectTimeout",
+            "must be at least 1s (ssh counts whole seconds)",
+        );
     }
 }
 
 fn check_host(r: &mut Reporter, file: &Arc<str>, id: &str, field: &str, host: &HostSpec) {
-    check_dns_label(r, file, id, &format!("{field}.name"), &host.name, "host name");
+    check_dns_label(
+        r,
+        file,
+        id,
+        &format!("{field}.name"),
+        &host.name,
+        "host name",
+    );
     let local = host.address.value == "local";
     if !local {
-        check_word(r, file, id, &format!("{field}.address"), &host.address, "address", "[]");
+        check_word(
+            r,
+            file,
+            id,
+            &format!("{field}.address"),
+            &host.address,
+            "address",
+            "[]",
+        );
     }
     if let Some(port) = &host.port
         && port.value == 0
     {
-        r.at(file, id, port.pos, format!("{field}.port"), "port must be between 1 and 65535");
+        r.at(
+            file,
+            id,
+            port.pos,
+            format!("{field}.port"),
+            "port must be between 1 and 65535",
+        );
     }
     if let Some(user) = &host.user {
         check_word(r, file, id, &format!("{field}.user"), user, "user", "");
     }
     if let Some(f) = &host.identity_file {
-        check_word(r, file, id, &format!("{field}.identityFile"), f, "identity file", "");
+        check_word(
+            r,
+            file,
+            id,
+            &format!("{field}.identityFile"),
+            f,
+            "identity file",
+            "",
+        );
     }
     if let Some(root) = &host.root {
         if local {
             check_absolute_path(r, file, id, &format!("{field}.root"), root);
         } else {
-            r.at(file, id, root.pos, format!("{field}.root"), "`root` is only allowed for `address: local` hosts");
+            r.at(
+                file,
+                id,
+                root.pos,
+                format!("{field}.root"),
+                "`root` is only allowed for `address: local` hosts",
+            );
         }
     }
     check_labels(r, file, id, &format!("{field}.labels"), &host.labels);
@@ -472,9 +710,31 @@ fn check_host(r: &mut Reporter, file: &Arc<str>, id: &str, field: &str, host: &H
 
 fn check_site_settings(r: &mut Reporter, file: &Arc<str>, id: &str, spec: &SiteSpec) {
     match (&spec.fetch.git, &spec.fetch.archive) {
-        (Some(git), None) => check_word(r, file, id, "spec.fetch.git.repository", &git.repository, "repository", "%="),
-        (None, Some(archive)) => check_word(r, file, id, "spec.fetch.archive.path", &archive.path, "archive path", "{}"),
-        _ => r.at(file, id, spec.fetch.pos, "spec.fetch", "set exactly one of `git` or `archive`"),
+        (Some(git), None) => check_word(
+            r,
+            file,
+            id,
+            "spec.fetch.git.repository",
+            &git.repository,
+            "repository",
+            "%=",
+        ),
+        (None, Some(archive)) => check_word(
+            r,
+            file,
+            id,
+            "spec.fetch.archive.path",
+            &archive.path,
+            "archive path",
+            "{}",
+        ),
+        _ => r.at(
+            file,
+            id,
+            spec.fetch.pos,
+            "spec.fetch",
+            "set exactly one of `git` or `archive`",
+        ),
     }
     check_commands(r, file, id, "spec.build", &spec.build);
     for (i, shared) in spec.shared.iter().enumerate() {
@@ -487,34 +747,129 @@ fn check_site_settings(r: &mut Reporter, file: &Arc<str>, id: &str, spec: &SiteS
         if !valid_key {
             r.at(file, id, value.pos, &field, format!("invalid variable name `{key}`: use letters, digits and `_`, not starting with a digit"));
         } else if key.starts_with("CONVOY_") {
-            r.at(file, id, value.pos, &field, format!("`{key}` is reserved: convoy sets the CONVOY_* variables itself"));
+            r.at(
+                file,
+                id,
+                value.pos,
+                &field,
+                format!("`{key}` is reserved: convoy sets the CONVOY_* variables itself"),
+            );
         }
         if value.contains('\0') {
-            r.at(file, id, value.pos, &field, "a value cannot contain a NUL character");
+            r.at(
+                file,
+                id,
+                value.pos,
+                &field,
+                "a value cannot contain a NUL character",
+            );
         }
     }
     if let Some(health) = &spec.health {
         if health.command.trim().is_empty() {
-            r.at(file, id, health.command.pos, "spec.health.command", "empty command");
+            r.at(
+                file,
+                id,
+                health.command.pos,
+                "spec.health.command",
+                "empty command",
+            );
         }
         if health.timeout.as_std().is_zero() {
-            r.at(file, id, health.command.pos, "spec.health.timeout", "must be greater than 0s");
+            r.at(
+                file,
+                id,
+                health.command.pos,
+                "spec.health.timeout",
+                "must be greater than 0s",
+            );
         }
     }
     let rollout = &spec.rollout;
     if rollout.max_parallel.value == 0 {
-        r.at(file, id, rollout.max_parallel.pos, "spec.rollout.maxParallel", "must be at least 1");
+        r.at(
+            file,
+            id,
+            rollout.max_parallel.pos,
+            "spec.rollout.maxParallel",
+            "must be at least 1",
+        );
     }
     if rollout.failure_retries.value == 0 {
-        r.at(file, id, rollout.failure_retries.pos, "spec.rollout.failureRetries", "must be at least 1");
+        r.at(
+            file,
+            id,
+            rollout.failure_retries.pos,
+            "spec.rollout.failureRetries",
+            "must be at least 1",
+        );
     }
     if let Some(max_failed) = &rollout.max_failed {
         r.at(file, id, max_failed.pos, "spec.rollout.maxFailed", "not supported yet: convoy cannot honour a failure budget, so it refuses the setting rather than ignore it");
     }
     if spec.keep_releases.value < 2 {
-        r.at(file, id, spec.keep_releases.pos, "spec.keepReleases", format!("must be at least 2 (got {}): the previous release must stay for rollback", spec.keep_releases.value));
+        r.at(
+            file,
+            id,
+            spec.keep_releases.pos,
+            "spec.keepReleases",
+            format!(
+                "must be at least 2 (got {}): the previous release must stay for rollback",
+                spec.keep_releases.value
+            ),
+        );
     }
     if let Some(depends_on) = &spec.depends_on {
         r.at(file, id, depends_on.pos, "spec.dependsOn", "not supported yet: convoy cannot order sites, so it refuses the setting rather than ignore it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "web1", "jobs-manager", &"a".repeat(63)] {
+            assert!(is_dns_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64), "ü"] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+        assert!(is_dns_subdomain("r2026-11-24.1"));
+        assert!(!is_dns_subdomain("r1..2"));
+        assert!(!is_dns_subdomain(".r1"));
+    }
+
+    #[test]
+    fn path_normal_form() {
+        assert_eq!(path_form_problem("/srv/app"), None);
+        assert_eq!(
+            path_form_problem("media/"),
+            Some("it has an empty component (`//` or a trailing `/`)")
+        );
+        assert_eq!(
+            path_form_problem("/srv/./app"),
+            Some("it has a `.` or `..` component")
+        );
+        assert_eq!(
+            path_form_problem("/srv//app"),
+            Some("it has an empty component (`//` or a trailing `/`)")
+        );
+    }
+
+    proptest! {
+        /// Whatever passes the path rules contains nothing a shell would interpret.
+        #[test]
+        fn accepted_paths_are_shell_inert(path in "/[a-zA-Z0-9 ./_$;`'\"\\-]{1,20}") {
+            let mut r = Reporter { diagnostics: vec![] };
+            let file: Arc<str> = Arc::from("f.yaml");
+            check_absolute_path(&mut r, &file, "Site/x", "spec.path", &Located::new(path.clone(), Pos::default()));
+            if r.diagnostics.is_empty() {
+                prop_assert!(path.chars().all(is_path_char));
+                prop_assert!(!path.contains("..") || path.split('/').all(|p| p != ".."));
+            }
+        }
     }
 }

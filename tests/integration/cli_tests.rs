@@ -19,14 +19,23 @@ fn usage_errors_exit_2() {
     let out = convoy(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
     let out = convoy(&["history"]);
-    assert_eq!(out.status.code(), Some(2), "history needs a SITE: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "history needs a SITE: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn commands_not_built_yet_say_so_and_change_nothing() {
     let out = convoy(&["reconcile", "--once", "-f", "manifests"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("`convoy reconcile` is not built yet"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`convoy reconcile` is not built yet"),
+        "{}",
+        stderr(&out)
+    );
     // Invalid manifests still exit 2 first.
     let out = convoy(&["plan", "-f", "tests/fixtures/invalid/missing-release.yaml"]);
     assert_eq!(out.status.code(), Some(2));

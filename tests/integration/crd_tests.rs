@@ -53,7 +53,10 @@ fn yaml_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 fn schema_errors(doc: &Value) -> Vec<String> {
     let schema = schema_of(doc["kind"].as_str().unwrap());
     let validator = jsonschema::validator_for(&schema).expect("CRD schema compiles");
-    validator.iter_errors(doc).map(|e| format!("{}: {e}", e.instance_path())).collect()
+    validator
+        .iter_errors(doc)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
 }
 
 #[test]
@@ -82,7 +85,10 @@ fn the_schemas_reject_a_manifest_with_wrong_types() {
     let errors = schema_errors(&doc).join("\n");
     assert!(errors.contains("/spec/keepReleases"), "{errors}");
     assert!(errors.contains("/spec/health/timeout"), "{errors}");
-    assert!(errors.contains("group"), "missing required stage group: {errors}");
+    assert!(
+        errors.contains("group"),
+        "missing required stage group: {errors}"
+    );
 }
 
 #[test]

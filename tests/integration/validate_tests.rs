@@ -12,24 +12,36 @@ use crate::util::{convoy, convoy_in, repo_root, stderr, stdout};
 fn bundled_manifests_are_valid() {
     let out = convoy(&["validate", "-f", "manifests"]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
-    assert_eq!(stdout(&out), "12 sites, 4 server groups, 12 releases, 16 hosts: valid\n");
+    assert_eq!(
+        stdout(&out),
+        "12 sites, 4 server groups, 12 releases, 16 hosts: valid\n"
+    );
 }
 
 #[test]
 fn every_example_validates_on_its_own() {
-    for example in ["manifests/examples/wordpress-fleet", "manifests/examples/php-behind-lb"] {
+    for example in [
+        "manifests/examples/wordpress-fleet",
+        "manifests/examples/php-behind-lb",
+    ] {
         let out = convoy(&["validate", "-f", example]);
         assert_eq!(out.status.code(), Some(0), "{example}: {}", stderr(&out));
     }
     let out = convoy(&["validate", "-f", "manifests/examples/wordpress-fleet"]);
-    assert_eq!(stdout(&out), "10 sites, 1 server group, 10 releases, 10 hosts: valid\n");
+    assert_eq!(
+        stdout(&out),
+        "10 sites, 1 server group, 10 releases, 10 hosts: valid\n"
+    );
 }
 
 #[test]
 fn yaml_edge_cases_are_valid() {
     let out = convoy(&["validate", "-f", "tests/fixtures/valid"]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
-    assert_eq!(stdout(&out), "1 site, 1 server group, 1 release, 2 hosts: valid\n");
+    assert_eq!(
+        stdout(&out),
+        "1 site, 1 server group, 1 release, 2 hosts: valid\n"
+    );
 }
 
 #[test]
@@ -66,7 +78,9 @@ fn empty_directory_and_missing_directory_get_clear_messages() {
     );
     let out = convoy_in(tmp.path(), &["validate", "-f", "missing"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).starts_with("missing: failed to read manifests: No such file or directory"));
+    assert!(
+        stderr(&out).starts_with("missing: failed to read manifests: No such file or directory")
+    );
 }
 
 #[test]
@@ -77,22 +91,39 @@ fn documents_in_any_order_across_files_and_folders() {
     let mut docs: Vec<&str> = src.split("\n---\n").collect();
     docs.reverse();
     fs::create_dir_all(tmp.path().join("a/b")).unwrap();
-    fs::write(tmp.path().join("a/b/0-site-first.yml"), docs.join("\n---\n")).unwrap();
-    fs::copy(repo_root().join("manifests/releases.yaml"), tmp.path().join("z.yaml")).unwrap();
+    fs::write(
+        tmp.path().join("a/b/0-site-first.yml"),
+        docs.join("\n---\n"),
+    )
+    .unwrap();
+    fs::copy(
+        repo_root().join("manifests/releases.yaml"),
+        tmp.path().join("z.yaml"),
+    )
+    .unwrap();
     fs::write(tmp.path().join("notes.txt"), "not a manifest").unwrap();
     fs::create_dir(tmp.path().join(".git")).unwrap();
     fs::write(tmp.path().join(".git/ignored.yaml"), "garbage: [").unwrap();
     let out = convoy_in(tmp.path(), &["validate", "-f", "."]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "1 site, 2 server groups, 1 release, 3 hosts: valid\n");
+    assert_eq!(
+        stdout(&out),
+        "1 site, 2 server groups, 1 release, 3 hosts: valid\n"
+    );
 }
 
 #[test]
 fn errors_across_files_are_all_reported_sorted_by_file() {
     let tmp = tempfile::tempdir().unwrap();
     for (file, text) in [
-        ("b.yaml", "apiVersion: convoy.dev/v1alpha1\nkind: Release\nmetadata: {name: r1}\nspec: {site: nope, revision: v1}\n"),
-        ("a.yaml", "apiVersion: convoy.dev/v1alpha1\nkind: Release\nmetadata: {name: r2}\nspec: {site: gone, revision: v1}\n"),
+        (
+            "b.yaml",
+            "apiVersion: convoy.dev/v1alpha1\nkind: Release\nmetadata: {name: r1}\nspec: {site: nope, revision: v1}\n",
+        ),
+        (
+            "a.yaml",
+            "apiVersion: convoy.dev/v1alpha1\nkind: Release\nmetadata: {name: r2}\nspec: {site: gone, revision: v1}\n",
+        ),
     ] {
         fs::write(tmp.path().join(file), text).unwrap();
     }
@@ -111,7 +142,11 @@ fn errors_across_files_are_all_reported_sorted_by_file() {
 #[test]
 fn truncated_and_garbled_yaml_never_panics() {
     let mut sources = vec![];
-    for path in ["manifests/jobs-manager.yaml", "tests/fixtures/valid/edge-cases.yaml", "manifests/examples/php-behind-lb/shop.yaml"] {
+    for path in [
+        "manifests/jobs-manager.yaml",
+        "tests/fixtures/valid/edge-cases.yaml",
+        "manifests/examples/php-behind-lb/shop.yaml",
+    ] {
         sources.push(fs::read(repo_root().join(path)).unwrap());
     }
     let mut errors = 0;
@@ -123,7 +158,12 @@ fn truncated_and_garbled_yaml_never_panics() {
             assert!(loaded.diagnostics.iter().all(|d| d.file == "cut.yaml"));
         }
         // Flip bytes to characters that matter to YAML.
-        for (i, garbage) in [b'{', b'[', b':', b'"', b'\t', b'&', b'*', b'!', b'|', 0xff].iter().cycle().take(400).enumerate() {
+        for (i, garbage) in [b'{', b'[', b':', b'"', b'\t', b'&', b'*', b'!', b'|', 0xff]
+            .iter()
+            .cycle()
+            .take(400)
+            .enumerate()
+        {
             let mut damaged = src.clone();
             let at = (i * 7919) % damaged.len();
             damaged[at] = *garbage;
@@ -140,7 +180,9 @@ fn alias_bombs_are_refused_not_expanded() {
     let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..20 {
         let p = i - 1;
-        text.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        text.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
     }
     let mut loaded = Loaded::default();
     parse_file_into("bomb.yaml", text.as_bytes(), &mut loaded);

@@ -1,0 +1,1 @@
+<?php // demo shop front controller

@@ -1,0 +1,1 @@
+<?php // demo: the real one is your WordPress tree
