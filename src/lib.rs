@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod commands;
 pub mod exit_code;
+pub mod host;
 pub mod manifest;
 pub mod status;

@@ -3,5 +3,6 @@ mod cli_tests;
 mod crd_tests;
 mod lab;
 mod lab_tests;
+mod transport_tests;
 mod util;
 mod validate_tests;

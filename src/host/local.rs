@@ -1,0 +1,79 @@
+//! The local transport: `address: local` hosts run commands with this machine's `sh`, no
+//! SSH. Used for demos, tests and a host reconciling itself at boot.
+
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use super::output::{OUTPUT_LIMIT, read_tail};
+use super::{CommandOutput, HostError, RemoteCommand};
+
+#[derive(Debug, Clone)]
+pub struct LocalHost {
+    pub name: String,
+    /// Prefixed to every path on this host, so several "hosts" can share one machine.
+    pub root: Option<String>,
+}
+
+impl LocalHost {
+    pub fn path(&self, site_path: &str) -> String {
+        match &self.root {
+            Some(root) => format!("{}{site_path}", root.trim_end_matches('/')),
+            None => site_path.to_string(),
+        }
+    }
+
+    pub async fn run(&self, command: &RemoteCommand) -> Result<CommandOutput, HostError> {
+        let io = |source| HostError::Io {
+            host: self.name.clone(),
+            source,
+        };
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&command.script)
+            .stdin(if command.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io)?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let feed = async {
+            if let (Some(mut pipe), Some(data)) = (stdin, &command.stdin) {
+                // A script that stops reading early is not an error of ours.
+                let _ = pipe.write_all(data).await;
+            }
+        };
+        let work = async {
+            let (_, out, err, status) = tokio::join!(
+                feed,
+                read_tail(stdout, OUTPUT_LIMIT),
+                read_tail(stderr, OUTPUT_LIMIT),
+                child.wait()
+            );
+            let (stdout, t1) = out?;
+            let (stderr, t2) = err?;
+            let status = status?.code().unwrap_or(-1);
+            Ok::<_, std::io::Error>(CommandOutput {
+                status,
+                stdout,
+                stderr,
+                truncated: t1 || t2,
+            })
+        };
+        match tokio::time::timeout(command.timeout, work).await {
+            Ok(result) => result.map_err(io),
+            Err(_) => Err(HostError::Timeout {
+                host: self.name.clone(),
+                after: command.timeout,
+            }),
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Everything convoy does on a host: transports (local and SSH), the remote shell snippets
+//! (`script`) and the parsing of what a host reports (`observe`). Deployment decisions are
+//! not made here: this layer runs what it is told and reports what happened.
+
+pub mod local;
+pub mod output;
+pub mod ssh;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use output::CommandOutput;
+
+/// Why a command could not be run on a host. A command that ran and exited non-zero is
+/// not an error here: it is a [`CommandOutput`] with a non-zero status.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// Connection refused or timed out, authentication failed: the reconciler retries these.
+    #[error("host `{host}` is unreachable: {reason}")]
+    Unreachable { host: String, reason: String },
+    /// The host presented a key different from the one in known_hosts: maybe an attacker.
+    #[error(
+        "host `{host}` refused: its SSH host key changed (possible man-in-the-middle); verify the new key and update known_hosts"
+    )]
+    HostKeyChanged { host: String },
+    /// Strict checking is on and known_hosts has no key for this host.
+    #[error(
+        "host `{host}` refused: its SSH host key is not in known_hosts (add it, or set `hostKeyChecking: accept-new` on the group)"
+    )]
+    HostKeyUnknown { host: String },
+    /// The command did not finish in time; it may still be running on the host.
+    #[error("command on host `{host}` timed out after {after:?}")]
+    Timeout { host: String, after: Duration },
+    /// Something local went wrong (spawning ssh or sh, a pipe).
+    #[error("failed to run a command on host `{host}`")]
+    Io {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl HostError {
+    /// Transient: worth retrying with backoff.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, HostError::Unreachable { .. })
+    }
+}
+
+/// A shell script to run on a host with `sh -c`, optionally fed `stdin` (e.g. an archive).
+#[derive(Debug, Clone)]
+pub struct RemoteCommand {
+    pub script: String,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Duration,
+}
+
+impl RemoteCommand {
+    pub fn new(script: impl Into<String>, timeout: Duration) -> Self {
+        RemoteCommand {
+            script: script.into(),
+            stdin: None,
+            timeout,
+        }
+    }
+
+    pub fn with_stdin(mut self, stdin: Vec<u8>) -> Self {
+        self.stdin = Some(stdin);
+        self
+    }
+}
+
+/// A host and how to reach it, resolved from a ServerGroup.
+#[derive(Debug, Clone)]
+pub enum Host {
+    Local(local::LocalHost),
+    Ssh(ssh::SshHost),
+}
+
+impl Host {
+    pub fn name(&self) -> &str {
+        match self {
+            Host::Local(h) => &h.name,
+            Host::Ssh(h) => &h.name,
+        }
+    }
+
+    /// Where a site path lives on this host (a local host's `root` prefixes it).
+    pub fn path(&self, site_path: &str) -> String {
+        match self {
+            Host::Local(h) => h.path(site_path),
+            Host::Ssh(_) => site_path.to_string(),
+        }
+    }
+
+    /// Runs `command`; SSH hosts go through `pool` (one multiplexed master per host).
+    pub async fn run(
+        &self,
+        pool: &ssh::SshPool,
+        command: &RemoteCommand,
+    ) -> Result<CommandOutput, HostError> {
+        match self {
+            Host::Local(h) => h.run(command).await,
+            Host::Ssh(h) => pool.run(h, command).await,
+        }
+    }
+}
+
+/// The directory convoy keeps SSH control sockets in: short, because unix socket paths are
+/// limited to ~100 bytes.
+pub fn default_control_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("convoy-ssh-{}", std::process::id()))
+}
