@@ -3,7 +3,9 @@
 
 pub mod cli;
 pub mod commands;
+pub mod desired;
 pub mod exit_code;
 pub mod host;
 pub mod manifest;
+pub mod plan;
 pub mod status;

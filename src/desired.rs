@@ -1,0 +1,192 @@
+//! The desired state in the shape the engine uses: defaults applied, references resolved,
+//! positions dropped. Built from a validated [`Catalog`], so nothing here can fail.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::host::Host;
+use crate::host::local::LocalHost;
+use crate::host::ssh::SshHost;
+use crate::manifest::Catalog;
+use crate::manifest::types::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_SSH_PORT, HostSpec, SshSettings};
+
+/// One site as the engine sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredSite {
+    pub name: String,
+    /// Release id: the directory name on every host.
+    pub release: String,
+    /// What the release checks out (commit, tag or branch as written).
+    pub revision: String,
+    pub path: String,
+    pub stages: Vec<DesiredStage>,
+    pub fetch: FetchSpec,
+    pub build: Vec<String>,
+    pub shared: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub health: Option<HealthSpec>,
+    pub rollout: RolloutSpec,
+    pub keep_releases: usize,
+    pub suspend: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredStage {
+    pub name: String,
+    pub group: String,
+    pub optional: bool,
+    pub once: Vec<String>,
+    pub activate: Vec<String>,
+    /// Host names, in manifest order.
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FetchSpec {
+    Git { repository: String },
+    Archive { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSpec {
+    pub command: String,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutSpec {
+    pub max_parallel: usize,
+    /// Hosts of a stage switched at a time; 0 = the whole stage.
+    pub batch: usize,
+    pub pause: Duration,
+    pub failure_retries: u32,
+}
+
+/// Everything convoy should make true, plus how to reach each host.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredState {
+    pub sites: BTreeMap<String, DesiredSite>,
+    pub hosts: BTreeMap<String, Host>,
+    /// Per ServerGroup `maxParallel`.
+    pub group_limits: BTreeMap<String, usize>,
+}
+
+impl DesiredState {
+    pub fn from_catalog(catalog: &Catalog) -> Self {
+        let mut state = DesiredState::default();
+        for (name, group) in &catalog.groups {
+            if let Some(limit) = &group.spec.max_parallel {
+                state
+                    .group_limits
+                    .insert(name.clone(), limit.value as usize);
+            }
+            for host in group.spec.hosts.iter() {
+                state
+                    .hosts
+                    .entry(host.name.value.clone())
+                    .or_insert_with(|| resolve_host(&group.spec.ssh, host));
+            }
+        }
+        for (name, site) in &catalog.sites {
+            let spec = &site.spec;
+            let release = &catalog.releases[&spec.release.value];
+            let stages = spec
+                .stages
+                .iter()
+                .map(|stage| DesiredStage {
+                    name: stage.name.value.clone(),
+                    group: stage.group.value.clone(),
+                    optional: stage.optional,
+                    once: stage.once.iter().map(|c| c.value.clone()).collect(),
+                    activate: stage.activate.iter().map(|c| c.value.clone()).collect(),
+                    hosts: catalog.groups[&stage.group.value]
+                        .spec
+                        .hosts
+                        .iter()
+                        .map(|h| h.name.value.clone())
+                        .collect(),
+                })
+                .collect();
+            let fetch = match (&spec.fetch.git, &spec.fetch.archive) {
+                (Some(git), _) => FetchSpec::Git {
+                    repository: git.repository.value.clone(),
+                },
+                (None, Some(archive)) => FetchSpec::Archive {
+                    path: archive.path.value.clone(),
+                },
+                (None, None) => unreachable!("validation requires exactly one fetch source"),
+            };
+            let desired = DesiredSite {
+                name: name.clone(),
+                release: spec.release.value.clone(),
+                revision: release.spec.revision.value.clone(),
+                path: spec.path.value.clone(),
+                stages,
+                fetch,
+                build: spec.build.iter().map(|c| c.value.clone()).collect(),
+                shared: spec.shared.iter().map(|c| c.value.clone()).collect(),
+                env: spec
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .collect(),
+                health: spec.health.as_ref().map(|h| HealthSpec {
+                    command: h.command.value.clone(),
+                    timeout: h.timeout.as_std(),
+                    retries: h.retries,
+                    interval: h.interval.as_std(),
+                }),
+                rollout: RolloutSpec {
+                    max_parallel: spec.rollout.max_parallel.value as usize,
+                    batch: spec.rollout.batch as usize,
+                    pause: spec.rollout.pause.as_std(),
+                    failure_retries: spec.rollout.failure_retries.value,
+                },
+                keep_releases: spec.keep_releases.value as usize,
+                suspend: spec.suspend,
+            };
+            state.sites.insert(name.clone(), desired);
+        }
+        state
+    }
+}
+
+fn resolve_host(ssh: &SshSettings, host: &HostSpec) -> Host {
+    if host.address.value == "local" {
+        return Host::Local(LocalHost {
+            name: host.name.value.clone(),
+            root: host.root.as_ref().map(|r| r.value.clone()),
+        });
+    }
+    let value = |v: &Option<crate::manifest::Located<String>>| v.as_ref().map(|v| v.value.clone());
+    Host::Ssh(SshHost {
+        name: host.name.value.clone(),
+        address: host.address.value.clone(),
+        port: host
+            .port
+            .as_ref()
+            .or(ssh.port.as_ref())
+            .map_or(DEFAULT_SSH_PORT, |p| p.value),
+        user: value(&host.user).or_else(|| value(&ssh.user)),
+        identity_file: value(&host.identity_file)
+            .or_else(|| value(&ssh.identity_file))
+            .map(expand_home),
+        config_file: value(&ssh.config_file).map(expand_home),
+        connect_timeout: ssh
+            .connect_timeout
+            .as_ref()
+            .map_or(DEFAULT_CONNECT_TIMEOUT, |t| t.value)
+            .as_std(),
+        host_key_checking: ssh.host_key_checking,
+    })
+}
+
+/// `~/x` is the controller user's home, as in ssh_config.
+fn expand_home(path: String) -> std::path::PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => std::path::Path::new(&home).join(rest),
+        _ => path.into(),
+    }
+}

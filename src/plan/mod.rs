@@ -1,0 +1,460 @@
+//! The deployment rules, as a pure function: (desired site, what each host reported, what
+//! this pass and earlier runs did) → the next steps. No I/O, no clock, no async: every rule
+//! can be read and tested without a network. The executor runs the steps, folds their
+//! results back into [`Observed`] and [`PassState`], and asks again until no step is left.
+//!
+//! One call plans one phase: all builds; then `once`; then one batch of one stage; then the
+//! rollback of a failed stage; then clean-up. Re-planning after each phase keeps every
+//! decision on fresh facts while costing no extra round trip (results update the view).
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::desired::DesiredSite;
+
+/// What one host reported (or why it could not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    Reachable(HostView),
+    /// Connection refused or timed out: retried with backoff.
+    Unreachable {
+        reason: String,
+    },
+    /// Host key changed or unknown: never retried quietly.
+    Refused {
+        reason: String,
+    },
+}
+
+/// A reachable host's state for one site path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostView {
+    /// Release `current` points at.
+    pub current: Option<String>,
+    /// Rollback target recorded before the last switch.
+    pub previous: Option<String>,
+    /// Complete releases (marker present) and when each was built (epoch seconds).
+    pub complete: BTreeMap<String, u64>,
+    /// Release dirs without a completion marker: half builds.
+    pub half_built: BTreeSet<String>,
+    /// `once` records of this host, by release.
+    pub once: BTreeMap<String, OnceState>,
+    /// Another controller's live lease on this site path, if any.
+    pub locked_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnceState {
+    Running,
+    Done { status: i32 },
+}
+
+/// Every host of the site, by name.
+pub type Observed = BTreeMap<String, Reach>;
+
+/// What happened earlier in this pass, and what the state dir remembers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassState {
+    /// Hosts whose build of the desired release failed, with the error.
+    pub build_failed: BTreeMap<String, String>,
+    /// Per stage, hosts switched to the desired release in this attempt.
+    pub switched: BTreeMap<String, Vec<String>>,
+    /// A host whose activate or health check failed (it rolled itself back).
+    pub health_failed: Option<(String, String, String)>,
+    /// The rest of that stage was rolled back too.
+    pub rolled_back: bool,
+    /// The `once` commands of these stages failed on a host.
+    pub once_failed: Option<(String, String)>,
+    /// Stages whose `once` is known done from the state dir (a second proof besides hosts).
+    pub once_done: BTreeSet<String>,
+    /// Failed attempts of this desired release in earlier runs.
+    pub attempts: u32,
+}
+
+/// One unit of work for the executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Prepare, fetch, link shared, build, write the completion marker.
+    Build { host: String },
+    /// Run the stage's `once` commands on this host (or wait for the run already there).
+    Once { stage: String, host: String },
+    /// Per host: switch `current`, activate, health check; a failing host rolls itself back.
+    /// Then clean up what the plan listed. `pause` is waited before this batch starts.
+    Switch {
+        stage: String,
+        hosts: Vec<String>,
+        pause: Duration,
+        cleanup: BTreeMap<String, Vec<String>>,
+    },
+    /// Roll these hosts (switched earlier in this attempt) back to their recorded previous.
+    Rollback { stage: String, hosts: Vec<String> },
+    /// Remove these release directories (never current, previous or desired).
+    Cleanup { host: String, remove: Vec<String> },
+}
+
+/// Where the site stands when the plan has no step left (or why it stopped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Steps remain: the executor runs them and plans again.
+    Progressing,
+    Converged,
+    /// Converged except these optional hosts, unreachable.
+    Degraded {
+        skipped: Vec<String>,
+    },
+    /// A required host is unreachable (or locked by another controller): retry with backoff.
+    Blocked {
+        hosts: Vec<String>,
+        reason: String,
+    },
+    /// Build, once or health failed, a host key was refused, or the release is held.
+    Failed {
+        reason: String,
+        host: Option<String>,
+    },
+    Suspended,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub outcome: Outcome,
+}
+
+impl Plan {
+    fn done(outcome: Outcome) -> Self {
+        Plan {
+            steps: vec![],
+            outcome,
+        }
+    }
+
+    fn progress(steps: Vec<Step>) -> Self {
+        Plan {
+            steps,
+            outcome: Outcome::Progressing,
+        }
+    }
+}
+
+/// A host of the site with the stage it belongs to.
+struct Member<'a> {
+    host: &'a str,
+    stage: &'a str,
+    optional: bool,
+    reach: Option<&'a Reach>,
+}
+
+impl Member<'_> {
+    fn view(&self) -> Option<&HostView> {
+        match self.reach {
+            Some(Reach::Reachable(view)) => Some(view),
+            _ => None,
+        }
+    }
+
+    /// Reachable and not held by another controller: convoy may act on it.
+    fn workable(&self) -> Option<&HostView> {
+        self.view().filter(|v| v.locked_by.is_none())
+    }
+}
+
+fn members<'a>(site: &'a DesiredSite, observed: &'a Observed) -> Vec<Member<'a>> {
+    site.stages
+        .iter()
+        .flat_map(|stage| {
+            stage.hosts.iter().map(move |host| Member {
+                host,
+                stage: &stage.name,
+                optional: stage.optional,
+                reach: observed.get(host),
+            })
+        })
+        .collect()
+}
+
+/// Decides the next steps for one site.
+pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
+    let desired = site.release.as_str();
+    let members = members(site, observed);
+
+    if site.suspend {
+        return Plan::done(Outcome::Suspended);
+    }
+    // A changed host key may be an attacker: the whole site stops, even for an optional host.
+    if let Some((m, reason)) = members.iter().find_map(|m| match m.reach {
+        Some(Reach::Refused { reason }) => Some((m, reason)),
+        _ => None,
+    }) {
+        return Plan::done(Outcome::Failed {
+            reason: reason.clone(),
+            host: Some(m.host.to_string()),
+        });
+    }
+    if pass.attempts >= site.rollout.failure_retries {
+        return Plan::done(Outcome::Failed {
+            reason: format!(
+                "release `{desired}` is held after {} failed attempts; change the desired state or run `convoy retry {}`",
+                pass.attempts, site.name
+            ),
+            host: None,
+        });
+    }
+    if let Some((host, error)) = pass.build_failed.iter().next() {
+        return Plan::done(Outcome::Failed {
+            reason: format!("build failed: {error}"),
+            host: Some(host.clone()),
+        });
+    }
+    if let Some((stage, host)) = &pass.once_failed {
+        return Plan::done(Outcome::Failed {
+            reason: format!("`once` commands of stage `{stage}` failed"),
+            host: Some(host.clone()),
+        });
+    }
+    if let Some((stage, host, error)) = &pass.health_failed {
+        let pending: Vec<String> = pass
+            .switched
+            .get(stage)
+            .into_iter()
+            .flatten()
+            .filter(|h| *h != host)
+            .cloned()
+            .collect();
+        if !pass.rolled_back && !pending.is_empty() {
+            return Plan::progress(vec![Step::Rollback {
+                stage: stage.clone(),
+                hosts: pending,
+            }]);
+        }
+        return Plan::done(Outcome::Failed {
+            reason: format!("health check failed: {error}"),
+            host: Some(host.clone()),
+        });
+    }
+
+    // 1. Build wherever the desired release is not complete yet.
+    let builds: Vec<Step> = members
+        .iter()
+        .filter(|m| {
+            m.workable()
+                .is_some_and(|v| !v.complete.contains_key(desired))
+        })
+        .map(|m| Step::Build {
+            host: m.host.to_string(),
+        })
+        .collect();
+    if !builds.is_empty() {
+        return Plan::progress(dedup_hosts(builds));
+    }
+
+    // 2. Gate: every host of every required stage must be reachable (and so, built).
+    let blocked: Vec<&Member> = members
+        .iter()
+        .filter(|m| !m.optional && m.workable().is_none())
+        .collect();
+    if !blocked.is_empty() {
+        let locked = blocked
+            .iter()
+            .find_map(|m| m.view().and_then(|v| v.locked_by.clone()));
+        let reason = match locked {
+            Some(holder) => format!("locked by another controller ({holder})"),
+            None => {
+                "required host unreachable; nothing switches until every required host has built"
+                    .into()
+            }
+        };
+        return Plan::done(Outcome::Blocked {
+            hosts: host_names(&blocked),
+            reason,
+        });
+    }
+
+    // 3. `once`, exactly once per release, before any switch.
+    for stage in site.stages.iter().filter(|s| !s.once.is_empty()) {
+        if pass.once_done.contains(&stage.name) {
+            continue;
+        }
+        let stage_members: Vec<&Member> =
+            members.iter().filter(|m| m.stage == stage.name).collect();
+        let records: Vec<(&str, OnceState)> = stage_members
+            .iter()
+            .filter_map(|m| {
+                m.view()
+                    .and_then(|v| v.once.get(desired))
+                    .map(|s| (m.host, *s))
+            })
+            .collect();
+        match records
+            .iter()
+            .find(|(_, s)| matches!(s, OnceState::Done { .. }))
+        {
+            Some((_, OnceState::Done { status: 0 })) => continue,
+            Some((host, _)) => {
+                return Plan::done(Outcome::Failed {
+                    reason: format!(
+                        "`once` commands of stage `{}` failed on an earlier run",
+                        stage.name
+                    ),
+                    host: Some(host.to_string()),
+                });
+            }
+            None => {}
+        }
+        if let Some((host, _)) = records.first() {
+            return Plan::progress(vec![Step::Once {
+                stage: stage.name.clone(),
+                host: host.to_string(),
+            }]);
+        }
+        // A host we cannot see might hold the record: never risk a second run.
+        let unseen: Vec<&Member> = stage_members
+            .iter()
+            .copied()
+            .filter(|m| m.view().is_none())
+            .collect();
+        if !unseen.is_empty() {
+            return Plan::done(Outcome::Blocked {
+                hosts: host_names(&unseen),
+                reason: format!(
+                    "cannot prove the `once` commands of stage `{}` have not run",
+                    stage.name
+                ),
+            });
+        }
+        if let Some(first) = stage_members.iter().find(|m| m.workable().is_some()) {
+            return Plan::progress(vec![Step::Once {
+                stage: stage.name.clone(),
+                host: first.host.to_string(),
+            }]);
+        }
+    }
+
+    // 4. Switch, stage by stage, batch by batch.
+    for stage in &site.stages {
+        let pending: Vec<&Member> = members
+            .iter()
+            .filter(|m| m.stage == stage.name)
+            .filter(|m| {
+                m.workable()
+                    .is_some_and(|v| v.current.as_deref() != Some(desired))
+            })
+            .collect();
+        if pending.is_empty() {
+            continue;
+        }
+        let size = if site.rollout.batch == 0 {
+            pending.len()
+        } else {
+            site.rollout.batch.min(pending.len())
+        };
+        let batch: Vec<String> = pending[..size].iter().map(|m| m.host.to_string()).collect();
+        let pause = if pass
+            .switched
+            .get(&stage.name)
+            .is_some_and(|s| !s.is_empty())
+        {
+            site.rollout.pause
+        } else {
+            Duration::ZERO
+        };
+        let cleanup = batch
+            .iter()
+            .filter_map(|host| {
+                let view = members.iter().find(|m| m.host == host)?.view()?;
+                // After the switch, `current` is the desired release and the old one is previous.
+                let after = HostView {
+                    previous: view.current.clone().or_else(|| view.previous.clone()),
+                    current: Some(desired.to_string()),
+                    ..view.clone()
+                };
+                let remove = releases_to_remove(&after, desired, site.keep_releases);
+                (!remove.is_empty()).then(|| (host.clone(), remove))
+            })
+            .collect();
+        return Plan::progress(vec![Step::Switch {
+            stage: stage.name.clone(),
+            hosts: batch,
+            pause,
+            cleanup,
+        }]);
+    }
+
+    // 5. Clean up hosts that are converged but keep too much.
+    let cleanups: Vec<Step> = members
+        .iter()
+        .filter_map(|m| {
+            let remove = releases_to_remove(m.workable()?, desired, site.keep_releases);
+            (!remove.is_empty()).then(|| Step::Cleanup {
+                host: m.host.to_string(),
+                remove,
+            })
+        })
+        .collect();
+    if !cleanups.is_empty() {
+        return Plan::progress(dedup_hosts(cleanups));
+    }
+
+    let skipped: Vec<&Member> = members.iter().filter(|m| m.workable().is_none()).collect();
+    if skipped.is_empty() {
+        Plan::done(Outcome::Converged)
+    } else {
+        Plan::done(Outcome::Degraded {
+            skipped: host_names(&skipped),
+        })
+    }
+}
+
+/// Which release dirs to delete on a host: half builds (except the desired one, which its
+/// build replaces), then the oldest complete releases beyond `keep`. Never current, the
+/// recorded previous, or the desired release.
+pub fn releases_to_remove(view: &HostView, desired: &str, keep: usize) -> Vec<String> {
+    let protected = |id: &str| {
+        id == desired || view.current.as_deref() == Some(id) || view.previous.as_deref() == Some(id)
+    };
+    let mut remove: Vec<String> = view
+        .half_built
+        .iter()
+        .filter(|id| !protected(id))
+        .cloned()
+        .collect();
+    let mut complete: Vec<(&u64, &String)> =
+        view.complete.iter().map(|(id, at)| (at, id)).collect();
+    // Newest first; ties broken by name so the choice is stable.
+    complete.sort_by(|a, b| b.cmp(a));
+    let mut kept = complete.iter().filter(|(_, id)| protected(id)).count();
+    for (_, id) in complete {
+        if protected(id) {
+            continue;
+        }
+        if kept < keep {
+            kept += 1;
+        } else {
+            remove.push(id.clone());
+        }
+    }
+    remove.sort();
+    remove
+}
+
+fn host_names(members: &[&Member]) -> Vec<String> {
+    let mut names: Vec<String> = members.iter().map(|m| m.host.to_string()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// A host listed in two stages is validated away, but keep steps unique regardless.
+fn dedup_hosts(steps: Vec<Step>) -> Vec<Step> {
+    let mut seen = BTreeSet::new();
+    steps
+        .into_iter()
+        .filter(|s| match s {
+            Step::Build { host } | Step::Cleanup { host, .. } => seen.insert(host.clone()),
+            _ => true,
+        })
+        .collect()
+}
