@@ -36,6 +36,10 @@ pub struct Cli {
     )]
     pub state_dir: PathBuf,
 
+    /// known_hosts file for SSH host keys (default: the ssh client's own, ~/.ssh/known_hosts).
+    #[arg(long, global = true, value_name = "FILE", env = "CONVOY_KNOWN_HOSTS")]
+    pub known_hosts: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -79,6 +83,9 @@ pub enum Command {
         /// Only this site.
         #[arg(long, value_name = "NAME")]
         site: Option<String>,
+        /// Global cap on hosts observed at once.
+        #[arg(long, value_name = "N", default_value_t = 32)]
+        max_parallel: usize,
     },
 
     /// Show each site's phase and the release live on each host.

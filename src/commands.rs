@@ -3,19 +3,34 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
-use crate::cli::{Cli, Command};
+use anyhow::Context as _;
+
+use crate::cli::{Cli, Command, OutputFormat};
+use crate::controller::{self, RunOptions};
+use crate::desired::DesiredState;
 use crate::exit_code;
 use crate::manifest::{self, Catalog, crd, types::Kind};
+use crate::plan::{self, PassState, Step};
+use crate::state::{self, StateDir};
 
 pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let result = match &cli.command {
         Command::Validate => validate(&cli.manifests, out, err),
         Command::Crds { out_dir } => crds(out_dir.as_deref(), out),
-        Command::Reconcile { .. } => not_built_yet("reconcile", &cli.manifests, err),
-        Command::Plan { .. } => not_built_yet("plan", &cli.manifests, err),
-        Command::Status { .. } => not_built_yet("status", &cli.manifests, err),
-        Command::History { .. } => not_built_yet("history", &cli.manifests, err),
+        Command::Reconcile {
+            once: true,
+            site,
+            timeout,
+            max_parallel,
+        } => reconcile_once(cli, site.clone(), timeout, *max_parallel, out, err),
+        Command::Reconcile { once: false, .. } => {
+            not_built_yet("reconcile (daemon mode; use --once)", &cli.manifests, err)
+        }
+        Command::Plan { site, max_parallel } => plan(cli, site.as_deref(), *max_parallel, out, err),
+        Command::Status { output } => status(&cli.state_dir, *output, out, err),
+        Command::History { site } => history(&cli.state_dir, site, out),
     };
     result.unwrap_or_else(|e| {
         let _ = writeln!(err, "error: {e:#}");
@@ -43,7 +58,6 @@ fn validate(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Re
 }
 
 fn crds(out_dir: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<u8> {
-    use anyhow::Context;
     match out_dir {
         None => out.write_all(crd::all_yaml().as_bytes())?,
         Some(dir) => {
@@ -59,7 +73,195 @@ fn crds(out_dir: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<u8> {
     Ok(exit_code::OK)
 }
 
-/// The subcommands whose engine has not landed yet say so plainly instead of pretending.
+/// The desired state, or the exit code that ends the command (invalid manifests, unknown site).
+fn desired(
+    cli: &Cli,
+    site: Option<&str>,
+    err: &mut dyn Write,
+) -> anyhow::Result<Result<DesiredState, u8>> {
+    let Some(catalog) = load(&cli.manifests, err)? else {
+        return Ok(Err(exit_code::INVALID));
+    };
+    let desired = DesiredState::from_catalog(&catalog);
+    if let Some(site) = site
+        && !desired.sites.contains_key(site)
+    {
+        writeln!(
+            err,
+            "error: no Site named `{site}` in {}",
+            cli.manifests.display()
+        )?;
+        return Ok(Err(exit_code::INVALID));
+    }
+    Ok(Ok(desired))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+}
+
+fn reconcile_once(
+    cli: &Cli,
+    site: Option<String>,
+    timeout: &str,
+    max_parallel: usize,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let timeout = match manifest::Duration::parse(timeout) {
+        Ok(d) if !d.as_std().is_zero() => d.as_std(),
+        Ok(_) | Err(_) => {
+            writeln!(
+                err,
+                "error: invalid --timeout `{timeout}`: expected a duration such as `15m`"
+            )?;
+            return Ok(exit_code::INVALID);
+        }
+    };
+    let desired = match desired(cli, site.as_deref(), err)? {
+        Ok(desired) => desired,
+        Err(code) => return Ok(code),
+    };
+    let state = StateDir::lock(&cli.state_dir)?;
+    let options = RunOptions {
+        site,
+        timeout,
+        max_parallel,
+        known_hosts: cli.known_hosts.clone(),
+    };
+    let code = runtime()?.block_on(controller::run_once(&desired, &state, &options, out));
+    for warning in state.take_warnings() {
+        writeln!(err, "warning: {warning}")?;
+    }
+    Ok(code)
+}
+
+fn plan(
+    cli: &Cli,
+    site: Option<&str>,
+    max_parallel: usize,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let desired = match desired(cli, site, err)? {
+        Ok(desired) => desired,
+        Err(code) => return Ok(code),
+    };
+    let state = StateDir::open_read_only(&cli.state_dir);
+    let options = RunOptions {
+        site: None,
+        timeout: Duration::from_secs(60),
+        max_parallel,
+        known_hosts: cli.known_hosts.clone(),
+    };
+    let ctx = controller::context(&desired, &options);
+    let runtime = runtime()?;
+    for s in desired
+        .sites
+        .values()
+        .filter(|s| site.is_none_or(|name| s.name == name))
+    {
+        let observed = runtime.block_on(crate::execute::observe_site(&ctx, s));
+        let key = controller::desired_key(s);
+        let pass = PassState {
+            attempts: state.attempts(&s.name, &key).attempts,
+            ..PassState::default()
+        };
+        let (steps, outcome) = plan::preview(s, &observed, &pass);
+        writeln!(out, "{}: desired {}", s.name, s.release)?;
+        for (host, reach) in &observed {
+            let seen = match reach {
+                plan::Reach::Reachable(v) => {
+                    format!("live {}", v.current.as_deref().unwrap_or("-"))
+                }
+                plan::Reach::Unreachable { reason } => format!("unreachable: {reason}"),
+                plan::Reach::Refused { reason } => format!("refused: {reason}"),
+            };
+            writeln!(out, "  {host}: {seen}")?;
+        }
+        for step in &steps {
+            writeln!(out, "  - {}", describe(step))?;
+        }
+        if steps.is_empty() {
+            writeln!(out, "  nothing to do")?;
+        }
+        writeln!(out, "  => {outcome:?}")?;
+    }
+    runtime.block_on(ctx.pool.close_all());
+    let _ = std::fs::remove_dir_all(crate::host::default_control_dir());
+    Ok(exit_code::OK)
+}
+
+/// One planned step in words.
+fn describe(step: &Step) -> String {
+    match step {
+        Step::Build { host } => format!("build on {host}"),
+        Step::Once { stage, host } => format!("run `once` of stage {stage} on {host}"),
+        Step::Switch {
+            stage,
+            hosts,
+            pause,
+            cleanup,
+        } => {
+            let mut text = format!("switch stage {stage}: {}", hosts.join(", "));
+            if !pause.is_zero() {
+                text.push_str(&format!(" (after a {}s pause)", pause.as_secs()));
+            }
+            for (host, remove) in cleanup {
+                text.push_str(&format!("; then remove {} on {host}", remove.join(", ")));
+            }
+            text
+        }
+        Step::Rollback { stage, hosts } => format!("roll back stage {stage}: {}", hosts.join(", ")),
+        Step::Cleanup { host, remove } => format!("remove {} on {host}", remove.join(", ")),
+    }
+}
+
+fn status(
+    state_dir: &Path,
+    output: OutputFormat,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let state = StateDir::open_read_only(state_dir);
+    let statuses = state.all_statuses();
+    match output {
+        OutputFormat::Table => out.write_all(state::render_status_table(&statuses).as_bytes())?,
+        OutputFormat::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&state::status_list(&statuses))?
+        )?,
+        OutputFormat::Yaml => {
+            out.write_all(serde_saphyr::to_string(&state::status_list(&statuses))?.as_bytes())?
+        }
+    }
+    for warning in state.take_warnings() {
+        writeln!(err, "warning: {warning}")?;
+    }
+    Ok(exit_code::OK)
+}
+
+fn history(state_dir: &Path, site: &str, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let state = StateDir::open_read_only(state_dir);
+    let events = state.history(site);
+    if events.is_empty() {
+        writeln!(
+            out,
+            "no history for site `{site}` in {}",
+            state_dir.display()
+        )?;
+    } else {
+        out.write_all(state::render_history(&events).as_bytes())?;
+    }
+    Ok(exit_code::OK)
+}
+
+/// Daemon mode has not landed yet: say so plainly instead of pretending.
 fn not_built_yet(command: &str, path: &Path, err: &mut dyn Write) -> anyhow::Result<u8> {
     if load(path, err)?.is_none() {
         return Ok(exit_code::INVALID);

@@ -3,9 +3,12 @@
 
 pub mod cli;
 pub mod commands;
+pub mod controller;
 pub mod desired;
+pub mod execute;
 pub mod exit_code;
 pub mod host;
 pub mod manifest;
 pub mod plan;
+pub mod state;
 pub mod status;

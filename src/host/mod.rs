@@ -3,7 +3,9 @@
 //! not made here: this layer runs what it is told and reports what happened.
 
 pub mod local;
+pub mod observe;
 pub mod output;
+pub mod script;
 pub mod ssh;
 
 use std::path::PathBuf;

@@ -458,3 +458,85 @@ fn dedup_hosts(steps: Vec<Step>) -> Vec<Step> {
         })
         .collect()
 }
+
+/// Every step a pass would take if each one succeeded, and where it would end: what
+/// `convoy plan` prints. Pure: applies the steps to a copy of the observed state.
+pub fn preview(site: &DesiredSite, observed: &Observed, pass: &PassState) -> (Vec<Step>, Outcome) {
+    let mut observed = observed.clone();
+    let mut pass = pass.clone();
+    let mut all = vec![];
+    // Each phase changes the state, so a pass needs at most a few rounds per host.
+    for _ in 0..4 * observed.len() + 8 {
+        let next = plan(site, &observed, &pass);
+        if next.steps.is_empty() {
+            return (all, next.outcome);
+        }
+        for step in &next.steps {
+            assume_success(site, &mut observed, &mut pass, step);
+        }
+        all.extend(next.steps);
+    }
+    (all, Outcome::Progressing)
+}
+
+/// The state after `step` succeeded everywhere.
+fn assume_success(site: &DesiredSite, observed: &mut Observed, pass: &mut PassState, step: &Step) {
+    fn view<'o>(observed: &'o mut Observed, host: &str) -> Option<&'o mut HostView> {
+        match observed.get_mut(host) {
+            Some(Reach::Reachable(view)) => Some(view),
+            _ => None,
+        }
+    }
+    let desired = &site.release;
+    match step {
+        Step::Build { host } => {
+            if let Some(v) = view(observed, host) {
+                v.half_built.remove(desired);
+                v.complete.insert(desired.clone(), u64::MAX);
+            }
+        }
+        Step::Once { stage, host } => {
+            if let Some(v) = view(observed, host) {
+                v.once
+                    .insert(desired.clone(), OnceState::Done { status: 0 });
+            }
+            pass.once_done.insert(stage.clone());
+        }
+        Step::Switch {
+            stage,
+            hosts,
+            cleanup,
+            ..
+        } => {
+            for host in hosts {
+                if let Some(v) = view(observed, host) {
+                    v.previous = v.current.replace(desired.clone()).or(v.previous.take());
+                    for id in cleanup.get(host).into_iter().flatten() {
+                        v.complete.remove(id);
+                        v.half_built.remove(id);
+                    }
+                }
+                pass.switched
+                    .entry(stage.clone())
+                    .or_default()
+                    .push(host.clone());
+            }
+        }
+        Step::Rollback { hosts, .. } => {
+            for host in hosts {
+                if let Some(v) = view(observed, host) {
+                    v.current = v.previous.clone();
+                }
+            }
+            pass.rolled_back = true;
+        }
+        Step::Cleanup { host, remove } => {
+            if let Some(v) = view(observed, host) {
+                for id in remove {
+                    v.complete.remove(id);
+                    v.half_built.remove(id);
+                }
+            }
+        }
+    }
+}

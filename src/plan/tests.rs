@@ -779,3 +779,40 @@ proptest! {
         prop_assert_eq!(again, Plan::done(Outcome::Converged));
     }
 }
+
+#[test]
+fn preview_lists_a_whole_pass_in_order() {
+    let s = site("r1", TWO_STAGES);
+    let o = observed(&[
+        ("s1", live("r0", &["r0"])),
+        ("w1", live("r0", &["r0"])),
+        ("w2", down()),
+    ]);
+    let (steps, outcome) = preview(&s, &o, &PassState::default());
+    let kinds: Vec<String> = steps
+        .iter()
+        .map(|s| match s {
+            Step::Build { host } => format!("build {host}"),
+            Step::Once { host, .. } => format!("once {host}"),
+            Step::Switch { stage, hosts, .. } => format!("switch {stage} {}", hosts.join(",")),
+            Step::Rollback { hosts, .. } => format!("rollback {}", hosts.join(",")),
+            Step::Cleanup { host, .. } => format!("cleanup {host}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "build s1",
+            "build w1",
+            "once s1",
+            "switch scheduler s1",
+            "switch frontend w1"
+        ]
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Degraded {
+            skipped: vec!["w2".into()]
+        }
+    );
+}

@@ -28,15 +28,42 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn commands_not_built_yet_say_so_and_change_nothing() {
-    let out = convoy(&["reconcile", "--once", "-f", "manifests"]);
+fn daemon_mode_not_built_yet_says_so_and_changes_nothing() {
+    let out = convoy(&["reconcile", "-f", "manifests"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("`convoy reconcile` is not built yet"),
+        stderr(&out).contains("is not built yet"),
         "{}",
         stderr(&out)
     );
-    // Invalid manifests still exit 2 first.
-    let out = convoy(&["plan", "-f", "tests/fixtures/invalid/missing-release.yaml"]);
+    // Invalid manifests still exit 2 first, for every command that reads them.
+    let invalid = "tests/fixtures/invalid/missing-release.yaml";
+    for args in [
+        vec!["plan", "-f", invalid],
+        vec!["reconcile", "--once", "-f", invalid],
+    ] {
+        let out = convoy(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn unknown_site_and_bad_timeout_are_usage_errors() {
+    let out = convoy(&["reconcile", "--once", "--site", "nope", "-f", "manifests"]);
     assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no Site named `nope`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = convoy(&[
+        "reconcile",
+        "--once",
+        "--timeout",
+        "soon",
+        "-f",
+        "manifests",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout(&out).is_empty());
 }

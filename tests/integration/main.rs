@@ -3,6 +3,7 @@ mod cli_tests;
 mod crd_tests;
 mod lab;
 mod lab_tests;
+mod local_reconcile_tests;
 mod transport_tests;
 mod util;
 mod validate_tests;

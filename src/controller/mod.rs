@@ -1,0 +1,391 @@
+//! The reconcile loop: `convoy reconcile --once` converges every site once (sites in
+//! parallel, each serial), retrying transient trouble (an unreachable required host) with
+//! per-site exponential backoff and jitter until `--timeout`; it records status, history and
+//! failed attempts in the state dir and maps the result to the documented exit codes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use crate::desired::{DesiredSite, DesiredState};
+use crate::execute::{self, Context, Limits, SiteReport};
+use crate::exit_code;
+use crate::host::ssh::SshPool;
+use crate::plan::{Outcome, PassState};
+use crate::state::{self, Action, HistoryEvent, StateDir};
+use crate::status::{HostStatus, Phase, SiteStatus};
+
+/// Knobs of one `reconcile --once` run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub site: Option<String>,
+    pub timeout: Duration,
+    pub max_parallel: usize,
+    /// known_hosts to use instead of the ssh client's default.
+    pub known_hosts: Option<std::path::PathBuf>,
+}
+
+/// A site's result as the run reports it.
+pub struct SiteResult {
+    pub name: String,
+    pub report: SiteReport,
+    pub status: SiteStatus,
+}
+
+/// Bounds of the per-site backoff while a required host is unreachable.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a host lease lasts without renewal.
+const LEASE_TTL: Duration = Duration::from_secs(600);
+/// How long an idle SSH master survives, even if convoy is killed.
+const MASTER_IDLE: Duration = Duration::from_secs(30);
+
+/// Builds the execution context shared by every site of a run.
+pub fn context(desired: &DesiredState, options: &RunOptions) -> Context {
+    let control_dir = crate::host::default_control_dir();
+    Context {
+        pool: Arc::new(SshPool::new(
+            control_dir,
+            options.known_hosts.clone(),
+            512,
+            MASTER_IDLE,
+        )),
+        hosts: desired.hosts.clone(),
+        limits: Limits::new(options.max_parallel, &desired.group_limits),
+        holder: lease_holder(),
+        lease_ttl: LEASE_TTL,
+        command_timeout: options.timeout,
+        observe_timeout: Duration::from_secs(60),
+    }
+}
+
+/// This controller's name in host leases: `controller_id()` as a safe word (host-side
+/// scripts accept only `[A-Za-z0-9._-]`).
+fn lease_holder() -> String {
+    state::controller_id()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Fingerprint of everything that makes up a site's desired state: a change lifts a hold.
+pub fn desired_key(site: &DesiredSite) -> String {
+    // FNV-1a over the debug form: stable for a given convoy build, no extra crate.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in format!("{site:?}").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Converges one site: passes until it is no longer Blocked or the deadline comes.
+pub async fn converge_site(
+    ctx: &Context,
+    site: &DesiredSite,
+    state: &StateDir,
+    deadline: Instant,
+) -> SiteResult {
+    let key = desired_key(site);
+    let mut backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_MIN)
+        .with_max_delay(BACKOFF_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut blocked_retries = 0u32;
+    loop {
+        let attempts = state.attempts(&site.name, &key).attempts;
+        let once_done = state
+            .history(&site.name)
+            .into_iter()
+            .filter(|e| e.action == Action::OnceRan && e.release == site.release)
+            .filter_map(|e| e.stage)
+            .collect();
+        let pass = PassState {
+            attempts,
+            once_done,
+            ..PassState::default()
+        };
+        let revision = state.revision(&site.name, &site.release);
+        let report = execute::reconcile_site(ctx, site, pass, revision).await;
+        record(state, site, &key, &report);
+        let delay = backoff.next().unwrap_or(BACKOFF_MAX);
+        if matches!(report.outcome, Outcome::Blocked { .. }) && Instant::now() + delay < deadline {
+            blocked_retries += 1;
+            let status = status_of(state, site, &report, Some((blocked_retries, delay)));
+            let _ = state.save_status(&site.name, &status);
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        let status = status_of(state, site, &report, None);
+        let _ = state.save_status(&site.name, &status);
+        return SiteResult {
+            name: site.name.clone(),
+            report,
+            status,
+        };
+    }
+}
+
+/// Persists what a pass did: history, the resolved revision, failed attempts.
+fn record(state: &StateDir, site: &DesiredSite, key: &str, report: &SiteReport) {
+    let mut events: Vec<HistoryEvent> = report
+        .events
+        .iter()
+        .map(|e| {
+            let event = HistoryEvent::new(&site.name, &e.release, e.action)
+                .host(&e.host)
+                .stage(&e.stage);
+            match &e.detail {
+                Some(detail) => event.detail(detail),
+                None => event,
+            }
+        })
+        .collect();
+    if let Some(revision) = &report.revision {
+        let _ = state.record_revision(&site.name, &site.release, revision);
+    }
+    match &report.outcome {
+        Outcome::Converged | Outcome::Degraded { .. } => {
+            let _ = state.reset_attempts(&site.name);
+            if !report.events.is_empty() {
+                events.push(HistoryEvent::new(
+                    &site.name,
+                    &site.release,
+                    Action::Converged,
+                ));
+            }
+        }
+        Outcome::Failed { reason, .. } if report.failed_attempt => {
+            let _ = state.record_failure(&site.name, key, &site.release, reason);
+        }
+        Outcome::Blocked { hosts, reason } if !report.events.is_empty() => {
+            events.push(
+                HistoryEvent::new(&site.name, &site.release, Action::Blocked)
+                    .detail(format!("{reason}: {}", hosts.join(", "))),
+            );
+        }
+        _ => {}
+    }
+    if !events.is_empty() {
+        let _ = state.append_history(&events);
+    }
+}
+
+/// The Site's status object after a pass.
+fn status_of(
+    state: &StateDir,
+    site: &DesiredSite,
+    report: &SiteReport,
+    retrying: Option<(u32, Duration)>,
+) -> SiteStatus {
+    let (phase, message) = match &report.outcome {
+        Outcome::Converged => (
+            Phase::Converged,
+            format!("every host runs {}", site.release),
+        ),
+        Outcome::Progressing => (Phase::Progressing, "rollout under way".to_string()),
+        Outcome::Degraded { skipped } => (
+            Phase::Degraded,
+            format!(
+                "every reachable host runs {}; optional hosts unreachable: {}",
+                site.release,
+                skipped.join(", ")
+            ),
+        ),
+        Outcome::Blocked { hosts, reason } => {
+            let mut message = format!("{reason}: {}", hosts.join(", "));
+            if let Some((retries, delay)) = retrying {
+                message.push_str(&format!(
+                    "; retry {retries} in {}s (backoff)",
+                    delay.as_secs().max(1)
+                ));
+            }
+            (Phase::Blocked, message)
+        }
+        Outcome::Failed { reason, host } => (
+            Phase::Failed,
+            match host {
+                Some(host) => format!("{reason} (host {host})"),
+                None => reason.clone(),
+            },
+        ),
+        Outcome::Suspended => (
+            Phase::Suspended,
+            "suspended: observed only, nothing changed".to_string(),
+        ),
+    };
+    let previous = state.load_status(&site.name);
+    let last_transition_time = match &previous {
+        Some(p) if p.phase == phase && p.desired_release == site.release => {
+            p.last_transition_time.clone()
+        }
+        _ => Some(state::now_rfc3339()),
+    };
+    SiteStatus {
+        phase,
+        desired_release: site.release.clone(),
+        revision: report
+            .revision
+            .clone()
+            .or_else(|| state.revision(&site.name, &site.release)),
+        message,
+        attempts: state.attempts(&site.name, &desired_key(site)).attempts,
+        last_transition_time,
+        hosts: report
+            .hosts
+            .iter()
+            .map(|h| HostStatus {
+                name: h.name.clone(),
+                stage: h.stage.clone(),
+                release: h.release.clone(),
+                reachable: h.reachable,
+                last_error: h.last_error.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Exit code of a site: 1 for Failed, Blocked or unfinished; 3 for Degraded; else 0.
+pub fn exit_code_of(outcome: &Outcome) -> u8 {
+    match outcome {
+        Outcome::Converged | Outcome::Suspended => exit_code::OK,
+        Outcome::Degraded { .. } => exit_code::DEGRADED,
+        Outcome::Blocked { .. } | Outcome::Failed { .. } | Outcome::Progressing => {
+            exit_code::FAILED
+        }
+    }
+}
+
+/// Worst first: 1 > 3 > 0.
+pub fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
+    codes
+        .into_iter()
+        .max_by_key(|c| match *c {
+            exit_code::FAILED => 3,
+            exit_code::DEGRADED => 2,
+            exit_code::OK => 1,
+            _ => 4,
+        })
+        .unwrap_or(exit_code::OK)
+}
+
+/// `convoy reconcile --once`: every selected site, in parallel; prints each site's block
+/// (per host, never interleaved) as it finishes. Returns the exit code.
+pub async fn run_once(
+    desired: &DesiredState,
+    state: &StateDir,
+    options: &RunOptions,
+    out: &mut dyn std::io::Write,
+) -> u8 {
+    let ctx = context(desired, options);
+    let sites: Vec<&DesiredSite> = desired
+        .sites
+        .values()
+        .filter(|s| options.site.as_ref().is_none_or(|name| &s.name == name))
+        .collect();
+    let started = Instant::now();
+    let deadline = started + options.timeout;
+    let mut running: FuturesUnordered<_> = sites
+        .iter()
+        .map(|site| converge_site(&ctx, site, state, deadline))
+        .collect();
+    let mut codes = vec![];
+    let mut finished = BTreeMap::new();
+    let timed_out = tokio::time::timeout(options.timeout, async {
+        while let Some(result) = running.next().await {
+            let _ = out.write_all(render_site(&result).as_bytes());
+            let _ = out.flush();
+            codes.push(exit_code_of(&result.report.outcome));
+            finished.insert(result.name.clone(), ());
+        }
+    })
+    .await
+    .is_err();
+    drop(running);
+    if timed_out {
+        let pending: Vec<&str> = sites
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !finished.contains_key(*n))
+            .collect();
+        let _ = writeln!(
+            out,
+            "error: --timeout of {}s reached; still pending: {}",
+            options.timeout.as_secs(),
+            pending.join(", ")
+        );
+        codes.push(exit_code::FAILED);
+    }
+    ctx.pool.close_all().await;
+    let _ = std::fs::remove_dir_all(crate::host::default_control_dir());
+    let code = worst(codes);
+    let _ = writeln!(
+        out,
+        "{} site{} in {:.1}s",
+        sites.len(),
+        if sites.len() == 1 { "" } else { "s" },
+        started.elapsed().as_secs_f64()
+    );
+    code
+}
+
+/// One site's block of output: what happened per host, then the phase line.
+pub fn render_site(result: &SiteResult) -> String {
+    let mut text = String::new();
+    let mut per_host: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for event in &result.report.events {
+        let mut line = format!("{} {}", event.action, event.release);
+        if let Some(detail) = &event.detail {
+            line.push_str(": ");
+            line.push_str(detail.lines().last().unwrap_or(""));
+        }
+        per_host.entry(&event.host).or_default().push(line);
+    }
+    for host in &result.report.hosts {
+        let lines = per_host.remove(host.name.as_str()).unwrap_or_default();
+        let live = host.release.as_deref().unwrap_or("-");
+        let state = if host.reachable {
+            format!("live {live}")
+        } else {
+            "unreachable".to_string()
+        };
+        text.push_str(&format!(
+            "{}: {} ({}): {state}\n",
+            result.name, host.name, host.stage
+        ));
+        let explained = result
+            .report
+            .events
+            .iter()
+            .any(|e| e.host == host.name && e.detail.is_some());
+        for line in lines {
+            text.push_str(&format!("    {line}\n"));
+        }
+        if let (Some(error), false) = (&host.last_error, explained) {
+            let tail: Vec<&str> = error.lines().rev().take(5).collect();
+            for line in tail.into_iter().rev() {
+                text.push_str(&format!("    | {line}\n"));
+            }
+        }
+    }
+    let status = &result.status;
+    text.push_str(&format!(
+        "{}: {:?}: {}\n",
+        result.name, status.phase, status.message
+    ));
+    if status.phase == Phase::Degraded {
+        text.push_str(&format!("warning: {}: {}\n", result.name, status.message));
+    }
+    text
+}

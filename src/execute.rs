@@ -1,0 +1,900 @@
+//! Runs the planner's steps on real hosts for one site, under the concurrency limits that
+//! hold at the same time (global, per site, per ServerGroup), folds every result back into
+//! the observed state, and plans again until no step is left. Few round trips per host:
+//! observe in one, lease + build in one, switch + activate + health + clean-up in one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::desired::{DesiredSite, FetchSpec};
+use crate::host::observe::{self, OnceState as HostOnce};
+use crate::host::script::{Env, Fence, Script};
+use crate::host::ssh::SshPool;
+use crate::host::{CommandOutput, Host, HostError, RemoteCommand};
+use crate::plan::{self, HostView, Outcome, PassState, Reach, Step};
+pub use crate::state::Action;
+
+/// How much of a failing command's output is kept in status and history.
+const ERROR_TAIL: usize = 2048;
+
+/// The three limits that hold at once: whole run, per site, per ServerGroup.
+pub struct Limits {
+    global: Arc<Semaphore>,
+    groups: BTreeMap<String, Arc<Semaphore>>,
+}
+
+impl Limits {
+    pub fn new(global: usize, groups: &BTreeMap<String, usize>) -> Self {
+        Limits {
+            global: Arc::new(Semaphore::new(global.max(1))),
+            groups: groups
+                .iter()
+                .map(|(g, n)| (g.clone(), Arc::new(Semaphore::new((*n).max(1)))))
+                .collect(),
+        }
+    }
+}
+
+/// Everything a site run needs from the controller.
+pub struct Context {
+    pub pool: Arc<SshPool>,
+    pub hosts: BTreeMap<String, Host>,
+    pub limits: Limits,
+    /// This controller's identity in host leases: `hostname:pid`.
+    pub holder: String,
+    pub lease_ttl: Duration,
+    /// Bound for one round trip that runs user commands (build, once, health).
+    pub command_timeout: Duration,
+    /// Bound for a round trip that runs no user command (observe, clean-up).
+    pub observe_timeout: Duration,
+}
+
+/// Something notable that happened on a host, for history and progress output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub host: String,
+    pub stage: String,
+    pub release: String,
+    pub action: Action,
+    pub detail: Option<String>,
+}
+
+/// What a site run ended with.
+#[derive(Debug, Clone)]
+pub struct SiteReport {
+    pub outcome: Outcome,
+    /// Per host: stage, live release, reachable, last error.
+    pub hosts: Vec<HostReport>,
+    pub events: Vec<Event>,
+    /// The commit the desired release resolved to, when a host reported it.
+    pub revision: Option<String>,
+    /// This pass found a build, once or health failure (counts toward failureRetries).
+    pub failed_attempt: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostReport {
+    pub name: String,
+    pub stage: String,
+    pub release: Option<String>,
+    pub reachable: bool,
+    pub last_error: Option<String>,
+}
+
+/// Per-pass state of one site while it is being reconciled.
+struct SiteRun<'a> {
+    ctx: &'a Context,
+    site: &'a DesiredSite,
+    site_limit: Arc<Semaphore>,
+    observed: plan::Observed,
+    pass: PassState,
+    fences: BTreeMap<String, Fence>,
+    errors: BTreeMap<String, String>,
+    events: Vec<Event>,
+    revision: Option<String>,
+    failed_attempt: bool,
+    /// Host → (stage, group) within this site.
+    membership: BTreeMap<String, (String, String)>,
+}
+
+/// Observes the site's hosts and returns what each reported (used by `plan` and `status`).
+pub async fn observe_site(ctx: &Context, site: &DesiredSite) -> plan::Observed {
+    let run = SiteRun::new(ctx, site, PassState::default());
+    run.observe_all().await
+}
+
+/// One reconcile pass of one site: observe, then plan and execute until nothing is left.
+/// `revision`: the commit this release already resolved to (state dir), if any.
+pub async fn reconcile_site(
+    ctx: &Context,
+    site: &DesiredSite,
+    pass: PassState,
+    revision: Option<String>,
+) -> SiteReport {
+    let mut run = SiteRun::new(ctx, site, pass);
+    run.revision = revision;
+    run.observed = run.observe_all().await;
+    let outcome = loop {
+        let next = plan::plan(site, &run.observed, &run.pass);
+        if next.steps.is_empty() {
+            break next.outcome;
+        }
+        run.execute(next.steps).await;
+    };
+    run.report(outcome)
+}
+
+impl<'a> SiteRun<'a> {
+    fn new(ctx: &'a Context, site: &'a DesiredSite, pass: PassState) -> Self {
+        let membership = site
+            .stages
+            .iter()
+            .flat_map(|s| {
+                s.hosts
+                    .iter()
+                    .map(move |h| (h.clone(), (s.name.clone(), s.group.clone())))
+            })
+            .collect();
+        SiteRun {
+            ctx,
+            site,
+            site_limit: Arc::new(Semaphore::new(site.rollout.max_parallel.max(1))),
+            observed: BTreeMap::new(),
+            pass,
+            fences: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            events: vec![],
+            revision: None,
+            failed_attempt: false,
+            membership,
+        }
+    }
+
+    fn host(&self, name: &str) -> &Host {
+        &self.ctx.hosts[name]
+    }
+
+    fn stage_of(&self, host: &str) -> &str {
+        &self.membership[host].0
+    }
+
+    fn path_on(&self, host: &str) -> String {
+        self.host(host).path(&self.site.path)
+    }
+
+    /// Takes the site, group and global permits, in that order everywhere (no deadlock).
+    async fn permits(&self, host: &str) -> Vec<OwnedSemaphorePermit> {
+        let mut permits = vec![
+            self.site_limit
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed"),
+        ];
+        if let Some(group) = self.ctx.limits.groups.get(&self.membership[host].1) {
+            permits.push(group.clone().acquire_owned().await.expect("never closed"));
+        }
+        permits.push(
+            self.ctx
+                .limits
+                .global
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed"),
+        );
+        permits
+    }
+
+    async fn run_on(&self, host: &str, command: RemoteCommand) -> Result<CommandOutput, HostError> {
+        let _permits = self.permits(host).await;
+        self.host(host).run(&self.ctx.pool, &command).await
+    }
+
+    async fn observe_all(&self) -> plan::Observed {
+        let hosts: Vec<&String> = self.membership.keys().collect();
+        let results = join_all(hosts.iter().map(|host| async move {
+            let command = RemoteCommand::new(
+                Script::new(&self.path_on(host)).observe().finish(),
+                self.ctx.observe_timeout,
+            );
+            (host.to_string(), self.run_on(host, command).await)
+        }))
+        .await;
+        results
+            .into_iter()
+            .map(|(host, result)| {
+                let reach = self.to_reach(&host, result);
+                (host, reach)
+            })
+            .collect()
+    }
+
+    fn to_reach(&self, host: &str, result: Result<CommandOutput, HostError>) -> Reach {
+        match result {
+            Ok(out) => match observe::parse(&out.stdout_text()) {
+                Ok(report) => Reach::Reachable(self.view(host, &report)),
+                Err(e) => Reach::Unreachable {
+                    reason: format!("{e}: {}", tail(&out)),
+                },
+            },
+            Err(e @ (HostError::HostKeyChanged { .. } | HostError::HostKeyUnknown { .. })) => {
+                Reach::Refused {
+                    reason: e.to_string(),
+                }
+            }
+            Err(e) => Reach::Unreachable {
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    /// The planner's view of one host's report.
+    fn view(&self, host: &str, report: &observe::Observed) -> HostView {
+        let stage = self.stage_of(host);
+        let once = report
+            .once
+            .iter()
+            .filter(|o| o.stage == stage)
+            .filter_map(|o| {
+                let state = match o.state {
+                    HostOnce::Done { status } => plan::OnceState::Done { status },
+                    HostOnce::Running => plan::OnceState::Running,
+                    // Started, never recorded: convoy refuses to guess whether it ran.
+                    HostOnce::Interrupted => plan::OnceState::Done {
+                        status: crate::host::script::EXIT_ONCE_INTERRUPTED,
+                    },
+                    HostOnce::NotStarted => return None,
+                };
+                Some((o.release.clone(), state))
+            })
+            .collect();
+        let locked_by = report
+            .lease
+            .as_ref()
+            .filter(|l| l.holder != self.ctx.holder && l.expires > report.now)
+            .map(|l| l.holder.clone());
+        HostView {
+            current: report.current.clone(),
+            previous: report.previous.clone(),
+            complete: report
+                .releases
+                .iter()
+                .filter(|r| r.complete)
+                .map(|r| (r.id.clone(), r.built_at.unwrap_or(0)))
+                .collect(),
+            half_built: report
+                .releases
+                .iter()
+                .filter(|r| !r.complete)
+                .map(|r| r.id.clone())
+                .collect(),
+            once,
+            locked_by,
+        }
+    }
+
+    fn view_mut(&mut self, host: &str) -> Option<&mut HostView> {
+        match self.observed.get_mut(host) {
+            Some(Reach::Reachable(view)) => Some(view),
+            _ => None,
+        }
+    }
+
+    /// The environment of user commands on `host` for `release`.
+    fn env(&self, host: &str, release: &str) -> Env {
+        let mut vars = vec![
+            ("CONVOY_SITE".to_string(), self.site.name.clone()),
+            ("CONVOY_RELEASE".to_string(), release.to_string()),
+            (
+                "CONVOY_RELEASE_DIR".to_string(),
+                format!("{}/releases/{release}", self.path_on(host)),
+            ),
+            (
+                "CONVOY_REVISION".to_string(),
+                self.revision
+                    .clone()
+                    .unwrap_or_else(|| self.site.revision.clone()),
+            ),
+            ("CONVOY_HOST".to_string(), host.to_string()),
+            ("CONVOY_STAGE".to_string(), self.stage_of(host).to_string()),
+        ];
+        vars.extend(self.site.env.iter().cloned());
+        Env(vars)
+    }
+
+    fn event(&mut self, host: &str, action: Action, detail: Option<String>) {
+        let release = match action {
+            Action::RolledBack => self
+                .view_mut(host)
+                .and_then(|v| v.current.clone())
+                .unwrap_or_default(),
+            _ => self.site.release.clone(),
+        };
+        self.events.push(Event {
+            host: host.to_string(),
+            stage: self.stage_of(host).to_string(),
+            release,
+            action,
+            detail,
+        });
+    }
+
+    /// A host error during a step: unreachable hosts become unreachable for the planner.
+    fn host_failed(&mut self, host: &str, error: HostError) {
+        self.errors.insert(host.to_string(), error.to_string());
+        let reach = match error {
+            HostError::HostKeyChanged { .. } | HostError::HostKeyUnknown { .. } => Reach::Refused {
+                reason: error.to_string(),
+            },
+            _ => Reach::Unreachable {
+                reason: error.to_string(),
+            },
+        };
+        self.observed.insert(host.to_string(), reach);
+    }
+
+    /// Reads the lease line of a script's output; remembers the fence, or marks the host
+    /// as held by another controller.
+    fn note_lease(&mut self, host: &str, out: &CommandOutput) {
+        let text = out.stdout_text();
+        let Some(line) = observe::fact_line(&text, "lease") else {
+            return;
+        };
+        let get = |k: &str| {
+            line.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        match get("lease").as_deref() {
+            Some("acquired") => {
+                if let Some(generation) = get("generation").and_then(|g| g.parse().ok()) {
+                    self.fences.entry(host.to_string()).or_insert(Fence {
+                        holder: self.ctx.holder.clone(),
+                        generation,
+                    });
+                }
+            }
+            Some("held") => {
+                let holder = get("holder").unwrap_or_else(|| "another controller".into());
+                if let Some(view) = self.view_mut(host) {
+                    view.locked_by = Some(holder);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn execute(&mut self, steps: Vec<Step>) {
+        let (builds, others): (Vec<Step>, Vec<Step>) = steps
+            .into_iter()
+            .partition(|s| matches!(s, Step::Build { .. }));
+        if !builds.is_empty() {
+            self.build_all(
+                builds
+                    .iter()
+                    .map(|s| match s {
+                        Step::Build { host } => host.clone(),
+                        _ => unreachable!(),
+                    })
+                    .collect(),
+            )
+            .await;
+        }
+        for step in others {
+            match step {
+                Step::Build { .. } => unreachable!("partitioned"),
+                Step::Once { stage, host } => self.once(&stage, &host).await,
+                Step::Switch {
+                    stage,
+                    hosts,
+                    pause,
+                    cleanup,
+                } => {
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                    self.switch_batch(&stage, &hosts, &cleanup).await;
+                }
+                Step::Rollback { hosts, .. } => {
+                    // Rare, one round trip each: one after another keeps events in order.
+                    for host in hosts {
+                        self.rollback_host(host).await;
+                    }
+                    self.pass.rolled_back = true;
+                }
+                Step::Cleanup { host, remove } => self.cleanup(&host, &remove).await,
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ build
+
+    async fn build_all(&mut self, hosts: Vec<String>) {
+        let archive = match &self.site.fetch {
+            FetchSpec::Archive { path } => match pack_archive(path, &self.site.release).await {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    for host in &hosts {
+                        self.pass.build_failed.insert(host.clone(), e.clone());
+                    }
+                    self.failed_attempt = true;
+                    return;
+                }
+            },
+            FetchSpec::Git { .. } => None,
+        };
+        let commands: Vec<(String, RemoteCommand)> = hosts
+            .iter()
+            .map(|h| (h.clone(), self.build_command(h, archive.as_ref())))
+            .collect();
+        let this = &*self;
+        let results = join_all(commands.into_iter().map(|(host, command)| async move {
+            let result = this.run_on(&host, command).await;
+            (host, result)
+        }))
+        .await;
+        for (host, result) in results {
+            match result {
+                Err(e) => self.host_failed(&host, e),
+                Ok(out) => {
+                    self.note_lease(&host, &out);
+                    let text = out.stdout_text();
+                    if let Some(revision) = observe::fact(&text, "revision") {
+                        self.revision.get_or_insert(revision);
+                    }
+                    if out.success() {
+                        let desired = self.site.release.clone();
+                        if let Some(view) = self.view_mut(&host) {
+                            view.half_built.remove(&desired);
+                            view.complete.insert(desired, u64::MAX);
+                        }
+                        self.event(&host, Action::Built, None);
+                    } else if self.view_mut(&host).is_some_and(|v| v.locked_by.is_some()) {
+                        // Held by another controller: the planner reports Blocked.
+                    } else {
+                        let error =
+                            format!("{} on host `{host}`: {}", failed_step(&out), tail(&out));
+                        self.errors.insert(host.clone(), error.clone());
+                        self.pass.build_failed.insert(host.clone(), error.clone());
+                        self.failed_attempt = true;
+                        self.event(&host, Action::BuildFailed, Some(error));
+                    }
+                }
+            }
+        }
+    }
+
+    fn build_command(&self, host: &str, archive: Option<&Vec<u8>>) -> RemoteCommand {
+        let release = &self.site.release;
+        let mut script = Script::new(&self.path_on(host))
+            .lease_acquire(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
+            .prepare(release);
+        script = match &self.site.fetch {
+            FetchSpec::Git { repository } => {
+                let revision = self
+                    .revision
+                    .clone()
+                    .unwrap_or_else(|| self.site.revision.clone());
+                script.fetch_git(release, repository, &revision)
+            }
+            FetchSpec::Archive { .. } => script.unpack_archive(release),
+        };
+        let script = script
+            .link_shared(release, &self.site.shared)
+            .build(release, &self.site.build, &self.env(host, release))
+            .finish();
+        let command = RemoteCommand::new(script, self.ctx.command_timeout);
+        match archive {
+            Some(bytes) => command.with_stdin(bytes.clone()),
+            None => command,
+        }
+    }
+
+    // ------------------------------------------------------------------ lease
+
+    /// The fence for `host`, taking the lease first if this pass has not yet (a host that
+    /// needed no build). `None` when the host is unreachable or held by someone else.
+    async fn fence(&mut self, host: &str) -> Option<Fence> {
+        if let Some(fence) = self.fences.get(host) {
+            return Some(fence.clone());
+        }
+        let script = Script::new(&self.path_on(host))
+            .lease_acquire(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
+            .finish();
+        match self
+            .run_on(host, RemoteCommand::new(script, self.ctx.observe_timeout))
+            .await
+        {
+            Ok(out) => self.note_lease(host, &out),
+            Err(e) => self.host_failed(host, e),
+        }
+        self.fences.get(host).cloned()
+    }
+
+    // ------------------------------------------------------------------ once
+
+    async fn once(&mut self, stage: &str, host: &str) {
+        let Some(fence) = self.fence(host).await else {
+            return;
+        };
+        let release = self.site.release.clone();
+        let commands = self
+            .site
+            .stages
+            .iter()
+            .find(|s| s.name == stage)
+            .map(|s| s.once.clone())
+            .unwrap_or_default();
+        let script = Script::new(&self.path_on(host))
+            .once(
+                &release,
+                stage,
+                &commands,
+                &self.env(host, &release),
+                &fence,
+            )
+            .finish();
+        match self
+            .run_on(host, RemoteCommand::new(script, self.ctx.command_timeout))
+            .await
+        {
+            Err(e) => self.host_failed(host, e),
+            Ok(out) => {
+                let status = once_status(&out.stdout_text());
+                match status {
+                    Some(status) => {
+                        if let Some(view) = self.view_mut(host) {
+                            view.once
+                                .insert(release.clone(), plan::OnceState::Done { status });
+                        }
+                        if status == 0 {
+                            self.pass.once_done.insert(stage.to_string());
+                            self.event(host, Action::OnceRan, None);
+                        } else {
+                            let error = format!(
+                                "`once` of stage `{stage}` failed on host `{host}`: {}",
+                                tail(&out)
+                            );
+                            self.errors.insert(host.to_string(), error.clone());
+                            self.pass.once_failed = Some((stage.to_string(), host.to_string()));
+                            self.failed_attempt = true;
+                            self.event(host, Action::OnceFailed, Some(error));
+                        }
+                    }
+                    None => {
+                        // Fenced or still running past the wait: nothing recorded, stop.
+                        let error =
+                            format!("`once` did not finish on host `{host}`: {}", tail(&out));
+                        self.errors.insert(host.to_string(), error);
+                        self.pass.once_failed = Some((stage.to_string(), host.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ switch
+
+    async fn switch_batch(
+        &mut self,
+        stage: &str,
+        hosts: &[String],
+        cleanup: &BTreeMap<String, Vec<String>>,
+    ) {
+        let mut fences = BTreeMap::new();
+        for host in hosts {
+            if let Some(fence) = self.fence(host).await {
+                fences.insert(host.clone(), fence);
+            }
+        }
+        let release = self.site.release.clone();
+        let activate = self
+            .site
+            .stages
+            .iter()
+            .find(|s| s.name == stage)
+            .map(|s| s.activate.clone())
+            .unwrap_or_default();
+        let commands: Vec<(String, RemoteCommand)> = fences
+            .iter()
+            .map(|(host, fence)| {
+                let env = self.env(host, &release);
+                let mut script = Script::new(&self.path_on(host))
+                    .switch(&release, fence)
+                    .activate(&release, &activate, &env);
+                if let Some(health) = &self.site.health {
+                    script = script.health(
+                        &health.command,
+                        &env,
+                        health.timeout.as_secs().max(1),
+                        health.retries,
+                        health.interval.as_secs(),
+                    );
+                }
+                if cleanup.contains_key(host) {
+                    script =
+                        script.cleanup(self.site.keep_releases, std::slice::from_ref(&release));
+                }
+                let script = script.lease_release(&self.ctx.holder).finish();
+                (
+                    host.clone(),
+                    RemoteCommand::new(script, self.ctx.command_timeout),
+                )
+            })
+            .collect();
+        let this = &*self;
+        let results = join_all(commands.into_iter().map(|(host, command)| async move {
+            let result = this.run_on(&host, command).await;
+            (host, result)
+        }))
+        .await;
+        let mut unhealthy = vec![];
+        for (host, result) in results {
+            match result {
+                Err(e) => self.host_failed(&host, e),
+                Ok(out) => {
+                    let steps = observe::steps(&out.stdout_text());
+                    let switched = steps
+                        .iter()
+                        .any(|(name, status)| name == "switch" && *status == 0);
+                    if switched {
+                        if let Some(view) = self.view_mut(&host) {
+                            if view.current.as_deref() != Some(&release) {
+                                view.previous = view.current.take();
+                            }
+                            view.current = Some(release.clone());
+                        }
+                        self.pass
+                            .switched
+                            .entry(stage.to_string())
+                            .or_default()
+                            .push(host.clone());
+                        self.event(&host, Action::Switched, None);
+                    }
+                    if out.success() {
+                        self.fences.remove(&host);
+                        for id in cleanup.get(&host).into_iter().flatten() {
+                            if let Some(view) = self.view_mut(&host) {
+                                view.complete.remove(id);
+                                view.half_built.remove(id);
+                            }
+                        }
+                    } else if switched {
+                        let error = format!(
+                            "{} failed on host `{host}`: {}",
+                            failed_step(&out),
+                            tail(&out)
+                        );
+                        self.errors.insert(host.clone(), error.clone());
+                        self.event(&host, Action::HealthFailed, Some(error.clone()));
+                        unhealthy.push((host, error));
+                    } else {
+                        let error = format!(
+                            "{} failed on host `{host}`: {}",
+                            failed_step(&out),
+                            tail(&out)
+                        );
+                        self.errors.insert(host.clone(), error.clone());
+                        self.pass.health_failed.get_or_insert((
+                            stage.to_string(),
+                            host.clone(),
+                            error,
+                        ));
+                        self.failed_attempt = true;
+                    }
+                }
+            }
+        }
+        if let Some((host, error)) = unhealthy.first().cloned() {
+            self.pass.health_failed = Some((stage.to_string(), host, error));
+            self.failed_attempt = true;
+            for (host, _) in unhealthy {
+                self.rollback_host(host).await;
+            }
+        }
+    }
+
+    /// Back to the recorded previous release, then `activate` with that release's variables.
+    async fn rollback_host(&mut self, host: String) {
+        let Some(fence) = self.fence(&host).await else {
+            return;
+        };
+        let Some(previous) = self.view_mut(&host).and_then(|v| v.previous.clone()) else {
+            self.errors.insert(
+                host.clone(),
+                "no previous release recorded: cannot roll back".into(),
+            );
+            return;
+        };
+        let stage = self.stage_of(&host).to_string();
+        let activate = self
+            .site
+            .stages
+            .iter()
+            .find(|s| s.name == stage)
+            .map(|s| s.activate.clone())
+            .unwrap_or_default();
+        let env = self.env(&host, &previous);
+        let script = Script::new(&self.path_on(&host))
+            .rollback(&fence)
+            .activate(&previous, &activate, &env)
+            .lease_release(&self.ctx.holder)
+            .finish();
+        match self
+            .run_on(&host, RemoteCommand::new(script, self.ctx.command_timeout))
+            .await
+        {
+            Err(e) => self.host_failed(&host, e),
+            Ok(out) => {
+                let rolled = observe::steps(&out.stdout_text())
+                    .iter()
+                    .any(|(n, s)| n == "rollback" && *s == 0);
+                if rolled {
+                    if let Some(view) = self.view_mut(&host) {
+                        view.current = Some(previous.clone());
+                    }
+                    self.fences.remove(&host);
+                    self.event(
+                        &host,
+                        Action::RolledBack,
+                        (!out.success()).then(|| tail(&out)),
+                    );
+                } else {
+                    self.errors
+                        .insert(host.clone(), format!("rollback failed: {}", tail(&out)));
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ cleanup
+
+    async fn cleanup(&mut self, host: &str, remove: &[String]) {
+        let script = Script::new(&self.path_on(host))
+            .lease_acquire(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
+            .cleanup(
+                self.site.keep_releases,
+                std::slice::from_ref(&self.site.release),
+            )
+            .lease_release(&self.ctx.holder)
+            .finish();
+        match self
+            .run_on(host, RemoteCommand::new(script, self.ctx.observe_timeout))
+            .await
+        {
+            Err(e) => self.host_failed(host, e),
+            Ok(out) => {
+                self.note_lease(host, &out);
+                if out.success() {
+                    if let Some(view) = self.view_mut(host) {
+                        for id in remove {
+                            view.complete.remove(id);
+                            view.half_built.remove(id);
+                        }
+                    }
+                    self.event(host, Action::CleanedUp, Some(remove.join(", ")));
+                } else if self.view_mut(host).is_some_and(|v| v.locked_by.is_none()) {
+                    // Not fatal, but never retried forever within the pass either.
+                    self.errors
+                        .insert(host.to_string(), format!("clean-up failed: {}", tail(&out)));
+                    if let Some(view) = self.view_mut(host) {
+                        for id in remove {
+                            view.complete.remove(id);
+                            view.half_built.remove(id);
+                        }
+                    }
+                }
+                self.fences.remove(host);
+            }
+        }
+    }
+
+    fn report(self, outcome: Outcome) -> SiteReport {
+        let hosts = self
+            .site
+            .stages
+            .iter()
+            .flat_map(|stage| stage.hosts.iter().map(move |h| (h, stage)))
+            .map(|(host, stage)| {
+                let (release, reachable) = match self.observed.get(host) {
+                    Some(Reach::Reachable(view)) => (view.current.clone(), true),
+                    _ => (None, false),
+                };
+                let last_error =
+                    self.errors
+                        .get(host)
+                        .cloned()
+                        .or_else(|| match self.observed.get(host) {
+                            Some(Reach::Unreachable { reason } | Reach::Refused { reason }) => {
+                                Some(reason.clone())
+                            }
+                            Some(Reach::Reachable(view)) => {
+                                view.locked_by.as_ref().map(|h| format!("locked by {h}"))
+                            }
+                            None => None,
+                        });
+                HostReport {
+                    name: host.clone(),
+                    stage: stage.name.clone(),
+                    release,
+                    reachable,
+                    last_error,
+                }
+            })
+            .collect();
+        SiteReport {
+            outcome,
+            hosts,
+            events: self.events,
+            revision: self.revision,
+            failed_attempt: self.failed_attempt,
+        }
+    }
+}
+
+/// The exit status the host recorded for `once` (`@@convoy once=done status=<n>`).
+fn once_status(stdout: &str) -> Option<i32> {
+    stdout.lines().rev().find_map(|line| {
+        let rest = line.strip_prefix("@@convoy once=done ")?;
+        rest.split_whitespace()
+            .find_map(|w| w.strip_prefix("status="))?
+            .parse()
+            .ok()
+    })
+}
+
+/// The name of the step that stopped a script, for messages.
+fn failed_step(out: &CommandOutput) -> String {
+    observe::steps(&out.stdout_text())
+        .into_iter()
+        .find(|(_, status)| *status != 0)
+        .map(|(name, status)| format!("{name} (exit {status})"))
+        .unwrap_or_else(|| format!("script (exit {})", out.status))
+}
+
+/// The end of a command's output, user output (stderr) first: what an operator needs.
+pub fn tail(out: &CommandOutput) -> String {
+    let text = String::from_utf8_lossy(&out.stderr);
+    let text = text.trim_end();
+    let start = text.len().saturating_sub(ERROR_TAIL);
+    let start = (start..=text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    let tail = &text[start..];
+    if tail.is_empty() {
+        format!("exit status {}", out.status)
+    } else {
+        tail.to_string()
+    }
+}
+
+/// Reads the archive to upload: a `.tar.gz` file as is, or a directory packed with `tar`.
+/// `{release}` in the path is replaced by the release id.
+async fn pack_archive(path: &str, release: &str) -> Result<Vec<u8>, String> {
+    let path = path.replace("{release}", release);
+    let meta = tokio::fs::metadata(&path)
+        .await
+        .map_err(|e| format!("failed to read archive `{path}`: {e}"))?;
+    if meta.is_file() {
+        return tokio::fs::read(&path)
+            .await
+            .map_err(|e| format!("failed to read archive `{path}`: {e}"));
+    }
+    let out = tokio::process::Command::new("tar")
+        .args(["-C", &path, "-czf", "-", "."])
+        .output()
+        .await
+        .map_err(|e| format!("failed to run tar on `{path}`: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "failed to pack `{path}`: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(out.stdout)
+}

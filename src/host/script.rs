@@ -1,0 +1,1917 @@
+//! The POSIX `sh` scripts convoy runs on a host.
+//!
+//! Nothing runs here: every function takes values and returns text. A [`Script`] starts
+//! with a fixed preamble of helper functions (defined once) and then chains any number of
+//! operations, so one transport round trip can e.g. switch, activate and health-check.
+//!
+//! Each operation runs in its own subshell and is followed by a machine-readable line on
+//! stdout, `@@convoy step=<name> status=<code>`; the script stops at the first operation
+//! that fails, so the last step line names the failing operation (parse them with
+//! [`super::observe::steps`]). Operations may also print facts, `@@convoy key=value ...`
+//! (e.g. `revision=<sha>`, `lease=acquired generation=3`, `fenced`). Output of user
+//! commands (build, activate, health, once) goes to stderr, never stdout, so it cannot
+//! forge those lines.
+//!
+//! Layout under the site path `P`: `P/releases/<id>/`, `P/current -> releases/<id>`
+//! (relative symlink, only ever replaced by rename(2)), `P/shared/`, and `P/.convoy/`
+//! (`previous`, `lock`, `lock.d` (short mutex), `once/<release>/<stage>/`, `mirror.git`).
+//! A release is complete when `P/releases/<id>/.convoy-complete` exists; it is written last,
+//! atomically, and holds `built_at=<epoch>` and `revision=<commit>` lines.
+//!
+//! Portability: POSIX `sh` (dash, busybox ash) with GNU coreutils or busybox applets. The
+//! atomic repoint of `current` needs `mv -T` (GNU coreutils and busybox >= 1.x have it);
+//! without it the script falls back to `perl` or `python3` for a bare rename(2), and
+//! refuses to switch if none of them exists.
+
+/// Exit status of a step refused because the lease no longer names the caller's holder and
+/// generation (or has expired). The step also prints `@@convoy fenced ...`.
+pub const EXIT_FENCED: i32 = 75;
+/// Exit status of `lease_acquire` when another holder has an unexpired lease.
+pub const EXIT_LEASE_HELD: i32 = 73;
+/// Exit status of `once` when it gave up waiting for a still-running wrapper.
+pub const EXIT_ONCE_STILL_RUNNING: i32 = 124;
+/// Exit status of `once` when the commands were started earlier but the wrapper died
+/// without recording their end (e.g. the host rebooted): convoy will not guess whether
+/// they ran; a human inspects `.convoy/once/<release>/<stage>/log` and removes the record.
+pub const EXIT_ONCE_INTERRUPTED: i32 = 70;
+/// How long `once` waits by default for a wrapper that is still running.
+pub const ONCE_DEFAULT_WAIT_SECS: u64 = 3600;
+
+/// Quote `s` as one POSIX shell word (single quotes; `'` becomes `'\''`).
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Environment exported to user commands: the `CONVOY_*` variables and `spec.env`.
+/// Names must match `[A-Za-z_][A-Za-z0-9_]*` (a bad name makes the step fail); values may
+/// be anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Env(pub Vec<(String, String)>);
+
+impl Env {
+    fn exports(&self) -> String {
+        let mut out = String::new();
+        for (name, value) in &self.0 {
+            if valid_env_name(name) {
+                out.push_str(&format!("{name}={}; export {name}\n", quote(value)));
+            } else {
+                out.push_str(&format!(
+                    "cv_die {}\n",
+                    quote(&format!("invalid environment variable name: {name}"))
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// The lease a controller holds on a host: switch, rollback and once first check that
+/// `P/.convoy/lock` still names this holder and generation and has not expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub holder: String,
+    pub generation: u64,
+}
+
+/// A script under construction: the preamble, `P=<site path>`, then operations.
+#[derive(Debug, Clone)]
+pub struct Script {
+    text: String,
+    steps: Vec<&'static str>,
+}
+
+impl Script {
+    /// Start a script for the site at `site_path` (absolute, already prefixed by any root).
+    pub fn new(site_path: &str) -> Script {
+        let mut text = String::from(PREAMBLE);
+        text.push_str(&format!("P={}\n", quote(site_path)));
+        text.push_str("case $P in /*) ;; *) cv_die \"site path must be absolute: $P\";; esac\n");
+        Script {
+            text,
+            steps: Vec::new(),
+        }
+    }
+
+    /// The step names this script will report, in order (a step after a failed one never
+    /// runs and prints no line).
+    pub fn planned_steps(&self) -> &[&'static str] {
+        &self.steps
+    }
+
+    fn step(mut self, name: &'static str, env: Option<&Env>, call: &str, args: &[&str]) -> Self {
+        self.steps.push(name);
+        self.text.push_str("(\n");
+        if let Some(env) = env {
+            self.text.push_str(&env.exports());
+        }
+        self.text.push_str(call);
+        for arg in args {
+            self.text.push(' ');
+            self.text.push_str(&quote(arg));
+        }
+        self.text
+            .push_str(&format!("\n); cv_end {} $?\n", quote(name)));
+        self
+    }
+
+    /// Print the host's state as `@@observe ...` lines (see [`super::observe::parse`]).
+    pub fn observe(self) -> Self {
+        self.step("observe", None, "cv_observe", &[])
+    }
+
+    /// Create the layout; remove `releases/<release>` if it lacks its completion marker (a
+    /// half build) and temporary links left by a killed controller.
+    pub fn prepare(self, release: &str) -> Self {
+        self.step("prepare", None, "cv_prepare", &[release])
+    }
+
+    /// Export `revision` of `repository` into `releases/<release>` through a cached bare
+    /// mirror in `P/.convoy/mirror.git`; prints `@@convoy revision=<commit>`. A full or
+    /// abbreviated commit id already in the mirror is used without fetching; names
+    /// (branches, tags) are always fetched first. A complete release is left alone.
+    pub fn fetch_git(self, release: &str, repository: &str, revision: &str) -> Self {
+        self.step(
+            "fetch",
+            None,
+            "cv_fetch_git",
+            &[release, repository, revision],
+        )
+    }
+
+    /// Unpack a `.tar.gz` read from the script's stdin into `releases/<release>`.
+    pub fn unpack_archive(self, release: &str) -> Self {
+        self.step("unpack", None, "cv_unpack", &[release])
+    }
+
+    /// Symlink `shared` entries (`.env` a file, `media/` a directory) of the release to
+    /// `P/shared/<entry>`, creating them (or moving the release's copy there) if missing.
+    pub fn link_shared(self, release: &str, shared: &[String]) -> Self {
+        let mut args = vec![release];
+        args.extend(shared.iter().map(String::as_str));
+        self.step("link_shared", None, "cv_link_shared", &args)
+    }
+
+    /// Run `commands` in `releases/<release>` (each with `sh -ec`, stdin from /dev/null,
+    /// output to stderr); on success write the completion marker last. A complete
+    /// release is not rebuilt.
+    pub fn build(self, release: &str, commands: &[String], env: &Env) -> Self {
+        let mut args = vec![release];
+        args.extend(commands.iter().map(String::as_str));
+        self.step("build", Some(env), "cv_build", &args)
+    }
+
+    /// Atomically repoint `current` to `releases/<release>` (which must be complete),
+    /// recording the old target in `.convoy/previous`, under the lease fence.
+    pub fn switch(self, release: &str, fence: &Fence) -> Self {
+        let generation = fence.generation.to_string();
+        self.step(
+            "switch",
+            None,
+            "cv_switch",
+            &[release, &fence.holder, &generation],
+        )
+    }
+
+    /// Repoint `current` to the release recorded in `.convoy/previous` (which must be
+    /// complete), under the lease fence. `previous` is left as it is, so a second rollback
+    /// changes nothing.
+    pub fn rollback(self, fence: &Fence) -> Self {
+        let generation = fence.generation.to_string();
+        self.step(
+            "rollback",
+            None,
+            "cv_rollback",
+            &[&fence.holder, &generation],
+        )
+    }
+
+    /// Run `commands` in `P/current`, which must point at `release`.
+    pub fn activate(self, release: &str, commands: &[String], env: &Env) -> Self {
+        let mut args = vec![release];
+        args.extend(commands.iter().map(String::as_str));
+        self.step("activate", Some(env), "cv_activate", &args)
+    }
+
+    /// Run `command` in `P/current`: up to `1 + retries` attempts, each bounded by
+    /// `timeout` (when the host has it; 0 = unbounded), `interval_secs` apart.
+    pub fn health(
+        self,
+        command: &str,
+        env: &Env,
+        timeout_secs: u64,
+        retries: u32,
+        interval_secs: u64,
+    ) -> Self {
+        let (t, r, i) = (
+            timeout_secs.to_string(),
+            retries.to_string(),
+            interval_secs.to_string(),
+        );
+        self.step("health", Some(env), "cv_health", &[command, &t, &r, &i])
+    }
+
+    /// [`Script::once_wait`] with [`ONCE_DEFAULT_WAIT_SECS`].
+    pub fn once(
+        self,
+        release: &str,
+        stage: &str,
+        commands: &[String],
+        env: &Env,
+        fence: &Fence,
+    ) -> Self {
+        self.once_wait(release, stage, commands, env, fence, ONCE_DEFAULT_WAIT_SECS)
+    }
+
+    /// Run `commands` exactly once per (release, stage) on this host, in
+    /// `releases/<release>`, under a wrapper detached from the session that records their
+    /// exit status in `.convoy/once/<release>/<stage>/done`. If recorded: report it. If
+    /// running: wait (at most `wait_secs`). Else: check the fence, start, wait. Prints
+    /// `@@convoy once=done status=<n>`; the step's status is the commands' status.
+    pub fn once_wait(
+        self,
+        release: &str,
+        stage: &str,
+        commands: &[String],
+        env: &Env,
+        fence: &Fence,
+        wait_secs: u64,
+    ) -> Self {
+        let generation = fence.generation.to_string();
+        let wait = wait_secs.to_string();
+        let mut args = vec![release, stage, &fence.holder, &generation, &wait];
+        args.extend(commands.iter().map(String::as_str));
+        self.step("once", Some(env), "cv_once", &args)
+    }
+
+    /// Remove complete releases beyond the newest `keep` (by marker build time) and every
+    /// half-built dir, never `current`'s target, `.convoy/previous` or `protect`.
+    pub fn cleanup(self, keep: usize, protect: &[String]) -> Self {
+        let keep = keep.to_string();
+        let mut args = vec![keep.as_str()];
+        args.extend(protect.iter().map(String::as_str));
+        self.step("cleanup", None, "cv_cleanup", &args)
+    }
+
+    /// Take or refresh the host lease for `ttl_secs`. Prints `@@convoy lease=acquired
+    /// holder=<h> generation=<n> expires=<epoch>`, or fails with [`EXIT_LEASE_HELD`] printing
+    /// `@@convoy lease=held holder=<other> expires=<epoch> generation=<n>`.
+    pub fn lease_acquire(self, holder: &str, ttl_secs: u64) -> Self {
+        let ttl = ttl_secs.to_string();
+        self.step("lease_acquire", None, "cv_lease_acquire", &[holder, &ttl])
+    }
+
+    /// Give the lease up if `holder` has it (the generation is kept, so it only grows).
+    pub fn lease_release(self, holder: &str) -> Self {
+        self.step("lease_release", None, "cv_lease_release", &[holder])
+    }
+
+    /// The complete script text, to run with `sh -c`.
+    pub fn finish(mut self) -> String {
+        self.text.push_str("exit 0\n");
+        self.text
+    }
+}
+
+/// Helper functions defined once at the top of every script. Variables are global in sh,
+/// so each function uses its own `_xx` prefix; every operation runs in a subshell.
+const PREAMBLE: &str = r#"set -u
+umask 022
+GIT_TERMINAL_PROMPT=0; export GIT_TERMINAL_PROMPT
+cv_say() { printf '@@convoy %s\n' "$*"; }
+cv_err() { printf 'convoy: %s\n' "$*" >&2; }
+cv_die() { cv_err "$*"; exit 1; }
+cv_end() { printf '@@convoy step=%s status=%s\n' "$1" "$2"; [ "$2" -eq 0 ] || exit "$2"; }
+cv_now() { date +%s; }
+cv_nap() { sleep 0.2 2>/dev/null || sleep 1; }
+cv_safe() { case $1 in ''|.|..|-*|*[!A-Za-z0-9._-]*) return 1;; esac; return 0; }
+cv_num() { case $1 in ''|*[!0-9]*) return 1;; esac; return 0; }
+cv_write() { printf '%s\n' "$2" >"$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"; }
+cv_complete() { [ -f "$P/releases/$1/.convoy-complete" ]; }
+cv_rename() {
+  if mv --help 2>&1 | grep -q -e '-T'; then mv -T "$1" "$2"; return; fi
+  if command -v perl >/dev/null 2>&1; then
+    perl -e 'rename($ARGV[0], $ARGV[1]) or die "rename: $!\n"' "$1" "$2"; return
+  fi
+  if command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import os, sys; os.rename(sys.argv[1], sys.argv[2])' "$1" "$2"; return
+  fi
+  cv_err "no atomic rename on this host (mv -T, perl or python3 needed)"; return 1
+}
+cv_current() {
+  _ct=$(readlink "$P/current" 2>/dev/null) || return 0
+  while :; do case $_ct in */) _ct=${_ct%/};; *) break;; esac; done
+  case $_ct in releases/*|"$P"/releases/*) ;; *) return 0;; esac
+  _ci=${_ct##*/}
+  cv_safe "$_ci" || return 0
+  [ "$_ct" = "releases/$_ci" ] || [ "$_ct" = "$P/releases/$_ci" ] || return 0
+  [ -d "$P/releases/$_ci" ] || return 0
+  printf '%s\n' "$_ci"
+}
+cv_previous() {
+  _pv=$(cat "$P/.convoy/previous" 2>/dev/null) || _pv=
+  cv_safe "$_pv" && printf '%s\n' "$_pv"
+  return 0
+}
+cv_marker() {
+  M_BUILT= M_REV=
+  while IFS= read -r _ml || [ -n "$_ml" ]; do
+    case $_ml in built_at=*) M_BUILT=${_ml#built_at=};; revision=*) M_REV=${_ml#revision=};; esac
+  done <"$P/releases/$1/.convoy-complete"
+  cv_num "$M_BUILT" || M_BUILT=0
+  return 0
+}
+cv_run() {
+  for _rc in "$@"; do sh -ec "$_rc" </dev/null >&2 || return $?; done
+  return 0
+}
+cv_lock() {
+  _lm="$P/.convoy/lock.d"; _ln=0
+  mkdir -p "$P/.convoy" || return 1
+  while ! mkdir "$_lm" 2>/dev/null; do
+    _lt=$(stat -c %Y "$_lm" 2>/dev/null) || _lt=
+    if cv_num "$_lt" && [ $(( $(cv_now) - _lt )) -gt 30 ]; then
+      cv_err "breaking a stale lease mutex"; rm -rf "$_lm"; continue
+    fi
+    _ln=$((_ln + 1))
+    [ "$_ln" -lt 150 ] || { cv_err "lease mutex $_lm stays busy"; return 1; }
+    cv_nap
+  done
+  return 0
+}
+cv_unlock() { rmdir "$P/.convoy/lock.d" 2>/dev/null; return 0; }
+cv_lease_read() {
+  L_HOLDER= L_EXPIRES=0 L_GEN=0
+  [ -f "$P/.convoy/lock" ] || return 0
+  _lr=$(cat "$P/.convoy/lock" 2>/dev/null) || return 0
+  set -f
+  for _lw in $_lr; do
+    case $_lw in
+      holder=*) L_HOLDER=${_lw#holder=};;
+      expires=*) L_EXPIRES=${_lw#expires=};;
+      generation=*) L_GEN=${_lw#generation=};;
+    esac
+  done
+  set +f
+  cv_num "$L_EXPIRES" || L_EXPIRES=0
+  cv_num "$L_GEN" || L_GEN=0
+  return 0
+}
+cv_fence() {
+  cv_lease_read
+  if [ "$L_HOLDER" != "$1" ] || [ "$L_GEN" != "$2" ] || [ "$L_EXPIRES" -le "$(cv_now)" ]; then
+    cv_say "fenced holder=$L_HOLDER generation=$L_GEN expires=$L_EXPIRES"
+    cv_err "fenced: the lease is no longer held by $1 generation $2"
+    return 75
+  fi
+  return 0
+}
+cv_repoint() {
+  rm -f "$P/current.tmp.$$"
+  ln -s "releases/$1" "$P/current.tmp.$$" || return 1
+  cv_rename "$P/current.tmp.$$" "$P/current" || { rm -f "$P/current.tmp.$$"; return 1; }
+}
+cv_observe() {
+  printf '@@observe begin\n'
+  printf '@@observe now %s\n' "$(cv_now)"
+  _oc=$(cv_current); [ -z "$_oc" ] || printf '@@observe current %s\n' "$_oc"
+  _op=$(cv_previous); [ -z "$_op" ] || printf '@@observe previous %s\n' "$_op"
+  for _ox in "$P"/releases/*; do
+    [ -d "$_ox" ] || continue
+    _on=${_ox##*/}; cv_safe "$_on" || continue
+    _orv=$(cat "$_ox/.convoy-revision" 2>/dev/null) || _orv=
+    if cv_complete "$_on"; then
+      cv_marker "$_on"; [ -z "$M_REV" ] || _orv=$M_REV
+      cv_safe "$_orv" || _orv=-
+      printf '@@observe release %s complete=1 built_at=%s revision=%s\n' "$_on" "$M_BUILT" "$_orv"
+    else
+      cv_safe "$_orv" || _orv=-
+      printf '@@observe release %s complete=0 revision=%s\n' "$_on" "$_orv"
+    fi
+  done
+  for _ox in "$P"/.convoy/once/*/*; do
+    [ -d "$_ox" ] || continue
+    _os=${_ox##*/}; _or=${_ox%/*}; _or=${_or##*/}
+    cv_safe "$_os" && cv_safe "$_or" || continue
+    if [ -f "$_ox/done" ]; then
+      cv_once_status "$_ox"; printf '@@observe once %s %s state=done status=%s\n' "$_or" "$_os" "$O_STATUS"
+    elif cv_alive "$_ox"; then
+      printf '@@observe once %s %s state=running\n' "$_or" "$_os"
+    elif [ -f "$_ox/started" ]; then
+      printf '@@observe once %s %s state=interrupted\n' "$_or" "$_os"
+    else
+      printf '@@observe once %s %s state=notstarted\n' "$_or" "$_os"
+    fi
+  done
+  cv_lease_read
+  if cv_safe "$L_HOLDER"; then
+    printf '@@observe lease holder=%s expires=%s generation=%s\n' "$L_HOLDER" "$L_EXPIRES" "$L_GEN"
+  fi
+  printf '@@observe end\n'
+}
+cv_prepare() {
+  cv_safe "$1" || cv_die "invalid release id: $1"
+  mkdir -p "$P/releases" "$P/shared" "$P/.convoy" || return 1
+  if [ -e "$P/releases/$1" ] || [ -L "$P/releases/$1" ]; then
+    if [ -L "$P/releases/$1" ] || ! cv_complete "$1"; then
+      cv_say "removed=$1 reason=incomplete"
+      rm -rf "$P/releases/$1" || return 1
+    fi
+  fi
+  for _px in "$P"/current.tmp.* "$P"/.convoy/previous.tmp.* "$P"/.convoy/mirror.git.tmp.* \
+      "$P"/.convoy/archive.tmp.* "$P"/.convoy/upload.tmp.* "$P"/.convoy/cleanup.tmp.*; do
+    if [ -e "$_px" ] || [ -L "$_px" ]; then rm -rf "$_px" || return 1; fi
+  done
+  return 0
+}
+cv_fetch_git() {
+  cv_safe "$1" || cv_die "invalid release id: $1"
+  _fd="$P/releases/$1"; _fm="$P/.convoy/mirror.git"; _fr=$3
+  case $_fr in ''|-*) cv_die "invalid revision: $_fr";; esac
+  if cv_complete "$1"; then
+    cv_marker "$1"; cv_say "revision=$M_REV"; cv_say "fetch=skipped release=$1"; return 0
+  fi
+  command -v git >/dev/null 2>&1 || cv_die "git is not installed on this host"
+  mkdir -p "$P/releases" "$P/.convoy" || return 1
+  if [ ! -d "$_fm" ]; then
+    rm -rf "$_fm.tmp.$$"
+    git clone --quiet --mirror -- "$2" "$_fm.tmp.$$" >&2 || { rm -rf "$_fm.tmp.$$"; return 1; }
+    mv "$_fm.tmp.$$" "$_fm" || return 1
+  elif [ "$(git --git-dir="$_fm" config --get remote.origin.url)" != "$2" ]; then
+    git --git-dir="$_fm" remote set-url origin "$2" >&2 || return 1
+  fi
+  _fs=
+  case $_fr in
+    *[!0-9a-f]*) ;;
+    ???????*) _fs=$(git --git-dir="$_fm" rev-parse --verify --quiet "$_fr^{commit}" 2>/dev/null) || _fs=;;
+  esac
+  if [ -z "$_fs" ]; then
+    git --git-dir="$_fm" fetch --quiet --prune origin >&2 || return 1
+    _fs=$(git --git-dir="$_fm" rev-parse --verify --quiet "$_fr^{commit}" 2>/dev/null) || _fs=
+  fi
+  if [ -z "$_fs" ]; then
+    if git --git-dir="$_fm" fetch --quiet origin "$_fr" >&2 2>/dev/null; then
+      _fs=$(git --git-dir="$_fm" rev-parse --verify --quiet "FETCH_HEAD^{commit}" 2>/dev/null) || _fs=
+    fi
+  fi
+  [ -n "$_fs" ] || cv_die "revision $_fr not found in $2"
+  rm -rf "$_fd" || return 1
+  mkdir -p "$_fd" || return 1
+  _fa="$P/.convoy/archive.tmp.$$.tar"
+  git --git-dir="$_fm" archive --format=tar -o "$_fa" "$_fs" || { rm -f "$_fa"; return 1; }
+  (cd "$_fd" && tar -xf "$_fa"); _frc=$?
+  rm -f "$_fa"
+  [ "$_frc" -eq 0 ] || return "$_frc"
+  cv_write "$_fd/.convoy-revision" "$_fs" || return 1
+  cv_say "revision=$_fs"
+}
+cv_unpack() {
+  cv_safe "$1" || cv_die "invalid release id: $1"
+  _ud="$P/releases/$1"
+  if cv_complete "$1"; then cat >/dev/null; cv_say "unpack=skipped release=$1"; return 0; fi
+  mkdir -p "$P/releases" "$P/.convoy" || return 1
+  _ua="$P/.convoy/upload.tmp.$$"
+  cat >"$_ua.gz" || { rm -f "$_ua.gz"; return 1; }
+  [ -s "$_ua.gz" ] || { rm -f "$_ua.gz"; cv_die "no archive on stdin"; }
+  gzip -dc <"$_ua.gz" >"$_ua.tar"; _urc=$?
+  rm -f "$_ua.gz"
+  [ "$_urc" -eq 0 ] || { rm -f "$_ua.tar"; cv_die "the archive is not a valid .tar.gz"; }
+  rm -rf "$_ud" && mkdir -p "$_ud" || { rm -f "$_ua.tar"; return 1; }
+  (cd "$_ud" && tar -xf "$_ua.tar"); _urc=$?
+  rm -f "$_ua.tar"
+  return "$_urc"
+}
+cv_link_shared() {
+  cv_safe "$1" || cv_die "invalid release id: $1"
+  _ld="$P/releases/$1"; shift
+  [ -d "$_ld" ] || cv_die "release dir $_ld does not exist"
+  for _le in "$@"; do
+    case $_le in */) _lk=dir;; *) _lk=file;; esac
+    _lnm=$_le
+    while :; do case $_lnm in */) _lnm=${_lnm%/};; *) break;; esac; done
+    case $_lnm in ''|/*|.|..|./*|../*|*/.|*/..|*/./*|*/../*) cv_die "invalid shared entry: $_le";; esac
+    _ls="$P/shared/$_lnm"; _lr="$_ld/$_lnm"
+    mkdir -p "${_ls%/*}" "${_lr%/*}" || return 1
+    if [ ! -e "$_ls" ] && [ ! -L "$_ls" ]; then
+      if [ "$_lk" = dir ] && [ -d "$_lr" ] && [ ! -L "$_lr" ]; then mv "$_lr" "$_ls" || return 1
+      elif [ "$_lk" = file ] && [ -f "$_lr" ] && [ ! -L "$_lr" ]; then mv "$_lr" "$_ls" || return 1
+      elif [ "$_lk" = dir ]; then mkdir -p "$_ls" || return 1
+      else : >"$_ls" || return 1
+      fi
+    fi
+    if [ -L "$_lr" ] && [ "$(readlink "$_lr")" = "$_ls" ]; then continue; fi
+    rm -rf "$_lr" || return 1
+    ln -s "$_ls" "$_lr" || return 1
+  done
+  return 0
+}
+cv_build() {
+  cv_safe "$1" || cv_die "invalid release id: $1"
+  _bd="$P/releases/$1"; _bi=$1; shift
+  if cv_complete "$_bi"; then cv_say "build=skipped release=$_bi"; return 0; fi
+  [ -d "$_bd" ] || cv_die "release dir $_bd does not exist (fetch first)"
+  (cd "$_bd" && cv_run "$@") || return $?
+  _brv=$(cat "$_bd/.convoy-revision" 2>/dev/null) || _brv=
+  [ -n "$_brv" ] || _brv=${CONVOY_REVISION:-}
+  printf 'built_at=%s\nrevision=%s\n' "$(cv_now)" "$_brv" >"$_bd/.convoy-complete.tmp.$$" || return 1
+  mv -f "$_bd/.convoy-complete.tmp.$$" "$_bd/.convoy-complete" || return 1
+  cv_say "build=done release=$_bi"
+}
+cv_switch() {
+  cv_safe "$1" || cv_die "invalid release id: $1"
+  cv_lock || return 1
+  cv_switch_locked "$@"; _src=$?
+  cv_unlock
+  return "$_src"
+}
+cv_switch_locked() {
+  cv_fence "$2" "$3" || return
+  cv_complete "$1" || { cv_err "release $1 is not complete on this host: refusing to switch"; return 1; }
+  _scur=$(cv_current)
+  if [ "$_scur" = "$1" ]; then cv_say "switch=unchanged release=$1"; return 0; fi
+  if [ -n "$_scur" ]; then cv_write "$P/.convoy/previous" "$_scur" || return 1; fi
+  cv_repoint "$1" || return 1
+  cv_say "switch=done release=$1 previous=$_scur"
+}
+cv_rollback() {
+  cv_lock || return 1
+  cv_rollback_locked "$@"; _rrc=$?
+  cv_unlock
+  return "$_rrc"
+}
+cv_rollback_locked() {
+  cv_fence "$1" "$2" || return
+  _rp=$(cv_previous)
+  [ -n "$_rp" ] || { cv_err "no previous release recorded: nothing to roll back to"; return 1; }
+  cv_complete "$_rp" || { cv_err "previous release $_rp is not complete: refusing to roll back"; return 1; }
+  _rcur=$(cv_current)
+  if [ "$_rcur" = "$_rp" ]; then cv_say "rollback=unchanged release=$_rp"; return 0; fi
+  cv_repoint "$_rp" || return 1
+  cv_say "rollback=done release=$_rp from=$_rcur"
+}
+cv_activate() {
+  _acur=$(cv_current)
+  [ "$_acur" = "$1" ] || cv_die "current is '$_acur', not $1: refusing to activate"
+  shift
+  cd "$P/current" || return 1
+  cv_run "$@"
+}
+cv_health() {
+  cd "$P/current" || return 1
+  _hn=0
+  while :; do
+    _hn=$((_hn + 1))
+    if [ "$2" -gt 0 ] && command -v timeout >/dev/null 2>&1; then
+      timeout "$2" sh -c "$1" </dev/null >&2; _hrc=$?
+    else
+      sh -c "$1" </dev/null >&2; _hrc=$?
+    fi
+    cv_say "health attempt=$_hn status=$_hrc"
+    [ "$_hrc" -ne 0 ] || return 0
+    [ "$_hn" -le "$3" ] || return "$_hrc"
+    sleep "$4"
+  done
+}
+cv_alive() {
+  [ -f "$1/pid" ] || return 1
+  _ap=$(cat "$1/pid" 2>/dev/null) || return 1
+  cv_num "$_ap" || return 1
+  kill -0 "$_ap" 2>/dev/null
+}
+cv_once_status() {
+  O_STATUS=
+  while IFS= read -r _sl || [ -n "$_sl" ]; do
+    case $_sl in status=*) O_STATUS=${_sl#status=};; esac
+  done <"$1/done"
+  cv_num "$O_STATUS" || O_STATUS=255
+  return 0
+}
+CV_ONCE_WRAPPER='trap "" HUP
+O=$1; shift
+echo $$ >"$O/pid.tmp" && mv -f "$O/pid.tmp" "$O/pid"
+rc=0
+for c in "$@"; do sh -ec "$c" </dev/null || { rc=$?; break; }; done
+printf "status=%s\nhost=%s\nfinished=%s\n" "$rc" "$(uname -n)" "$(date +%s)" >"$O/done.tmp" && mv -f "$O/done.tmp" "$O/done"'
+cv_once() {
+  cv_safe "$1" || cv_die "invalid release id: $1"
+  cv_safe "$2" || cv_die "invalid stage name: $2"
+  _oO="$P/.convoy/once/$1/$2"
+  mkdir -p "$_oO" || return 1
+  if [ ! -f "$_oO/done" ] && ! cv_alive "$_oO"; then
+    cv_lock || return 1
+    cv_once_start "$_oO" "$@"; _orc=$?
+    cv_unlock
+    [ "$_orc" -eq 0 ] || return "$_orc"
+  fi
+  cv_once_wait "$_oO" "$5"
+}
+cv_once_start() {
+  _sO=$1; _sr=$2; _sh=$4; _sg=$5; shift 6
+  if [ -f "$_sO/done" ] || cv_alive "$_sO"; then return 0; fi
+  if [ -f "$_sO/started" ]; then
+    cv_say "once=interrupted"
+    cv_err "the once commands were started ($(cat "$_sO/started")) but their end was never recorded: not running them again; inspect $_sO/log, then remove $_sO to allow a new run"
+    return 70
+  fi
+  cv_fence "$_sh" "$_sg" || return
+  cv_complete "$_sr" || { cv_err "release $_sr is not complete: refusing to run once commands"; return 1; }
+  rm -f "$_sO/pid" "$_sO/pid.tmp"
+  cv_write "$_sO/started" "started=$(cv_now) host=$(uname -n)" || return 1
+  cd "$P/releases/$_sr" || return 1
+  if command -v setsid >/dev/null 2>&1; then
+    setsid sh -c "$CV_ONCE_WRAPPER" convoy-once "$_sO" "$@" </dev/null >>"$_sO/log" 2>&1 &
+  else
+    nohup sh -c "$CV_ONCE_WRAPPER" convoy-once "$_sO" "$@" </dev/null >>"$_sO/log" 2>&1 &
+  fi
+  _sn=0
+  while [ ! -f "$_sO/pid" ] && [ ! -f "$_sO/done" ]; do
+    _sn=$((_sn + 1))
+    [ "$_sn" -le 150 ] || { cv_err "the once wrapper did not start"; return 1; }
+    cv_nap
+  done
+  cv_say "once=started"
+  return 0
+}
+cv_once_wait() {
+  _wt0=$(cv_now)
+  while [ ! -f "$1/done" ]; do
+    if ! cv_alive "$1"; then
+      [ ! -f "$1/done" ] || break
+      cv_say "once=interrupted"
+      cv_err "the once wrapper ended without recording a status: not running the commands again; inspect $1/log"
+      return 70
+    fi
+    if [ $(( $(cv_now) - _wt0 )) -ge "$2" ]; then
+      cv_say "once=running"; cv_err "gave up waiting for the once commands (still running)"; return 124
+    fi
+    cv_nap
+  done
+  cv_once_status "$1"
+  cv_say "once=done status=$O_STATUS"
+  return "$O_STATUS"
+}
+cv_protected() {
+  _pn=$1; shift
+  for _pp in "$@"; do [ "$_pn" != "$_pp" ] || return 0; done
+  return 1
+}
+cv_cleanup() {
+  _ck=$1; shift
+  cv_num "$_ck" || cv_die "invalid keep count: $_ck"
+  [ -d "$P/releases" ] || return 0
+  _ccur=$(cv_current); _cprev=$(cv_previous)
+  _cl="$P/.convoy/cleanup.tmp.$$"
+  mkdir -p "$P/.convoy" && : >"$_cl" || return 1
+  for _cx in "$P"/releases/*; do
+    [ -d "$_cx" ] && [ ! -L "$_cx" ] || continue
+    _cn=${_cx##*/}; cv_safe "$_cn" || continue
+    if cv_complete "$_cn"; then
+      cv_marker "$_cn"; printf '%s %s\n' "$M_BUILT" "$_cn" >>"$_cl"
+    elif ! cv_protected "$_cn" "$_ccur" "$_cprev" "$@"; then
+      rm -rf "$_cx" || return 1
+      cv_say "removed=$_cn reason=incomplete"
+    fi
+  done
+  _ci=0
+  for _cn in $(sort -k1,1nr -k2,2r "$_cl" | cut -d' ' -f2); do
+    _ci=$((_ci + 1))
+    [ "$_ci" -gt "$_ck" ] || continue
+    cv_protected "$_cn" "$_ccur" "$_cprev" "$@" && continue
+    rm -f "$P/releases/$_cn/.convoy-complete" && rm -rf "$P/releases/$_cn" || { rm -f "$_cl"; return 1; }
+    cv_say "removed=$_cn reason=old"
+  done
+  rm -f "$_cl"
+  return 0
+}
+cv_lease_acquire() {
+  cv_safe "$1" || cv_die "invalid holder: $1"
+  cv_num "$2" || cv_die "invalid ttl: $2"
+  cv_lock || return 1
+  cv_lease_read; _lnow=$(cv_now)
+  if [ "$L_HOLDER" = "$1" ]; then _lg=$L_GEN; [ "$_lg" -gt 0 ] || _lg=1
+  elif [ -z "$L_HOLDER" ] || [ "$L_EXPIRES" -le "$_lnow" ]; then _lg=$((L_GEN + 1))
+  else
+    cv_unlock
+    cv_say "lease=held holder=$L_HOLDER expires=$L_EXPIRES generation=$L_GEN"
+    return 73
+  fi
+  _le=$((_lnow + $2))
+  cv_write "$P/.convoy/lock" "holder=$1 expires=$_le generation=$_lg" || { cv_unlock; return 1; }
+  cv_unlock
+  cv_say "lease=acquired holder=$1 generation=$_lg expires=$_le"
+}
+cv_lease_release() {
+  [ -d "$P/.convoy" ] || { cv_say "lease=notheld"; return 0; }
+  cv_lock || return 1
+  cv_lease_read
+  if [ "$L_HOLDER" = "$1" ] && [ "$L_EXPIRES" -gt 0 ]; then
+    cv_write "$P/.convoy/lock" "holder=$1 expires=0 generation=$L_GEN" || { cv_unlock; return 1; }
+    cv_say "lease=released generation=$L_GEN"
+  else
+    cv_say "lease=notheld"
+  fi
+  cv_unlock
+}
+"#;
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate_observe::{fact, fact_line, facts, steps};
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output, Stdio};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::super::observe as crate_observe;
+
+    /// A scratch directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub(crate) PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(name: &str) -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "convoy-script-{}-{}-{name}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A shell to run scripts with: the system `sh` (dash on Debian) with its usual PATH,
+    /// or busybox `sh` with busybox applets first on PATH.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Shell {
+        pub(crate) name: &'static str,
+        program: String,
+        path: String,
+    }
+
+    impl Shell {
+        pub(crate) fn command(&self, script: &str) -> Command {
+            let mut cmd = Command::new(&self.program);
+            cmd.arg("-c").arg(script).env("PATH", &self.path);
+            cmd
+        }
+        pub(crate) fn run(&self, script: &str) -> Output {
+            self.command(script).stdin(Stdio::null()).output().unwrap()
+        }
+        pub(crate) fn run_with_stdin(&self, script: &str, input: &[u8]) -> Output {
+            let mut child = self
+                .command(script)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(input).unwrap();
+            child.wait_with_output().unwrap()
+        }
+    }
+
+    fn busybox_dir() -> Option<PathBuf> {
+        static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+        DIR.get_or_init(|| {
+            let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+                .into_iter()
+                .find(|p| Path::new(p).exists())?;
+            // one applet dir shared by test runs (created once, reused afterwards)
+            let dir = std::env::temp_dir().join("convoy-busybox-applets");
+            if dir.join("sh").exists() && dir.join("mv").exists() {
+                return Some(dir);
+            }
+            std::fs::create_dir_all(&dir).ok()?;
+            let ok = Command::new(busybox)
+                .arg("--install")
+                .arg("-s")
+                .arg(&dir)
+                .status()
+                .ok()?
+                .success();
+            ok.then_some(dir)
+        })
+        .clone()
+    }
+
+    /// dash (`sh`), plus busybox sh when busybox is installed.
+    pub(crate) fn shells() -> Vec<Shell> {
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+        let mut out = vec![Shell {
+            name: "sh",
+            program: "sh".into(),
+            path: path.clone(),
+        }];
+        if let Some(dir) = busybox_dir() {
+            out.push(Shell {
+                name: "busybox",
+                program: dir.join("sh").to_string_lossy().into_owned(),
+                path: format!("{}:{path}", dir.display()),
+            });
+        } else {
+            eprintln!("busybox not installed: testing with sh only");
+        }
+        out
+    }
+
+    pub(crate) fn stdout(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn explain(sh: &Shell, o: &Output) -> String {
+        format!(
+            "[{}] status {:?}\n--- stdout\n{}--- stderr\n{}",
+            sh.name,
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    }
+
+    #[track_caller]
+    pub(crate) fn ok(sh: &Shell, script: String) -> String {
+        let o = sh.run(&script);
+        assert!(o.status.success(), "{}", explain(sh, &o));
+        stdout(&o)
+    }
+
+    #[track_caller]
+    fn fails(sh: &Shell, script: String) -> Output {
+        let o = sh.run(&script);
+        assert!(!o.status.success(), "expected failure: {}", explain(sh, &o));
+        o
+    }
+
+    /// A site dir whose path has spaces and quotes in it.
+    pub(crate) fn site(tmp: &TempDir) -> String {
+        tmp.path()
+            .join("my site 'x' \"y\" $(z)")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    /// Prepare + build a release with a file `id.txt`; returns nothing.
+    pub(crate) fn make_release(sh: &Shell, p: &str, id: &str) {
+        let cmd = format!("mkdir -p {id}-src && echo {id} > id.txt");
+        ok(sh, Script::new(p).prepare(id).finish());
+        std::fs::create_dir_all(format!("{p}/releases/{id}")).unwrap();
+        ok(
+            sh,
+            Script::new(p).build(id, &[cmd], &Env::default()).finish(),
+        );
+        assert!(Path::new(&format!("{p}/releases/{id}/.convoy-complete")).exists());
+    }
+
+    pub(crate) fn lease(sh: &Shell, p: &str, holder: &str) -> Fence {
+        let out = ok(sh, Script::new(p).lease_acquire(holder, 600).finish());
+        let line = fact_line(&out, "lease").unwrap();
+        let generation = line
+            .iter()
+            .find(|(k, _)| k == "generation")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        Fence {
+            holder: holder.into(),
+            generation,
+        }
+    }
+
+    fn read_link(p: &str) -> String {
+        std::fs::read_link(format!("{p}/current"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Every file under `dir` with its content or link target (a state snapshot).
+    fn snapshot(dir: &Path) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in rd {
+                let e = e.unwrap();
+                let path = e.path();
+                let rel = path
+                    .strip_prefix(base)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                if meta.file_type().is_symlink() {
+                    let t = std::fs::read_link(&path).unwrap();
+                    out.push((rel, format!("-> {}", t.display())));
+                } else if meta.is_dir() {
+                    out.push((rel.clone(), "dir".into()));
+                    if !rel.ends_with("mirror.git") {
+                        walk(base, &path, out);
+                    }
+                } else {
+                    let c = std::fs::read(&path).unwrap();
+                    out.push((rel, String::from_utf8_lossy(&c).into_owned()));
+                }
+            }
+        }
+        walk(dir, dir, &mut out);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn busybox_shell_and_applets_are_really_used() {
+        for sh in shells().into_iter().filter(|s| s.name == "busybox") {
+            let out = ok(&sh, "readlink /proc/$$/exe; command -v mv".to_string());
+            assert!(out.contains("busybox"), "{out}");
+            assert!(out.contains("convoy-busybox"), "{out}");
+        }
+    }
+
+    #[test]
+    fn quote_is_one_word() {
+        assert_eq!(quote(""), "''");
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
+        let f = Fence {
+            holder: "h".into(),
+            generation: 1,
+        };
+        let script = Script::new("/x").prepare("a").switch("a", &f).observe();
+        assert_eq!(script.planned_steps(), ["prepare", "switch", "observe"]);
+        for sh in shells() {
+            for v in [
+                "",
+                "a b",
+                "it's",
+                "\"q\"",
+                "$(echo no)",
+                "`echo no`",
+                "a\nb\n",
+                "\\n *",
+            ] {
+                let out = ok(&sh, format!("printf '%s' {}", quote(v)));
+                assert_eq!(out, v, "[{}]", sh.name);
+            }
+        }
+    }
+
+    #[test]
+    fn env_values_and_paths_round_trip_through_build() {
+        let nasty = "sp ace 'single' \"double\" $(touch pwned) `touch pwned2` \\ \n second line\n";
+        for sh in shells() {
+            let tmp = TempDir::new("quote");
+            let p = site(&tmp);
+            let env = Env(vec![
+                ("NASTY".into(), nasty.into()),
+                ("CONVOY_RELEASE".into(), "r1".into()),
+            ]);
+            ok(&sh, Script::new(&p).prepare("r1").finish());
+            std::fs::create_dir_all(format!("{p}/releases/r1")).unwrap();
+            let script = Script::new(&p)
+                .build(
+                    "r1",
+                    &s(&[
+                        "printf '%s' \"$NASTY\" > nasty.txt",
+                        "printf '%s' \"$CONVOY_RELEASE\" > rel.txt; pwd > pwd.txt",
+                    ]),
+                    &env,
+                )
+                .finish();
+            ok(&sh, script);
+            let d = format!("{p}/releases/r1");
+            assert_eq!(
+                std::fs::read_to_string(format!("{d}/nasty.txt")).unwrap(),
+                nasty
+            );
+            assert_eq!(
+                std::fs::read_to_string(format!("{d}/rel.txt")).unwrap(),
+                "r1"
+            );
+            assert_eq!(
+                std::fs::read_to_string(format!("{d}/pwd.txt"))
+                    .unwrap()
+                    .trim_end(),
+                d
+            );
+            assert!(!tmp.path().join("pwned").exists() && !Path::new("pwned").exists());
+            assert!(!Path::new("pwned2").exists());
+        }
+    }
+
+    #[test]
+    fn invalid_env_name_fails_the_step() {
+        for sh in shells() {
+            let tmp = TempDir::new("envname");
+            let p = site(&tmp);
+            std::fs::create_dir_all(format!("{p}/releases/r1")).unwrap();
+            let env = Env(vec![("BAD NAME; rm -rf /".into(), "x".into())]);
+            let o = fails(
+                &sh,
+                Script::new(&p).build("r1", &s(&["true"]), &env).finish(),
+            );
+            assert_eq!(steps(&stdout(&o)), vec![("build".to_string(), 1)]);
+        }
+    }
+
+    #[test]
+    fn prepare_removes_half_build_and_temp_links_and_is_idempotent() {
+        for sh in shells() {
+            let tmp = TempDir::new("prepare");
+            let p = site(&tmp);
+            make_release(&sh, &p, "r1");
+            std::fs::create_dir_all(format!("{p}/releases/r2/sub")).unwrap();
+            std::fs::write(format!("{p}/releases/r2/sub/f"), "half").unwrap();
+            std::os::unix::fs::symlink("releases/r1", format!("{p}/current.tmp.4242")).unwrap();
+            let out = ok(&sh, Script::new(&p).prepare("r2").finish());
+            assert_eq!(steps(&out), vec![("prepare".to_string(), 0)]);
+            assert!(!Path::new(&format!("{p}/releases/r2")).exists());
+            assert!(std::fs::symlink_metadata(format!("{p}/current.tmp.4242")).is_err());
+            // a complete release is kept
+            ok(&sh, Script::new(&p).prepare("r1").finish());
+            assert!(Path::new(&format!("{p}/releases/r1/id.txt")).exists());
+            let before = snapshot(tmp.path());
+            ok(&sh, Script::new(&p).prepare("r1").prepare("r2").finish());
+            assert_eq!(snapshot(tmp.path()), before, "[{}]", sh.name);
+            for d in ["releases", "shared", ".convoy"] {
+                assert!(Path::new(&format!("{p}/{d}")).is_dir());
+            }
+        }
+    }
+
+    #[test]
+    fn build_failure_leaves_no_marker_and_reports_the_step() {
+        for sh in shells() {
+            let tmp = TempDir::new("buildfail");
+            let p = site(&tmp);
+            std::fs::create_dir_all(format!("{p}/releases/r1")).unwrap();
+            let o = sh.run(
+                &Script::new(&p)
+                    .prepare("r9")
+                    .build(
+                        "r1",
+                        &s(&[
+                            "echo one > one",
+                            "false; echo after > after",
+                            "echo never > never",
+                        ]),
+                        &Env::default(),
+                    )
+                    .switch(
+                        "r1",
+                        &Fence {
+                            holder: "h".into(),
+                            generation: 1,
+                        },
+                    )
+                    .finish(),
+            );
+            assert_eq!(o.status.code(), Some(1), "{}", explain(&sh, &o));
+            let out = stdout(&o);
+            assert_eq!(
+                steps(&out),
+                vec![("prepare".to_string(), 0), ("build".to_string(), 1)]
+            );
+            let d = format!("{p}/releases/r1");
+            assert!(Path::new(&format!("{d}/one")).exists());
+            assert!(
+                !Path::new(&format!("{d}/after")).exists(),
+                "sh -e semantics"
+            );
+            assert!(!Path::new(&format!("{d}/never")).exists());
+            assert!(!Path::new(&format!("{d}/.convoy-complete")).exists());
+            // exit status of the command is the step status
+            let o = sh.run(
+                &Script::new(&p)
+                    .build("r1", &s(&["exit 7"]), &Env::default())
+                    .finish(),
+            );
+            assert_eq!(o.status.code(), Some(7));
+            assert_eq!(steps(&stdout(&o)), vec![("build".to_string(), 7)]);
+            // user output goes to stderr: cannot forge step lines
+            let o = sh.run(
+                &Script::new(&p)
+                    .build(
+                        "r1",
+                        &s(&["echo '@@convoy step=build status=0'; exit 3"]),
+                        &Env::default(),
+                    )
+                    .finish(),
+            );
+            assert_eq!(steps(&stdout(&o)), vec![("build".to_string(), 3)]);
+            // success writes the marker; a second build is a no-op
+            let out = ok(
+                &sh,
+                Script::new(&p)
+                    .build("r1", &s(&["echo ok >> count"]), &Env::default())
+                    .finish(),
+            );
+            assert_eq!(fact(&out, "build").as_deref(), Some("done"));
+            let marker = std::fs::read_to_string(format!("{d}/.convoy-complete")).unwrap();
+            assert!(marker.starts_with("built_at="), "{marker}");
+            let before = snapshot(tmp.path());
+            let out = ok(
+                &sh,
+                Script::new(&p)
+                    .build("r1", &s(&["echo ok >> count"]), &Env::default())
+                    .finish(),
+            );
+            assert_eq!(fact(&out, "build").as_deref(), Some("skipped"));
+            assert_eq!(snapshot(tmp.path()), before);
+        }
+    }
+
+    #[test]
+    fn switch_records_previous_is_idempotent_and_refuses_incomplete() {
+        for sh in shells() {
+            let tmp = TempDir::new("switch");
+            let p = site(&tmp);
+            make_release(&sh, &p, "r1");
+            make_release(&sh, &p, "r2");
+            let f = lease(&sh, &p, "ctl-a");
+            let out = ok(&sh, Script::new(&p).switch("r1", &f).finish());
+            assert_eq!(steps(&out), vec![("switch".to_string(), 0)]);
+            assert_eq!(read_link(&p), "releases/r1");
+            assert!(!Path::new(&format!("{p}/.convoy/previous")).exists());
+            ok(&sh, Script::new(&p).switch("r2", &f).finish());
+            assert_eq!(read_link(&p), "releases/r2");
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/.convoy/previous")).unwrap(),
+                "r1\n"
+            );
+            // idempotent: no change at all, not even the link's mtime
+            let m1 = std::fs::symlink_metadata(format!("{p}/current"))
+                .unwrap()
+                .modified()
+                .unwrap();
+            let before = snapshot(tmp.path());
+            std::thread::sleep(Duration::from_millis(20));
+            let out = ok(
+                &sh,
+                Script::new(&p).switch("r2", &f).switch("r2", &f).finish(),
+            );
+            assert_eq!(fact(&out, "switch").as_deref(), Some("unchanged"));
+            assert_eq!(snapshot(tmp.path()), before);
+            let m2 = std::fs::symlink_metadata(format!("{p}/current"))
+                .unwrap()
+                .modified()
+                .unwrap();
+            assert_eq!(m1, m2);
+            // an incomplete release is refused
+            std::fs::create_dir_all(format!("{p}/releases/r3")).unwrap();
+            let o = fails(&sh, Script::new(&p).switch("r3", &f).finish());
+            assert_eq!(steps(&stdout(&o)), vec![("switch".to_string(), 1)]);
+            assert_eq!(read_link(&p), "releases/r2");
+            // rollback goes to previous and is idempotent
+            let out = ok(&sh, Script::new(&p).rollback(&f).finish());
+            assert_eq!(fact(&out, "rollback").as_deref(), Some("done"));
+            assert_eq!(read_link(&p), "releases/r1");
+            let before = snapshot(tmp.path());
+            let out = ok(&sh, Script::new(&p).rollback(&f).finish());
+            assert_eq!(fact(&out, "rollback").as_deref(), Some("unchanged"));
+            assert_eq!(snapshot(tmp.path()), before);
+            assert!(
+                !snapshot(tmp.path())
+                    .iter()
+                    .any(|(k, _)| k.contains(".tmp.")),
+                "no temp files left"
+            );
+        }
+    }
+
+    #[test]
+    fn switch_falls_back_to_a_bare_rename_without_mv_t() {
+        let sh = &shells()[0];
+        let tmp = TempDir::new("nomvt");
+        let p = site(&tmp);
+        make_release(sh, &p, "r1");
+        make_release(sh, &p, "r2");
+        let f = lease(sh, &p, "ctl-a");
+        // an `mv` without -T (like old BSD/busybox builds): moving onto the link would
+        // move INTO the directory, so the script must not use it for the repoint
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let fake = bin.join("mv");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\ncase \"$*\" in *--help*) echo 'usage: mv [-f] source target'; exit 1;; *-T*) exit 64;; esac\nexec /bin/mv \"$@\"\n",
+        )
+        .unwrap();
+        Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        for id in ["r1", "r2", "r1"] {
+            let o = Command::new("sh")
+                .arg("-c")
+                .arg(Script::new(&p).switch(id, &f).finish())
+                .env("PATH", &path)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", explain(sh, &o));
+            assert_eq!(read_link(&p), format!("releases/{id}"));
+        }
+        assert!(std::fs::symlink_metadata(format!("{p}/releases/r1/current.tmp")).is_err());
+        assert_eq!(
+            std::fs::read_dir(format!("{p}/releases/r2"))
+                .unwrap()
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn fence_mismatch_refuses_switch_rollback_and_once() {
+        for sh in shells() {
+            let tmp = TempDir::new("fence");
+            let p = site(&tmp);
+            make_release(&sh, &p, "r1");
+            make_release(&sh, &p, "r2");
+            let f = lease(&sh, &p, "ctl-a");
+            ok(&sh, Script::new(&p).switch("r1", &f).finish());
+            let stale = Fence {
+                holder: "ctl-a".into(),
+                generation: f.generation + 1,
+            };
+            let other = Fence {
+                holder: "ctl-b".into(),
+                generation: f.generation,
+            };
+            for fence in [&stale, &other] {
+                let o = sh.run(&Script::new(&p).switch("r2", fence).finish());
+                assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
+                assert!(facts(&stdout(&o)).iter().any(|(k, _)| k == "fenced"));
+                let o = sh.run(&Script::new(&p).rollback(fence).finish());
+                assert_eq!(o.status.code(), Some(EXIT_FENCED));
+                let o = sh.run(
+                    &Script::new(&p)
+                        .once("r2", "web", &s(&["touch ran"]), &Env::default(), fence)
+                        .finish(),
+                );
+                assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
+            }
+            assert_eq!(read_link(&p), "releases/r1");
+            assert!(!Path::new(&format!("{p}/releases/r2/ran")).exists());
+            // expired lease: even the right holder+generation is fenced
+            std::fs::write(
+                format!("{p}/.convoy/lock"),
+                format!("holder=ctl-a expires=1 generation={}\n", f.generation),
+            )
+            .unwrap();
+            let o = sh.run(&Script::new(&p).switch("r2", &f).finish());
+            assert_eq!(o.status.code(), Some(EXIT_FENCED));
+            assert_eq!(read_link(&p), "releases/r1");
+        }
+    }
+
+    #[test]
+    fn switch_never_leaves_current_missing() {
+        for sh in shells() {
+            let tmp = TempDir::new("atomic");
+            let p = site(&tmp);
+            make_release(&sh, &p, "r1");
+            make_release(&sh, &p, "r2");
+            let f = lease(&sh, &p, "ctl-a");
+            ok(&sh, Script::new(&p).switch("r1", &f).finish());
+            let done = AtomicBool::new(false);
+            let current = PathBuf::from(format!("{p}/current"));
+            std::thread::scope(|scope| {
+                let reader = scope.spawn(|| {
+                    let mut n = 0u64;
+                    let mut missing = 0u64;
+                    while !done.load(Ordering::SeqCst) || n < 2000 {
+                        n += 1;
+                        let link = std::fs::read_link(&current);
+                        let stat = std::fs::metadata(current.join("id.txt"));
+                        if link.is_err() || stat.is_err() {
+                            missing += 1;
+                        }
+                    }
+                    (n, missing)
+                });
+                let scripts = [
+                    Script::new(&p).switch("r2", &f).finish(),
+                    Script::new(&p).switch("r1", &f).finish(),
+                ];
+                for i in 0..200 {
+                    ok(&sh, scripts[i % 2].clone());
+                }
+                done.store(true, Ordering::SeqCst);
+                let (n, missing) = reader.join().unwrap();
+                assert!(n >= 2000);
+                assert_eq!(
+                    missing, 0,
+                    "[{}] current was missing {missing} of {n} reads",
+                    sh.name
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn lease_contention_takeover_and_release() {
+        for sh in shells() {
+            let tmp = TempDir::new("lease");
+            let p = site(&tmp);
+            // contend: exactly one of several holders acquires
+            let outs: Vec<Output> = std::thread::scope(|scope| {
+                let hs: Vec<_> = ["ctl-a", "ctl-b", "ctl-c", "ctl-d"]
+                    .into_iter()
+                    .map(|h| {
+                        let sh = sh.clone();
+                        let script = Script::new(&p).lease_acquire(h, 600).finish();
+                        scope.spawn(move || sh.run(&script))
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let won: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
+            assert_eq!(
+                won.len(),
+                1,
+                "{:?}",
+                outs.iter().map(|o| explain(&sh, o)).collect::<Vec<_>>()
+            );
+            let winner_out = stdout(won[0]);
+            let winner = fact_line(&winner_out, "lease").unwrap();
+            let holder = winner
+                .iter()
+                .find(|(k, _)| k == "holder")
+                .unwrap()
+                .1
+                .clone();
+            assert!(winner.contains(&("generation".into(), "1".into())));
+            for o in outs.iter().filter(|o| !o.status.success()) {
+                assert_eq!(o.status.code(), Some(EXIT_LEASE_HELD));
+                let line = fact_line(&stdout(o), "lease").unwrap();
+                assert!(line.contains(&("lease".into(), "held".into())));
+                assert!(line.contains(&("holder".into(), holder.clone())));
+            }
+            // same holder refresh keeps the generation
+            let f = lease(&sh, &p, &holder);
+            assert_eq!(f.generation, 1);
+            // expired: another holder takes over with generation + 1
+            let lock = format!("{p}/.convoy/lock");
+            std::fs::write(&lock, format!("holder={holder} expires=5 generation=1\n")).unwrap();
+            let g = lease(&sh, &p, "ctl-z");
+            assert_eq!(g.generation, 2);
+            // the old holder is now locked out (and fenced)
+            let o = sh.run(&Script::new(&p).lease_acquire(&holder, 60).finish());
+            assert_eq!(
+                o.status.code(),
+                Some(EXIT_LEASE_HELD),
+                "{}",
+                explain(&sh, &o)
+            );
+            // release: generation kept, then anyone acquires with generation + 1
+            let out = ok(
+                &sh,
+                Script::new(&p)
+                    .lease_release("ctl-z")
+                    .lease_release("ctl-z")
+                    .finish(),
+            );
+            assert_eq!(fact(&out, "lease").as_deref(), Some("notheld"));
+            let h = lease(&sh, &p, "ctl-a");
+            assert_eq!(h.generation, 3);
+            // a stale mutex (older than 30 s) does not block forever
+            std::fs::create_dir_all(format!("{p}/.convoy/lock.d")).unwrap();
+            let o = Command::new("touch")
+                .args(["-d", "@1000"])
+                .arg(format!("{p}/.convoy/lock.d"))
+                .status()
+                .unwrap();
+            assert!(o.success());
+            let h2 = lease(&sh, &p, "ctl-a");
+            assert_eq!(h2.generation, 3);
+        }
+    }
+
+    #[test]
+    fn held_lease_is_refused_until_expiry() {
+        for sh in shells() {
+            let tmp = TempDir::new("held");
+            let p = site(&tmp);
+            lease(&sh, &p, "ctl-a");
+            let o = sh.run(&Script::new(&p).lease_acquire("ctl-b", 60).finish());
+            assert_eq!(
+                o.status.code(),
+                Some(EXIT_LEASE_HELD),
+                "{}",
+                explain(&sh, &o)
+            );
+            assert_eq!(
+                steps(&stdout(&o)),
+                vec![("lease_acquire".to_string(), EXIT_LEASE_HELD)]
+            );
+        }
+    }
+
+    fn once_script(p: &str, f: &Fence, marker: &str) -> String {
+        let cmd = format!(
+            "echo ran >> {}; sleep 1; echo \"$CONVOY_STAGE\" > stage.txt",
+            quote(marker)
+        );
+        Script::new(p)
+            .once(
+                "r1",
+                "migrate",
+                &[cmd],
+                &Env(vec![("CONVOY_STAGE".into(), "scheduler".into())]),
+                f,
+            )
+            .finish()
+    }
+
+    #[test]
+    fn once_runs_exactly_once_concurrently_and_reports_later() {
+        for sh in shells() {
+            let tmp = TempDir::new("once");
+            let p = site(&tmp);
+            make_release(&sh, &p, "r1");
+            let f = lease(&sh, &p, "ctl-a");
+            let marker = tmp.path().join("count").to_string_lossy().into_owned();
+            let script = once_script(&p, &f, &marker);
+            let outs: Vec<Output> = std::thread::scope(|scope| {
+                let hs: Vec<_> = (0..3)
+                    .map(|_| {
+                        let (sh, script) = (sh.clone(), script.clone());
+                        scope.spawn(move || sh.run(&script))
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for o in &outs {
+                assert!(o.status.success(), "{}", explain(&sh, o));
+                assert_eq!(fact(&stdout(o), "once").as_deref(), Some("done"));
+            }
+            assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/releases/r1/stage.txt")).unwrap(),
+                "scheduler\n"
+            );
+            // later: reported, not rerun
+            let before = snapshot(tmp.path());
+            let out = ok(&sh, script.clone());
+            assert_eq!(fact(&out, "status").as_deref(), Some("0"));
+            assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+            assert_eq!(snapshot(tmp.path()), before);
+            // a failing once is recorded with its status and not rerun either
+            let fail = Script::new(&p)
+                .once(
+                    "r1",
+                    "other",
+                    &s(&["echo x >> ../../fails; exit 4"]),
+                    &Env::default(),
+                    &f,
+                )
+                .finish();
+            for _ in 0..2 {
+                let o = sh.run(&fail);
+                assert_eq!(o.status.code(), Some(4), "{}", explain(&sh, &o));
+                assert_eq!(steps(&stdout(&o)), vec![("once".to_string(), 4)]);
+            }
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/fails")).unwrap(),
+                "x\n"
+            );
+        }
+    }
+
+    #[test]
+    fn once_survives_the_caller_being_killed() {
+        use std::os::unix::process::CommandExt;
+        for sh in shells() {
+            let tmp = TempDir::new("oncekill");
+            let p = site(&tmp);
+            make_release(&sh, &p, "r1");
+            let f = lease(&sh, &p, "ctl-a");
+            let marker = tmp.path().join("count").to_string_lossy().into_owned();
+            let script = once_script(&p, &f, &marker);
+            let mut child = sh
+                .command(&script)
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            // kill the whole process group of the caller, as a dying ssh session would
+            let pgid = child.id();
+            let killed = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+            let _ = child.wait();
+            // the caller died mid-run: the wrapper had started and had not finished
+            let rec = format!("{p}/.convoy/once/r1/migrate");
+            assert!(
+                Path::new(&format!("{rec}/pid")).exists(),
+                "[{}] wrapper not started",
+                sh.name
+            );
+            assert!(
+                !Path::new(&format!("{rec}/done")).exists(),
+                "[{}] finished too early",
+                sh.name
+            );
+            let start = Instant::now();
+            let out = ok(&sh, script.clone());
+            assert_eq!(fact(&out, "once").as_deref(), Some("done"), "{out}");
+            assert!(start.elapsed() < Duration::from_secs(5));
+            assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+            let done =
+                std::fs::read_to_string(format!("{p}/.convoy/once/r1/migrate/done")).unwrap();
+            assert!(done.starts_with("status=0\nhost="), "{done}");
+            let out = ok(&sh, script);
+            assert_eq!(fact(&out, "once").as_deref(), Some("done"));
+            assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+        }
+    }
+
+    #[test]
+    fn once_interrupted_without_record_is_not_rerun() {
+        for sh in shells() {
+            let tmp = TempDir::new("onceint");
+            let p = site(&tmp);
+            make_release(&sh, &p, "r1");
+            let f = lease(&sh, &p, "ctl-a");
+            let rec = format!("{p}/.convoy/once/r1/migrate");
+            std::fs::create_dir_all(&rec).unwrap();
+            std::fs::write(format!("{rec}/started"), "started=1 host=x\n").unwrap();
+            std::fs::write(format!("{rec}/pid"), "999999999\n").unwrap();
+            let marker = tmp.path().join("count").to_string_lossy().into_owned();
+            let o = sh.run(&once_script(&p, &f, &marker));
+            assert_eq!(
+                o.status.code(),
+                Some(EXIT_ONCE_INTERRUPTED),
+                "{}",
+                explain(&sh, &o)
+            );
+            assert_eq!(fact(&stdout(&o), "once").as_deref(), Some("interrupted"));
+            assert!(!Path::new(&marker).exists());
+        }
+    }
+
+    #[test]
+    fn once_wait_gives_up_on_a_long_run() {
+        let sh = &shells()[0];
+        let tmp = TempDir::new("oncewait");
+        let p = site(&tmp);
+        make_release(sh, &p, "r1");
+        let f = lease(sh, &p, "ctl-a");
+        let script = Script::new(&p)
+            .once_wait("r1", "slow", &s(&["sleep 3"]), &Env::default(), &f, 1)
+            .finish();
+        let o = sh.run(&script);
+        assert_eq!(
+            o.status.code(),
+            Some(EXIT_ONCE_STILL_RUNNING),
+            "{}",
+            explain(sh, &o)
+        );
+        assert_eq!(fact(&stdout(&o), "once").as_deref(), Some("running"));
+        let script = Script::new(&p)
+            .once_wait("r1", "slow", &s(&["sleep 3"]), &Env::default(), &f, 10)
+            .finish();
+        let out = ok(sh, script);
+        assert_eq!(fact(&out, "once").as_deref(), Some("done"));
+    }
+
+    #[test]
+    fn cleanup_keeps_newest_complete_and_protected() {
+        for sh in shells() {
+            let tmp = TempDir::new("cleanup");
+            let p = site(&tmp);
+            for (i, id) in ["r1", "r2", "r3", "r4", "r5", "r6"].into_iter().enumerate() {
+                make_release(&sh, &p, id);
+                // deterministic build times: r1 oldest
+                std::fs::write(
+                    format!("{p}/releases/{id}/.convoy-complete"),
+                    format!("built_at={}\nrevision=abc\n", 1000 + i),
+                )
+                .unwrap();
+            }
+            std::fs::create_dir_all(format!("{p}/releases/half")).unwrap();
+            std::fs::create_dir_all(format!("{p}/releases/r9")).unwrap(); // desired, building
+            std::fs::create_dir_all(format!("{p}/releases/bad name")).unwrap();
+            let f = lease(&sh, &p, "ctl-a");
+            ok(
+                &sh,
+                Script::new(&p).switch("r2", &f).switch("r1", &f).finish(),
+            ); // current r1, previous r2
+            let out = ok(&sh, Script::new(&p).cleanup(2, &s(&["r3", "r9"])).finish());
+            let mut left: Vec<String> = std::fs::read_dir(format!("{p}/releases"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            assert_eq!(
+                left,
+                vec!["bad name", "r1", "r2", "r3", "r5", "r6", "r9"],
+                "{out}"
+            );
+            let before = snapshot(tmp.path());
+            ok(&sh, Script::new(&p).cleanup(2, &s(&["r3", "r9"])).finish());
+            assert_eq!(snapshot(tmp.path()), before);
+            ok(&sh, Script::new(&p).cleanup(0, &[]).finish());
+            let mut left: Vec<String> = std::fs::read_dir(format!("{p}/releases"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            assert_eq!(left, vec!["bad name", "r1", "r2"]);
+        }
+    }
+
+    #[test]
+    fn link_shared_moves_creates_and_links() {
+        for sh in shells() {
+            let tmp = TempDir::new("shared");
+            let p = site(&tmp);
+            let d = format!("{p}/releases/r1");
+            std::fs::create_dir_all(format!("{d}/media/img")).unwrap();
+            std::fs::write(format!("{d}/media/img/a.png"), "png").unwrap();
+            std::fs::write(format!("{d}/.env"), "FROM_RELEASE=1").unwrap();
+            let entries = s(&[".env", "media/", "var/log/", "conf/app.ini"]);
+            let script = Script::new(&p)
+                .prepare("r0")
+                .link_shared("r1", &entries)
+                .finish();
+            ok(&sh, script.clone());
+            let sh_dir = format!("{p}/shared");
+            assert_eq!(
+                std::fs::read_to_string(format!("{sh_dir}/.env")).unwrap(),
+                "FROM_RELEASE=1"
+            );
+            assert_eq!(
+                std::fs::read_to_string(format!("{d}/.env")).unwrap(),
+                "FROM_RELEASE=1"
+            );
+            assert_eq!(
+                std::fs::read_to_string(format!("{d}/media/img/a.png")).unwrap(),
+                "png"
+            );
+            assert!(Path::new(&format!("{sh_dir}/var/log")).is_dir());
+            assert_eq!(
+                std::fs::read_to_string(format!("{sh_dir}/conf/app.ini")).unwrap(),
+                ""
+            );
+            for e in [".env", "media", "var/log", "conf/app.ini"] {
+                let t = std::fs::read_link(format!("{d}/{e}")).unwrap();
+                assert_eq!(t, PathBuf::from(format!("{sh_dir}/{e}")));
+            }
+            let before = snapshot(tmp.path());
+            ok(&sh, script);
+            assert_eq!(snapshot(tmp.path()), before);
+            // a second release: its own copy is replaced by the link, shared content kept
+            let d2 = format!("{p}/releases/r2");
+            std::fs::create_dir_all(&d2).unwrap();
+            std::fs::write(format!("{d2}/.env"), "FROM_R2").unwrap();
+            ok(&sh, Script::new(&p).link_shared("r2", &entries).finish());
+            assert_eq!(
+                std::fs::read_to_string(format!("{d2}/.env")).unwrap(),
+                "FROM_RELEASE=1"
+            );
+            // escaping the site is refused
+            let o = fails(
+                &sh,
+                Script::new(&p).link_shared("r2", &s(&["../x"])).finish(),
+            );
+            assert_eq!(steps(&stdout(&o)), vec![("link_shared".to_string(), 1)]);
+            fails(
+                &sh,
+                Script::new(&p)
+                    .link_shared("r2", &s(&["/etc/passwd"]))
+                    .finish(),
+            );
+        }
+    }
+
+    #[test]
+    fn activate_and_health() {
+        for sh in shells() {
+            let tmp = TempDir::new("health");
+            let p = site(&tmp);
+            make_release(&sh, &p, "r1");
+            make_release(&sh, &p, "r2");
+            let f = lease(&sh, &p, "ctl-a");
+            let env = Env(vec![("GREETING".into(), "it's \"me\"".into())]);
+            let out = ok(
+                &sh,
+                Script::new(&p)
+                    .switch("r1", &f)
+                    .activate("r1", &s(&["printf '%s' \"$GREETING\" > activated"]), &env)
+                    .health("test -f activated", &env, 5, 0, 0)
+                    .finish(),
+            );
+            assert_eq!(
+                steps(&out),
+                vec![
+                    ("switch".to_string(), 0),
+                    ("activate".to_string(), 0),
+                    ("health".to_string(), 0)
+                ]
+            );
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/releases/r1/activated")).unwrap(),
+                "it's \"me\""
+            );
+            // activate refuses a release that is not current
+            let o = fails(
+                &sh,
+                Script::new(&p)
+                    .activate("r2", &s(&["touch x"]), &env)
+                    .finish(),
+            );
+            assert_eq!(steps(&stdout(&o)), vec![("activate".to_string(), 1)]);
+            // retries: fails twice, then succeeds on the third attempt
+            let cmd =
+                "n=$(cat tries 2>/dev/null || echo 0); n=$((n+1)); echo $n > tries; [ $n -ge 3 ]";
+            let out = ok(&sh, Script::new(&p).health(cmd, &env, 5, 3, 0).finish());
+            assert_eq!(facts(&out).iter().filter(|(k, _)| k == "health").count(), 3);
+            // retries exhausted: 1 + 2 attempts, then the step fails
+            std::fs::remove_file(format!("{p}/releases/r1/tries")).unwrap();
+            let o = fails(
+                &sh,
+                Script::new(&p)
+                    .health("echo . >> tries; exit 9", &env, 5, 2, 0)
+                    .finish(),
+            );
+            assert_eq!(steps(&stdout(&o)), vec![("health".to_string(), 9)]);
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/releases/r1/tries")).unwrap(),
+                ".\n.\n.\n"
+            );
+            // timeout bounds an attempt
+            let start = Instant::now();
+            let o = fails(
+                &sh,
+                Script::new(&p).health("sleep 10", &env, 1, 1, 0).finish(),
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(6),
+                "[{}] {:?}",
+                sh.name,
+                start.elapsed()
+            );
+            assert_eq!(steps(&stdout(&o)).len(), 1);
+        }
+    }
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let o = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@e",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn fetch_git_exports_a_revision_through_the_mirror() {
+        for sh in shells() {
+            let tmp = TempDir::new("git");
+            let repo = tmp.path().join("repo with space");
+            std::fs::create_dir_all(&repo).unwrap();
+            git(&repo, &["init", "-q"]);
+            std::fs::write(repo.join("app.txt"), "v1").unwrap();
+            git(&repo, &["add", "."]);
+            git(&repo, &["commit", "-qm", "one"]);
+            git(&repo, &["tag", "v1"]);
+            let c1 = git(&repo, &["rev-parse", "HEAD"]);
+            let p = site(&tmp);
+            let url = repo.to_string_lossy().into_owned();
+            let fetch = |id: &str, rev: &str| {
+                Script::new(&p)
+                    .prepare(id)
+                    .fetch_git(id, &url, rev)
+                    .finish()
+            };
+            let out = ok(&sh, fetch("r1", "v1"));
+            assert_eq!(fact(&out, "revision"), Some(c1.clone()));
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/releases/r1/app.txt")).unwrap(),
+                "v1"
+            );
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/releases/r1/.convoy-revision")).unwrap(),
+                format!("{c1}\n")
+            );
+            // twice = same state
+            let before = snapshot(tmp.path());
+            ok(&sh, fetch("r1", "v1"));
+            assert_eq!(snapshot(tmp.path()), before);
+            // a new commit on the branch: fetched by name; an old sha is used from the mirror
+            std::fs::write(repo.join("app.txt"), "v2").unwrap();
+            git(&repo, &["commit", "-qam", "two"]);
+            let c2 = git(&repo, &["rev-parse", "HEAD"]);
+            let out = ok(&sh, fetch("r2", "main"));
+            assert_eq!(fact(&out, "revision"), Some(c2.clone()));
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/releases/r2/app.txt")).unwrap(),
+                "v2"
+            );
+            let out = ok(&sh, fetch("r3", &c1[..12]));
+            assert_eq!(fact(&out, "revision"), Some(c1.clone()));
+            // build on top marks it complete with the revision; a later fetch leaves it alone
+            ok(
+                &sh,
+                Script::new(&p)
+                    .build("r2", &s(&["true"]), &Env::default())
+                    .finish(),
+            );
+            let m = std::fs::read_to_string(format!("{p}/releases/r2/.convoy-complete")).unwrap();
+            assert!(m.contains(&format!("revision={c2}")), "{m}");
+            let out = ok(&sh, fetch("r2", "main"));
+            assert_eq!(fact(&out, "revision"), Some(c2.clone()));
+            // unknown revision fails the fetch step
+            let o = fails(&sh, fetch("r4", "nope"));
+            assert_eq!(steps(&stdout(&o)).last().unwrap().0, "fetch");
+            assert!(
+                !snapshot(tmp.path())
+                    .iter()
+                    .any(|(k, _)| k.contains(".tmp."))
+            );
+        }
+    }
+
+    #[test]
+    fn unpack_archive_from_stdin() {
+        for sh in shells() {
+            let tmp = TempDir::new("unpack");
+            let src = tmp.path().join("src");
+            std::fs::create_dir_all(src.join("sub")).unwrap();
+            std::fs::write(src.join("sub/f.txt"), "hello").unwrap();
+            let o = Command::new("tar")
+                .args(["-czf", "-", "-C"])
+                .arg(&src)
+                .arg(".")
+                .output()
+                .unwrap();
+            assert!(o.status.success());
+            let tgz = o.stdout;
+            let p = site(&tmp);
+            let script = Script::new(&p).prepare("r1").unpack_archive("r1").finish();
+            let o = sh.run_with_stdin(&script, &tgz);
+            assert!(o.status.success(), "{}", explain(&sh, &o));
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/releases/r1/sub/f.txt")).unwrap(),
+                "hello"
+            );
+            let o = sh.run_with_stdin(&script, b"not a tarball");
+            assert!(!o.status.success());
+            assert_eq!(
+                steps(&stdout(&o)).last().unwrap(),
+                &("unpack".to_string(), 1)
+            );
+        }
+    }
+}

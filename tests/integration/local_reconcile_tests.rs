@@ -1,0 +1,167 @@
+//! The README's main job on `address: local` hosts: `reconcile --once` deploys the bundled
+//! jobs-manager example, a second run changes nothing, and status/history/plan report it.
+
+use std::fs;
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::util::{convoy_in, repo_root, stderr, stdout};
+
+/// The bundled example with its hosts rooted in `root` instead of /tmp/convoy-demo.
+fn example_in(root: &Path) -> std::path::PathBuf {
+    let dir = root.join("manifests");
+    fs::create_dir_all(&dir).unwrap();
+    for file in ["jobs-manager.yaml", "releases.yaml"] {
+        let text = fs::read_to_string(repo_root().join("manifests").join(file)).unwrap();
+        let text = text
+            .replace(
+                "/tmp/convoy-demo",
+                &root.join("hosts").display().to_string(),
+            )
+            .replace(
+                "demo/jobs-manager",
+                &repo_root().join("demo/jobs-manager").display().to_string(),
+            );
+        fs::write(dir.join(file), text).unwrap();
+    }
+    dir
+}
+
+/// Every path under `dir` with its modification time (symlinks not followed).
+fn mtimes(dir: &Path) -> Vec<(String, SystemTime)> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let meta = fs::symlink_metadata(entry.path()).unwrap();
+            out.push((entry.path().display().to_string(), meta.modified().unwrap()));
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn reconcile_once_deploys_the_example_and_a_second_run_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifests = example_in(tmp.path());
+    let m = manifests.display().to_string();
+    let state = tmp.path().join("state").display().to_string();
+    let args = [
+        "reconcile",
+        "--once",
+        "-f",
+        m.as_str(),
+        "--state-dir",
+        state.as_str(),
+    ];
+
+    let out = convoy_in(tmp.path(), &args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert!(text.contains("jobs-manager: Converged"), "{text}");
+    for host in ["sched1", "web1", "web2"] {
+        let current = tmp
+            .path()
+            .join(format!("hosts/{host}/srv/jobs-manager/current"));
+        assert_eq!(
+            fs::read_link(&current).unwrap(),
+            Path::new("releases/r2026-11-24.1"),
+            "{host}"
+        );
+        assert!(
+            current.join("build/version").exists(),
+            "{host} serves a built release"
+        );
+    }
+    let migrations = fs::read_to_string(
+        tmp.path()
+            .join("hosts/sched1/srv/jobs-manager/shared/var/migrations.log"),
+    )
+    .unwrap();
+    assert_eq!(
+        migrations.lines().count(),
+        1,
+        "once ran exactly once: {migrations}"
+    );
+    // The scheduler stage went live before any frontend host.
+    let order: Vec<&str> = text.lines().filter(|l| l.contains("Switched")).collect();
+    assert_eq!(order.len(), 3, "{text}");
+
+    let before = mtimes(&tmp.path().join("hosts"));
+    let out = convoy_in(tmp.path(), &args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !stdout(&out).contains("Switched") && !stdout(&out).contains("Built"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        before,
+        mtimes(&tmp.path().join("hosts")),
+        "a converged pass touches nothing on any host"
+    );
+
+    let out = convoy_in(
+        tmp.path(),
+        &["plan", "-f", m.as_str(), "--state-dir", state.as_str()],
+    );
+    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+    let out = convoy_in(
+        tmp.path(),
+        &["status", "--state-dir", state.as_str(), "-o", "json"],
+    );
+    let list: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"][0]["status"]["phase"], "Converged");
+    assert_eq!(
+        list["items"][0]["status"]["hosts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let out = convoy_in(
+        tmp.path(),
+        &["history", "jobs-manager", "--state-dir", state.as_str()],
+    );
+    let history = stdout(&out);
+    assert_eq!(history.matches("OnceRan").count(), 1, "{history}");
+    assert_eq!(history.matches("Switched").count(), 3, "{history}");
+}
+
+#[test]
+fn a_second_controller_on_the_same_state_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let _held = convoy::state::StateDir::lock(&state).unwrap();
+    let manifests = example_in(tmp.path());
+    let out = convoy_in(
+        tmp.path(),
+        &[
+            "reconcile",
+            "--once",
+            "-f",
+            &manifests.display().to_string(),
+            "--state-dir",
+            &state.display().to_string(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("another convoy controller holds it"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!tmp.path().join("hosts").exists(), "nothing touched");
+}
