@@ -158,7 +158,7 @@ fn plan(
         max_parallel,
         known_hosts: cli.known_hosts.clone(),
     };
-    let ctx = controller::context(&desired, &options);
+    let ctx = controller::context(&desired, &options, controller::lease_holder(&cli.state_dir));
     let runtime = runtime()?;
     for s in desired
         .sites

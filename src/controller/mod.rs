@@ -44,7 +44,7 @@ const LEASE_TTL: Duration = Duration::from_secs(600);
 const MASTER_IDLE: Duration = Duration::from_secs(30);
 
 /// Builds the execution context shared by every site of a run.
-pub fn context(desired: &DesiredState, options: &RunOptions) -> Context {
+pub fn context(desired: &DesiredState, options: &RunOptions, holder: String) -> Context {
     let control_dir = crate::host::default_control_dir();
     Context {
         pool: Arc::new(SshPool::new(
@@ -55,17 +55,22 @@ pub fn context(desired: &DesiredState, options: &RunOptions) -> Context {
         )),
         hosts: desired.hosts.clone(),
         limits: Limits::new(options.max_parallel, &desired.group_limits),
-        holder: lease_holder(),
+        holder,
         lease_ttl: LEASE_TTL,
         command_timeout: options.timeout,
         observe_timeout: Duration::from_secs(60),
     }
 }
 
-/// This controller's name in host leases: `controller_id()` as a safe word (host-side
-/// scripts accept only `[A-Za-z0-9._-]`).
-fn lease_holder() -> String {
-    state::controller_id()
+/// This controller's name in host leases: the machine plus a fingerprint of its state dir,
+/// as a safe word (host-side scripts accept only `[A-Za-z0-9._-]`). It stays the same across
+/// runs on one state dir: the state-dir lock already proves an earlier holder with this name
+/// is gone, so a controller killed mid-pass never blocks the next run until its lease expires.
+pub fn lease_holder(state_dir: &std::path::Path) -> String {
+    let machine: String = state::controller_id()
+        .split(':')
+        .next()
+        .unwrap_or("convoy")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
@@ -74,18 +79,24 @@ fn lease_holder() -> String {
                 '-'
             }
         })
-        .collect()
+        .collect();
+    let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    format!("{machine}-{}", &fnv1a(&dir.display().to_string())[..8])
 }
 
-/// Fingerprint of everything that makes up a site's desired state: a change lifts a hold.
-pub fn desired_key(site: &DesiredSite) -> String {
-    // FNV-1a over the debug form: stable for a given convoy build, no extra crate.
+fn fnv1a(text: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in format!("{site:?}").bytes() {
+    for byte in text.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{hash:016x}")
+}
+
+/// Fingerprint of everything that makes up a site's desired state: a change lifts a hold.
+pub fn desired_key(site: &DesiredSite) -> String {
+    // Over the debug form: stable for a given convoy build, no extra crate.
+    fnv1a(&format!("{site:?}"))
 }
 
 /// Converges one site: passes until it is no longer Blocked or the deadline comes.
@@ -127,7 +138,9 @@ pub async fn converge_site(
             tokio::time::sleep(delay).await;
             continue;
         }
-        let status = status_of(state, site, &report, None);
+        let retrying =
+            matches!(report.outcome, Outcome::Blocked { .. }).then_some((blocked_retries, delay));
+        let status = status_of(state, site, &report, retrying);
         let _ = state.save_status(&site.name, &status);
         return SiteResult {
             name: site.name.clone(),
@@ -288,7 +301,7 @@ pub async fn run_once(
     options: &RunOptions,
     out: &mut dyn std::io::Write,
 ) -> u8 {
-    let ctx = context(desired, options);
+    let ctx = context(desired, options, lease_holder(state.path()));
     let sites: Vec<&DesiredSite> = desired
         .sites
         .values()

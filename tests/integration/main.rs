@@ -1,6 +1,7 @@
 //! One integration-test binary (faster links): every file here is a module.
 mod cli_tests;
 mod crd_tests;
+mod engine_tests;
 mod lab;
 mod lab_tests;
 mod local_reconcile_tests;
