@@ -70,12 +70,21 @@ pub enum Command {
         /// Only this site.
         #[arg(long, value_name = "NAME")]
         site: Option<String>,
-        /// Bound for the whole run, e.g. 15m.
+        /// With --once: bound for the whole run. As a daemon: bound for one pass of a site.
         #[arg(long, value_name = "DURATION", default_value = "15m")]
         timeout: String,
         /// Global cap on hosts worked on at once, across all sites.
         #[arg(long, value_name = "N", default_value_t = 32)]
         max_parallel: usize,
+        /// Daemon: re-check every site this often, to catch drift (e.g. `current` repointed by hand).
+        #[arg(long, value_name = "DURATION", default_value = "5m")]
+        resync: String,
+        /// Daemon: serve /metrics, /healthz and /readyz here.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9469")]
+        metrics_addr: String,
+        /// With --once: also write the metrics to this file (node_exporter textfile collector).
+        #[arg(long, value_name = "PATH")]
+        metrics_textfile: Option<PathBuf>,
     },
 
     /// Observe the hosts and print what a reconcile pass would do; changes nothing.

@@ -20,13 +20,24 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Validate => validate(&cli.manifests, out, err),
         Command::Crds { out_dir } => crds(out_dir.as_deref(), out),
         Command::Reconcile {
-            once: true,
+            once,
             site,
             timeout,
             max_parallel,
-        } => reconcile_once(cli, site.clone(), timeout, *max_parallel, out, err),
-        Command::Reconcile { once: false, .. } => {
-            not_built_yet("reconcile (daemon mode; use --once)", &cli.manifests, err)
+            resync,
+            metrics_addr,
+            metrics_textfile,
+        } => {
+            let args = ReconcileArgs {
+                once: *once,
+                site: site.clone(),
+                timeout,
+                max_parallel: *max_parallel,
+                resync,
+                metrics_addr,
+                metrics_textfile: metrics_textfile.clone(),
+            };
+            reconcile(cli, args, out, err)
         }
         Command::Plan { site, max_parallel } => plan(cli, site.as_deref(), *max_parallel, out, err),
         Command::Status { output } => status(&cli.state_dir, *output, out, err),
@@ -104,35 +115,72 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("failed to start the async runtime")
 }
 
-fn reconcile_once(
-    cli: &Cli,
+struct ReconcileArgs<'a> {
+    once: bool,
     site: Option<String>,
-    timeout: &str,
+    timeout: &'a str,
     max_parallel: usize,
+    resync: &'a str,
+    metrics_addr: &'a str,
+    metrics_textfile: Option<std::path::PathBuf>,
+}
+
+/// A positive duration from the command line, or the usage error to print.
+fn duration_arg(flag: &str, text: &str) -> Result<Duration, String> {
+    match manifest::Duration::parse(text) {
+        Ok(d) if !d.as_std().is_zero() => Ok(d.as_std()),
+        _ => Err(format!(
+            "error: invalid {flag} `{text}`: expected a duration such as `15m`"
+        )),
+    }
+}
+
+fn reconcile(
+    cli: &Cli,
+    args: ReconcileArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<u8> {
-    let timeout = match manifest::Duration::parse(timeout) {
-        Ok(d) if !d.as_std().is_zero() => d.as_std(),
-        Ok(_) | Err(_) => {
-            writeln!(
-                err,
-                "error: invalid --timeout `{timeout}`: expected a duration such as `15m`"
-            )?;
+    let (timeout, resync) = match (
+        duration_arg("--timeout", args.timeout),
+        duration_arg("--resync", args.resync),
+    ) {
+        (Ok(t), Ok(r)) => (t, r),
+        (Err(e), _) | (_, Err(e)) => {
+            writeln!(err, "{e}")?;
             return Ok(exit_code::INVALID);
         }
     };
-    let desired = match desired(cli, site.as_deref(), err)? {
+    let options = RunOptions {
+        site: args.site.clone(),
+        timeout,
+        max_parallel: args.max_parallel,
+        known_hosts: cli.known_hosts.clone(),
+        metrics_textfile: args.metrics_textfile,
+    };
+    if !args.once {
+        let Ok(addr) = args.metrics_addr.parse::<std::net::SocketAddr>() else {
+            writeln!(
+                err,
+                "error: invalid --metrics-addr `{}`: expected HOST:PORT, e.g. 127.0.0.1:9469",
+                args.metrics_addr
+            )?;
+            return Ok(exit_code::INVALID);
+        };
+        let state = StateDir::lock(&cli.state_dir)?;
+        let daemon = controller::daemon::DaemonOptions {
+            manifests: cli.manifests.clone(),
+            resync,
+            metrics_addr: addr,
+            run: options,
+        };
+        return Ok(runtime()?.block_on(controller::daemon::run(daemon, state, err)));
+    }
+    let desired = match desired(cli, args.site.as_deref(), err)? {
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
     let state = StateDir::lock(&cli.state_dir)?;
-    let options = RunOptions {
-        site,
-        timeout,
-        max_parallel,
-        known_hosts: cli.known_hosts.clone(),
-    };
     let code = runtime()?.block_on(controller::run_once(&desired, &state, &options, out));
     for warning in state.take_warnings() {
         writeln!(err, "warning: {warning}")?;
@@ -157,8 +205,10 @@ fn plan(
         timeout: Duration::from_secs(60),
         max_parallel,
         known_hosts: cli.known_hosts.clone(),
+        metrics_textfile: None,
     };
-    let ctx = controller::context(&desired, &options, controller::lease_holder(&cli.state_dir));
+    let shared = controller::Shared::new(&options, &cli.state_dir);
+    let ctx = controller::context(&desired, &options, &shared);
     let runtime = runtime()?;
     for s in desired
         .sites
@@ -191,8 +241,7 @@ fn plan(
         }
         writeln!(out, "  => {outcome:?}")?;
     }
-    runtime.block_on(ctx.pool.close_all());
-    let _ = std::fs::remove_dir_all(crate::host::default_control_dir());
+    runtime.block_on(shared.close());
     Ok(exit_code::OK)
 }
 
@@ -259,16 +308,4 @@ fn history(state_dir: &Path, site: &str, out: &mut dyn Write) -> anyhow::Result<
         out.write_all(state::render_history(&events).as_bytes())?;
     }
     Ok(exit_code::OK)
-}
-
-/// Daemon mode has not landed yet: say so plainly instead of pretending.
-fn not_built_yet(command: &str, path: &Path, err: &mut dyn Write) -> anyhow::Result<u8> {
-    if load(path, err)?.is_none() {
-        return Ok(exit_code::INVALID);
-    }
-    writeln!(
-        err,
-        "error: `convoy {command}` is not built yet in this version; the manifests are valid and nothing was changed on any host"
-    )?;
-    Ok(exit_code::FAILED)
 }

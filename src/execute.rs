@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -15,6 +16,7 @@ use crate::host::observe::{self, OnceState as HostOnce};
 use crate::host::script::{Env, Fence, Script};
 use crate::host::ssh::SshPool;
 use crate::host::{CommandOutput, Host, HostError, RemoteCommand};
+use crate::metrics::Metrics;
 use crate::plan::{self, HostView, Outcome, PassState, Reach, Step};
 pub use crate::state::Action;
 
@@ -51,6 +53,9 @@ pub struct Context {
     pub command_timeout: Duration,
     /// Bound for a round trip that runs no user command (observe, clean-up).
     pub observe_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    /// Set on shutdown: steps under way finish, no new step starts.
+    pub cancel: Arc<AtomicBool>,
 }
 
 /// Something notable that happened on a host, for history and progress output.
@@ -123,6 +128,10 @@ pub async fn reconcile_site(
         if next.steps.is_empty() {
             break next.outcome;
         }
+        if ctx.cancel.load(Ordering::SeqCst) {
+            // Shutting down: every step started has finished; stop before the next one.
+            break Outcome::Progressing;
+        }
         run.execute(next.steps).await;
     };
     run.report(outcome)
@@ -192,7 +201,25 @@ impl<'a> SiteRun<'a> {
 
     async fn run_on(&self, host: &str, command: RemoteCommand) -> Result<CommandOutput, HostError> {
         let _permits = self.permits(host).await;
-        self.host(host).run(&self.ctx.pool, &command).await
+        let started = std::time::Instant::now();
+        let result = self.host(host).run(&self.ctx.pool, &command).await;
+        let metrics = &self.ctx.metrics;
+        match &result {
+            Ok(out) => {
+                let text = out.stdout_text();
+                for (step, seconds) in observe::step_timings(&text) {
+                    metrics.operation(&step, Duration::from_secs_f64(seconds));
+                }
+                for (step, status) in observe::steps(&text) {
+                    if status != 0 {
+                        metrics.operation_failed(&self.site.name, &step);
+                    }
+                }
+            }
+            Err(_) => metrics.operation_failed(&self.site.name, "connect"),
+        }
+        metrics.operation("round_trip", started.elapsed());
+        result
     }
 
     async fn observe_all(&self) -> plan::Observed {

@@ -9,6 +9,7 @@ pub mod execute;
 pub mod exit_code;
 pub mod host;
 pub mod manifest;
+pub mod metrics;
 pub mod plan;
 pub mod state;
 pub mod status;

@@ -3,8 +3,13 @@
 //! per-site exponential backoff and jitter until `--timeout`; it records status, history and
 //! failed attempts in the state dir and maps the result to the documented exit codes.
 
+pub mod daemon;
+mod http;
+pub mod watch;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
@@ -14,6 +19,7 @@ use crate::desired::{DesiredSite, DesiredState};
 use crate::execute::{self, Context, Limits, SiteReport};
 use crate::exit_code;
 use crate::host::ssh::SshPool;
+use crate::metrics::Metrics;
 use crate::plan::{Outcome, PassState};
 use crate::state::{self, Action, HistoryEvent, StateDir};
 use crate::status::{HostStatus, Phase, SiteStatus};
@@ -26,6 +32,8 @@ pub struct RunOptions {
     pub max_parallel: usize,
     /// known_hosts to use instead of the ssh client's default.
     pub known_hosts: Option<std::path::PathBuf>,
+    /// `--once`: also write the metrics here (node_exporter textfile collector).
+    pub metrics_textfile: Option<std::path::PathBuf>,
 }
 
 /// A site's result as the run reports it.
@@ -43,22 +51,49 @@ const LEASE_TTL: Duration = Duration::from_secs(600);
 /// How long an idle SSH master survives, even if convoy is killed.
 const MASTER_IDLE: Duration = Duration::from_secs(30);
 
-/// Builds the execution context shared by every site of a run.
-pub fn context(desired: &DesiredState, options: &RunOptions, holder: String) -> Context {
-    let control_dir = crate::host::default_control_dir();
+/// What outlives one desired state: SSH masters, metrics, the shutdown flag, the lease name.
+#[derive(Clone)]
+pub struct Shared {
+    pub pool: Arc<SshPool>,
+    pub metrics: Arc<Metrics>,
+    pub cancel: Arc<AtomicBool>,
+    pub holder: String,
+}
+
+impl Shared {
+    pub fn new(options: &RunOptions, state_dir: &std::path::Path) -> Self {
+        Shared {
+            pool: Arc::new(SshPool::new(
+                crate::host::default_control_dir(),
+                options.known_hosts.clone(),
+                512,
+                MASTER_IDLE,
+            )),
+            metrics: Arc::new(Metrics::new()),
+            cancel: Arc::new(AtomicBool::new(false)),
+            holder: lease_holder(state_dir),
+        }
+    }
+
+    /// Closes every SSH master and removes their control directory.
+    pub async fn close(&self) {
+        self.pool.close_all().await;
+        let _ = std::fs::remove_dir_all(crate::host::default_control_dir());
+    }
+}
+
+/// Builds the execution context for one desired state.
+pub fn context(desired: &DesiredState, options: &RunOptions, shared: &Shared) -> Context {
     Context {
-        pool: Arc::new(SshPool::new(
-            control_dir,
-            options.known_hosts.clone(),
-            512,
-            MASTER_IDLE,
-        )),
+        pool: shared.pool.clone(),
         hosts: desired.hosts.clone(),
         limits: Limits::new(options.max_parallel, &desired.group_limits),
-        holder,
+        holder: shared.holder.clone(),
         lease_ttl: LEASE_TTL,
         command_timeout: options.timeout,
         observe_timeout: Duration::from_secs(60),
+        metrics: shared.metrics.clone(),
+        cancel: shared.cancel.clone(),
     }
 }
 
@@ -99,6 +134,67 @@ pub fn desired_key(site: &DesiredSite) -> String {
     fnv1a(&format!("{site:?}"))
 }
 
+/// A fresh per-site backoff: exponential with jitter, 1s to 30s.
+pub fn backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_MIN)
+        .with_max_delay(BACKOFF_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// One pass of one site, with its bookkeeping: history, the resolved revision, failed
+/// attempts, metrics. The caller publishes the status (it knows about retries).
+pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> SiteReport {
+    let key = desired_key(site);
+    let attempts = state.attempts(&site.name, &key).attempts;
+    let once_done = state
+        .history(&site.name)
+        .into_iter()
+        .filter(|e| e.action == Action::OnceRan && e.release == site.release)
+        .filter_map(|e| e.stage)
+        .collect();
+    let pass = PassState {
+        attempts,
+        once_done,
+        ..PassState::default()
+    };
+    let revision = state.revision(&site.name, &site.release);
+    let started = Instant::now();
+    let report = execute::reconcile_site(ctx, site, pass, revision).await;
+    ctx.metrics
+        .reconciled(&site.name, &report.outcome, started.elapsed());
+    let rollbacks = report
+        .events
+        .iter()
+        .filter(|e| e.action == Action::RolledBack)
+        .count();
+    for _ in 0..rollbacks {
+        ctx.metrics.rolled_back(&site.name);
+    }
+    record(state, site, &key, &report);
+    report
+}
+
+/// Saves the Site's status and mirrors it into the metrics.
+pub fn publish(
+    ctx: &Context,
+    state: &StateDir,
+    site: &DesiredSite,
+    report: &SiteReport,
+    retrying: Option<(u32, Duration)>,
+) -> SiteStatus {
+    let status = status_of(state, site, report, retrying);
+    let _ = state.save_status(&site.name, &status);
+    ctx.metrics
+        .site_state(&site.name, status.phase, &site.release);
+    ctx.metrics.hosts(&site.name, &report.hosts);
+    ctx.metrics
+        .backoff(&site.name, retrying.map_or(Duration::ZERO, |(_, d)| d));
+    status
+}
+
 /// Converges one site: passes until it is no longer Blocked or the deadline comes.
 pub async fn converge_site(
     ctx: &Context,
@@ -106,42 +202,25 @@ pub async fn converge_site(
     state: &StateDir,
     deadline: Instant,
 ) -> SiteResult {
-    let key = desired_key(site);
-    let mut backoff = backon::ExponentialBuilder::default()
-        .with_min_delay(BACKOFF_MIN)
-        .with_max_delay(BACKOFF_MAX)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = backoff();
     let mut blocked_retries = 0u32;
     loop {
-        let attempts = state.attempts(&site.name, &key).attempts;
-        let once_done = state
-            .history(&site.name)
-            .into_iter()
-            .filter(|e| e.action == Action::OnceRan && e.release == site.release)
-            .filter_map(|e| e.stage)
-            .collect();
-        let pass = PassState {
-            attempts,
-            once_done,
-            ..PassState::default()
-        };
-        let revision = state.revision(&site.name, &site.release);
-        let report = execute::reconcile_site(ctx, site, pass, revision).await;
-        record(state, site, &key, &report);
-        let delay = backoff.next().unwrap_or(BACKOFF_MAX);
-        if matches!(report.outcome, Outcome::Blocked { .. }) && Instant::now() + delay < deadline {
+        let report = pass_once(ctx, site, state).await;
+        let delay = delays.next().unwrap_or(BACKOFF_MAX);
+        let blocked = matches!(report.outcome, Outcome::Blocked { .. });
+        if blocked && Instant::now() + delay < deadline && !ctx.cancel.load(Ordering::SeqCst) {
             blocked_retries += 1;
-            let status = status_of(state, site, &report, Some((blocked_retries, delay)));
-            let _ = state.save_status(&site.name, &status);
+            publish(ctx, state, site, &report, Some((blocked_retries, delay)));
             tokio::time::sleep(delay).await;
             continue;
         }
-        let retrying =
-            matches!(report.outcome, Outcome::Blocked { .. }).then_some((blocked_retries, delay));
-        let status = status_of(state, site, &report, retrying);
-        let _ = state.save_status(&site.name, &status);
+        let status = publish(
+            ctx,
+            state,
+            site,
+            &report,
+            blocked.then_some((blocked_retries, delay)),
+        );
         return SiteResult {
             name: site.name.clone(),
             report,
@@ -301,7 +380,8 @@ pub async fn run_once(
     options: &RunOptions,
     out: &mut dyn std::io::Write,
 ) -> u8 {
-    let ctx = context(desired, options, lease_holder(state.path()));
+    let shared = Shared::new(options, state.path());
+    let ctx = context(desired, options, &shared);
     let sites: Vec<&DesiredSite> = desired
         .sites
         .values()
@@ -340,8 +420,16 @@ pub async fn run_once(
         );
         codes.push(exit_code::FAILED);
     }
-    ctx.pool.close_all().await;
-    let _ = std::fs::remove_dir_all(crate::host::default_control_dir());
+    if let Some(path) = &options.metrics_textfile
+        && let Err(e) = ctx.metrics.write_textfile(path)
+    {
+        let _ = writeln!(
+            out,
+            "warning: failed to write metrics textfile `{}`: {e}",
+            path.display()
+        );
+    }
+    shared.close().await;
     let code = worst(codes);
     let _ = writeln!(
         out,

@@ -9,7 +9,7 @@ use tokio::process::Command;
 use super::output::{OUTPUT_LIMIT, read_tail};
 use super::{CommandOutput, HostError, RemoteCommand};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalHost {
     pub name: String,
     /// Prefixed to every path on this host, so several "hosts" can share one machine.

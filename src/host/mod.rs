@@ -73,7 +73,7 @@ impl RemoteCommand {
 }
 
 /// A host and how to reach it, resolved from a ServerGroup.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
     Local(local::LocalHost),
     Ssh(ssh::SshHost),

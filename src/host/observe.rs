@@ -203,6 +203,21 @@ pub fn steps(stdout: &str) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// How long each step took on the host, in seconds (from its `t0=`/`t1=` clock readings,
+/// `/proc/uptime` where the host has it), in order.
+pub fn step_timings(stdout: &str) -> Vec<(String, f64)> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.strip_prefix("@@convoy ")?.split_whitespace().collect();
+            let name = field(&words, "step")?;
+            let t0: f64 = field(&words, "t0")?.parse().ok()?;
+            let t1: f64 = field(&words, "t1")?.parse().ok()?;
+            Some((name.to_string(), (t1 - t0).max(0.0)))
+        })
+        .collect()
+}
+
 /// Every `key=value` (or bare `word`, as `(word, "")`) of the `@@convoy` lines other than
 /// step lines, in order, e.g. `("revision", "3f2a…")`, `("lease", "held")`, `("fenced", "")`.
 pub fn facts(stdout: &str) -> Vec<(String, String)> {

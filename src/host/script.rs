@@ -116,7 +116,7 @@ impl Script {
 
     fn step(mut self, name: &'static str, env: Option<&Env>, call: &str, args: &[&str]) -> Self {
         self.steps.push(name);
-        self.text.push_str("(\n");
+        self.text.push_str("cv_t0=$(cv_clock)\n(\n");
         if let Some(env) = env {
             self.text.push_str(&env.exports());
         }
@@ -126,7 +126,7 @@ impl Script {
             self.text.push_str(&quote(arg));
         }
         self.text
-            .push_str(&format!("\n); cv_end {} $?\n", quote(name)));
+            .push_str(&format!("\n); cv_end {} $? \"$cv_t0\"\n", quote(name)));
         self
     }
 
@@ -296,7 +296,8 @@ GIT_TERMINAL_PROMPT=0; export GIT_TERMINAL_PROMPT
 cv_say() { printf '@@convoy %s\n' "$*"; }
 cv_err() { printf 'convoy: %s\n' "$*" >&2; }
 cv_die() { cv_err "$*"; exit 1; }
-cv_end() { printf '@@convoy step=%s status=%s\n' "$1" "$2"; [ "$2" -eq 0 ] || exit "$2"; }
+cv_clock() { read -r cv_up cv_idle < /proc/uptime 2>/dev/null && printf '%s' "$cv_up" || date +%s; }
+cv_end() { printf '@@convoy step=%s status=%s t0=%s t1=%s\n' "$1" "$2" "$3" "$(cv_clock)"; [ "$2" -eq 0 ] || exit "$2"; }
 cv_now() { date +%s; }
 cv_nap() { sleep 0.2 2>/dev/null || sleep 1; }
 cv_safe() { case $1 in ''|.|..|-*|*[!A-Za-z0-9._-]*) return 1;; esac; return 0; }

@@ -2,6 +2,7 @@
 mod cli_tests;
 mod crd_tests;
 mod engine_tests;
+mod host_ops_tests;
 mod lab;
 mod lab_tests;
 mod local_reconcile_tests;
