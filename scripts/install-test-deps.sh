@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the real-sshd test lab (tests/integration/lab.rs) needs:
-# OpenSSH server + client and git. Idempotent; quiet when nothing is missing.
-# Never starts the system sshd service: the lab runs its own sshd processes.
+# OpenSSH server + client and git; and prometheus + promtool for the
+# dashboard tests (tests/integration/prom.rs). Idempotent; quiet when nothing is missing.
+# Never starts the system sshd or prometheus services: the tests run their own.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -39,11 +40,12 @@ need_ssh=0
 command -v ssh >/dev/null 2>&1 || need_ssh=1
 command -v ssh-keygen >/dev/null 2>&1 || need_ssh=1
 
-if [ "$need_ssh" -eq 1 ]; then
-    # Keep the package's maintainer scripts from starting the sshd service:
-    # invoke-rc.d consults /usr/sbin/policy-rc.d, and exit code 101 means
-    # "action forbidden". Only install our policy file if none exists, and
-    # always remove it again afterwards.
+# Runs "$@" (an apt_install) without letting the packages' maintainer scripts
+# start their services: invoke-rc.d (and deb-systemd-invoke) consult
+# /usr/sbin/policy-rc.d, and exit code 101 means "action forbidden". Only
+# installs our policy file if none exists, and always removes it again
+# afterwards.
+without_service_starts() {
     policy=/usr/sbin/policy-rc.d
     own_policy=0
     if [ ! -e "$policy" ]; then
@@ -57,14 +59,28 @@ if [ "$need_ssh" -eq 1 ]; then
         fi
     }
     trap cleanup_policy EXIT
-    apt_install openssh-server openssh-client
+    "$@"
     cleanup_policy
     own_policy=0
     trap - EXIT
+}
+
+if [ "$need_ssh" -eq 1 ]; then
+    # The lab runs its own sshd processes: never start the system service.
+    without_service_starts apt_install openssh-server openssh-client
 fi
 
 if ! command -v git >/dev/null 2>&1; then
     apt_install git
+fi
+
+# Prometheus and promtool for the dashboard and alert tests
+# (tests/integration/prom.rs, dashboard_tests.rs). The tests run their own
+# prometheus processes on free ports with temporary storage: the system
+# prometheus service is neither started here nor needed (nor disturbed if it
+# already runs).
+if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ]; then
+    without_service_starts apt_install prometheus
 fi
 
 # sshd refuses to start without its privilege-separation directory; /run is

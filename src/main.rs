@@ -4,10 +4,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = convoy::cli::Cli::parse();
-    let code = convoy::commands::run(
-        &cli,
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
-    );
+    // Unlocked handles: a long-running daemon has other threads that print too.
+    let code = convoy::commands::run(&cli, &mut std::io::stdout(), &mut std::io::stderr());
     ExitCode::from(code)
 }

@@ -258,13 +258,14 @@ impl Metrics {
 
     /// Writes the metrics to `path` atomically (temp file + rename), for node_exporter's
     /// textfile collector. The textfile format is the classic text format: no `# EOF`.
+    /// The classic Prometheus text format (0.0.4), for clients that do not ask for
+    /// OpenMetrics (curl, promtool, node_exporter's textfile collector).
+    pub fn encode_text(&self) -> String {
+        to_text_format(&self.encode())
+    }
+
     pub fn write_textfile(&self, path: &std::path::Path) -> std::io::Result<()> {
-        let text: String = self
-            .encode()
-            .lines()
-            .filter(|l| *l != "# EOF")
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let text = self.encode_text();
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, path)
@@ -389,6 +390,28 @@ impl Metrics {
     }
 }
 
+/// OpenMetrics → the classic text format node_exporter reads: no `# EOF`, and counters'
+/// `# HELP`/`# TYPE` lines named like their `_total` samples.
+fn to_text_format(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines().filter(|l| *l != "# EOF") {
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,5 +450,12 @@ mod tests {
         assert!(text.contains(r#"convoy_site_phase{site="shop",phase="Progressing"} 0"#));
         assert!(text.contains("convoy_build_info{version="));
         assert!(text.ends_with("# EOF\n"));
+        let classic = to_text_format(&text);
+        assert!(!classic.contains("# EOF"));
+        assert!(
+            classic.contains("# TYPE convoy_manifest_load_errors_total counter"),
+            "{classic}"
+        );
+        assert!(classic.contains("# TYPE convoy_site_phase gauge"));
     }
 }

@@ -36,7 +36,7 @@ pub struct DaemonOptions {
 }
 
 /// How often the hosts of Blocked sites are probed.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// How long a burst of reload signals is collected into one reload.
 const SETTLE: Duration = Duration::from_millis(300);
 /// How long running passes may take to finish their current steps at shutdown.
@@ -328,8 +328,15 @@ impl Daemon {
                 if resync_pass { " (resync)" } else { "" }
             ));
         }
-        let retrying = match &report.outcome {
-            Outcome::Blocked { hosts, .. } => {
+        // Blocked sites wait for their required hosts; Degraded ones for their skipped
+        // optional hosts. Both are retried on backoff, or at once when a probe answers.
+        let waiting_for = match &report.outcome {
+            Outcome::Blocked { hosts, .. } => Some(hosts),
+            Outcome::Degraded { skipped } => Some(skipped),
+            _ => None,
+        };
+        let retrying = match waiting_for {
+            Some(hosts) => {
                 let retry = self
                     .queue
                     .retry
@@ -347,7 +354,7 @@ impl Daemon {
                     .iter()
                     .filter_map(|h| probe_target(ctx.hosts.get(h)?))
                     .collect();
-                Some((retry.retries, delay))
+                matches!(report.outcome, Outcome::Blocked { .. }).then_some((retry.retries, delay))
             }
             _ => {
                 self.queue.retry.remove(name);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::get;
 
 use crate::metrics::Metrics;
@@ -18,17 +18,24 @@ pub async fn serve(
     let app = Router::new()
         .route(
             "/metrics",
-            get(move || {
-                let text = metrics.encode();
-                async move {
+            get(move |headers: HeaderMap| {
+                // Prometheus asks for OpenMetrics; anything else gets the classic text format.
+                let open_metrics = headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("application/openmetrics-text"));
+                let (content_type, text) = if open_metrics {
                     (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        text,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        metrics.encode(),
                     )
-                }
+                } else {
+                    (
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics.encode_text(),
+                    )
+                };
+                async move { ([(header::CONTENT_TYPE, content_type)], text) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))

@@ -5,7 +5,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -32,10 +32,33 @@ pub fn start(
     };
     let root = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
-        let Ok(events) = result else { return };
+        let events = match result {
+            Ok(events) => events,
+            Err(errors) => {
+                for e in errors {
+                    eprintln!(
+                        "{} warning: watching manifests: {e}",
+                        crate::state::now_rfc3339()
+                    );
+                }
+                return;
+            }
+        };
+        if std::env::var_os("CONVOY_DEBUG_WATCH").is_some() {
+            for e in &events {
+                eprintln!("watch: {:?} {:?}", e.kind, e.paths);
+            }
+        }
+        // Only changes count: reading the manifests (access events) must not trigger a reload.
+        let changed = |kind: &EventKind| {
+            matches!(
+                kind,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any
+            )
+        };
         if events
             .iter()
-            .any(|event| event.paths.iter().any(|p| relevant(&root, p)))
+            .any(|event| changed(&event.kind) && event.paths.iter().any(|p| relevant(&root, p)))
         {
             let _ = reload.send(());
         }
@@ -74,5 +97,51 @@ mod tests {
         assert!(!relevant(root, Path::new("/m/.git/index")));
         assert!(!relevant(root, Path::new("/m/.site.yaml.swp")));
         assert!(!relevant(root, Path::new("/m/README.md")));
+    }
+}
+
+#[cfg(test)]
+mod live_tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_writes_signals_and_reads_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _watch = start(dir.path(), tx).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        for i in 0..50 {
+            std::fs::write(dir.path().join(format!("m{i}.yaml")), "a: 1\n").unwrap();
+        }
+        std::thread::sleep(DEBOUNCE * 4);
+        let mut signals = 0;
+        while rx.try_recv().is_ok() {
+            signals += 1;
+        }
+        assert!(signals >= 1, "no reload signal for 50 new manifests");
+        // Reading every file (as a reload does) is not a change.
+        for i in 0..50 {
+            let _ = std::fs::read(dir.path().join(format!("m{i}.yaml"))).unwrap();
+        }
+        std::thread::sleep(DEBOUNCE * 4);
+        assert!(
+            rx.try_recv().is_err(),
+            "reading manifests must not signal a reload"
+        );
+    }
+}
+
+#[cfg(test)]
+mod live_tests2 {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_runtime_on_git_clone() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _watch = start(Path::new("/tmp/wt/m"), tx).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::fs::write("/tmp/wt/m/z.yaml", "a: 1\n").unwrap();
+        tokio::time::sleep(DEBOUNCE * 4).await;
+        assert!(rx.try_recv().is_ok());
     }
 }

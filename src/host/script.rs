@@ -59,19 +59,31 @@ pub fn quote(s: &str) -> String {
 pub struct Env(pub Vec<(String, String)>);
 
 impl Env {
+    /// Defines `cv_with_env`, which runs a command with these variables in ITS environment
+    /// only (through `env`): the script's own variables (`P`, `IFS`, ...) can never be
+    /// overwritten by a user's `spec.env`.
     fn exports(&self) -> String {
-        let mut out = String::new();
+        let mut words = String::new();
         for (name, value) in &self.0 {
-            if valid_env_name(name) {
-                out.push_str(&format!("{name}={}; export {name}\n", quote(value)));
-            } else {
-                out.push_str(&format!(
+            if !valid_env_name(name) {
+                return format!(
                     "cv_die {}\n",
                     quote(&format!("invalid environment variable name: {name}"))
-                ));
+                );
             }
+            words.push(' ');
+            words.push_str(&quote(&format!("{name}={value}")));
         }
-        out
+        // The build records the revision in its marker when the fetch did not.
+        let revision = self
+            .0
+            .iter()
+            .find(|(n, _)| n == "CONVOY_REVISION")
+            .map_or(String::new(), |(_, v)| v.clone());
+        format!(
+            "cv_with_env() {{ env{words} \"$@\"; }}\ncv_env_revision={}\n",
+            quote(&revision)
+        )
     }
 }
 
@@ -296,6 +308,7 @@ GIT_TERMINAL_PROMPT=0; export GIT_TERMINAL_PROMPT
 cv_say() { printf '@@convoy %s\n' "$*"; }
 cv_err() { printf 'convoy: %s\n' "$*" >&2; }
 cv_die() { cv_err "$*"; exit 1; }
+cv_with_env() { "$@"; }
 cv_clock() { read -r cv_up cv_idle < /proc/uptime 2>/dev/null && printf '%s' "$cv_up" || date +%s; }
 cv_end() { printf '@@convoy step=%s status=%s t0=%s t1=%s\n' "$1" "$2" "$3" "$(cv_clock)"; [ "$2" -eq 0 ] || exit "$2"; }
 cv_now() { date +%s; }
@@ -338,7 +351,7 @@ cv_marker() {
   return 0
 }
 cv_run() {
-  for _rc in "$@"; do sh -ec "$_rc" </dev/null >&2 || return $?; done
+  for _rc in "$@"; do cv_with_env sh -ec "$_rc" </dev/null >&2 || return $?; done
   return 0
 }
 cv_lock() {
@@ -528,7 +541,7 @@ cv_build() {
   [ -d "$_bd" ] || cv_die "release dir $_bd does not exist (fetch first)"
   (cd "$_bd" && cv_run "$@") || return $?
   _brv=$(cat "$_bd/.convoy-revision" 2>/dev/null) || _brv=
-  [ -n "$_brv" ] || _brv=${CONVOY_REVISION:-}
+  [ -n "$_brv" ] || _brv=${cv_env_revision:-}
   printf 'built_at=%s\nrevision=%s\n' "$(cv_now)" "$_brv" >"$_bd/.convoy-complete.tmp.$$" || return 1
   mv -f "$_bd/.convoy-complete.tmp.$$" "$_bd/.convoy-complete" || return 1
   cv_say "build=done release=$_bi"
@@ -578,9 +591,9 @@ cv_health() {
   while :; do
     _hn=$((_hn + 1))
     if [ "$2" -gt 0 ] && command -v timeout >/dev/null 2>&1; then
-      timeout "$2" sh -c "$1" </dev/null >&2; _hrc=$?
+      cv_with_env timeout "$2" sh -c "$1" </dev/null >&2; _hrc=$?
     else
-      sh -c "$1" </dev/null >&2; _hrc=$?
+      cv_with_env sh -c "$1" </dev/null >&2; _hrc=$?
     fi
     cv_say "health attempt=$_hn status=$_hrc"
     [ "$_hrc" -ne 0 ] || return 0
@@ -635,9 +648,10 @@ cv_once_start() {
   cv_write "$_sO/started" "started=$(cv_now) host=$(uname -n)" || return 1
   cd "$P/releases/$_sr" || return 1
   if command -v setsid >/dev/null 2>&1; then
-    setsid sh -c "$CV_ONCE_WRAPPER" convoy-once "$_sO" "$@" </dev/null >>"$_sO/log" 2>&1 &
+    # Braces: dash ignores redirections of a backgrounded function call.
+    { cv_with_env setsid sh -c "$CV_ONCE_WRAPPER" convoy-once "$_sO" "$@"; } </dev/null >>"$_sO/log" 2>&1 &
   else
-    nohup sh -c "$CV_ONCE_WRAPPER" convoy-once "$_sO" "$@" </dev/null >>"$_sO/log" 2>&1 &
+    { cv_with_env nohup sh -c "$CV_ONCE_WRAPPER" convoy-once "$_sO" "$@"; } </dev/null >>"$_sO/log" 2>&1 &
   fi
   _sn=0
   while [ ! -f "$_sO/pid" ] && [ ! -f "$_sO/done" ]; do

@@ -1457,7 +1457,6 @@ async fn round_trip_timings() {
 /// `spec.env` variable named like one of the script's own variables replaces it. `P` (the
 /// site path) passes manifest validation (only `CONVOY_*` is reserved), and with it a build
 /// runs in, and marks complete, the release of whatever path `P` names.
-#[ignore = "bug in src/host/script.rs: a spec.env variable `P` redirects the operation"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_named_p_does_not_redirect_build() {
     let rig = Rig::start(1);
@@ -1492,7 +1491,6 @@ async fn env_named_p_does_not_redirect_build() {
 /// BUG in `src/host/script.rs`, same cause: a `spec.env` `IFS` (e.g. `","`, as a CSV tool
 /// might want) changes how `cv_lease_read` splits the lock file, so `once` under a valid
 /// lease is refused as fenced (status 75, `@@convoy fenced holder=ctl-a expires=...`).
-#[ignore = "bug in src/host/script.rs: a spec.env variable `IFS` breaks the lease check of once"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_named_ifs_does_not_break_once_fence() {
     let rig = Rig::start(1);

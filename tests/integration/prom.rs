@@ -180,7 +180,6 @@ impl Prometheus {
     pub fn wait_for_targets_up(&self, timeout: Duration) {
         self.wait_for(r#"up{job="convoy"} == 1"#, timeout);
     }
-
 }
 
 impl Drop for Prometheus {
