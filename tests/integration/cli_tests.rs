@@ -28,15 +28,7 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn daemon_mode_not_built_yet_says_so_and_changes_nothing() {
-    let out = convoy(&["reconcile", "-f", "manifests"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("is not built yet"),
-        "{}",
-        stderr(&out)
-    );
-    // Invalid manifests still exit 2 first, for every command that reads them.
+fn invalid_manifests_and_bad_flags_exit_2_before_anything_runs() {
     let invalid = "tests/fixtures/invalid/missing-release.yaml";
     for args in [
         vec!["plan", "-f", invalid],
@@ -44,6 +36,22 @@ fn daemon_mode_not_built_yet_says_so_and_changes_nothing() {
     ] {
         let out = convoy(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state").display().to_string();
+    for args in [
+        vec![
+            "reconcile",
+            "--metrics-addr",
+            "everywhere",
+            "--state-dir",
+            &state,
+        ],
+        vec!["reconcile", "--resync", "often", "--state-dir", &state],
+    ] {
+        let out = convoy(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("invalid --"), "{}", stderr(&out));
     }
 }
 

@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Running the real `convoy` binary from tests.
 
 use std::path::Path;
