@@ -18,6 +18,7 @@ use crate::host::ssh::SshPool;
 use crate::host::{CommandOutput, Host, HostError, RemoteCommand};
 use crate::metrics::Metrics;
 use crate::plan::{self, HostView, Outcome, PassState, Reach, Step};
+use crate::progress::Progress;
 pub use crate::state::Action;
 
 /// How much of a failing command's output is kept in status and history.
@@ -56,6 +57,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Set on shutdown: steps under way finish, no new step starts.
     pub cancel: Arc<AtomicBool>,
+    /// Live counters for a terminal, when one is watching.
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// Something notable that happened on a host, for history and progress output.
@@ -122,6 +125,9 @@ pub async fn reconcile_site(
 ) -> SiteReport {
     let mut run = SiteRun::new(ctx, site, pass);
     run.revision = revision;
+    if let Some(progress) = &ctx.progress {
+        progress.start(&site.name, run.membership.len());
+    }
     run.observed = run.observe_all().await;
     let outcome = loop {
         let next = plan::plan(site, &run.observed, &run.pass);
@@ -335,6 +341,9 @@ impl<'a> SiteRun<'a> {
     }
 
     fn event(&mut self, host: &str, action: Action, detail: Option<String>) {
+        if let Some(progress) = &self.ctx.progress {
+            progress.record(&self.site.name, action);
+        }
         let release = match action {
             Action::RolledBack => self
                 .view_mut(host)

@@ -11,5 +11,6 @@ pub mod host;
 pub mod manifest;
 pub mod metrics;
 pub mod plan;
+pub mod progress;
 pub mod state;
 pub mod status;

@@ -8,6 +8,7 @@ mod http;
 pub mod watch;
 
 use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use crate::exit_code;
 use crate::host::ssh::SshPool;
 use crate::metrics::Metrics;
 use crate::plan::{Outcome, PassState};
+use crate::progress::{self, Progress};
 use crate::state::{self, Action, HistoryEvent, StateDir};
 use crate::status::{HostStatus, Phase, SiteStatus};
 
@@ -58,6 +60,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub cancel: Arc<AtomicBool>,
     pub holder: String,
+    /// Set when a terminal watches a `--once` run.
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl Shared {
@@ -72,6 +76,7 @@ impl Shared {
             metrics: Arc::new(Metrics::new()),
             cancel: Arc::new(AtomicBool::new(false)),
             holder: lease_holder(state_dir),
+            progress: None,
         }
     }
 
@@ -94,6 +99,7 @@ pub fn context(desired: &DesiredState, options: &RunOptions, shared: &Shared) ->
         observe_timeout: Duration::from_secs(60),
         metrics: shared.metrics.clone(),
         cancel: shared.cancel.clone(),
+        progress: shared.progress.clone(),
     }
 }
 
@@ -380,7 +386,11 @@ pub async fn run_once(
     options: &RunOptions,
     out: &mut dyn std::io::Write,
 ) -> u8 {
-    let shared = Shared::new(options, state.path());
+    let mut shared = Shared::new(options, state.path());
+    let terminal = std::io::stderr().is_terminal();
+    if terminal {
+        shared.progress = Some(Arc::new(Progress::default()));
+    }
     let ctx = context(desired, options, &shared);
     let sites: Vec<&DesiredSite> = desired
         .sites
@@ -395,16 +405,38 @@ pub async fn run_once(
         .collect();
     let mut codes = vec![];
     let mut finished = BTreeMap::new();
+    let total = sites.len();
+    let progress = ctx.progress.clone();
     let timed_out = tokio::time::timeout(options.timeout, async {
-        while let Some(result) = running.next().await {
-            let _ = out.write_all(render_site(&result).as_bytes());
-            let _ = out.flush();
-            codes.push(exit_code_of(&result.report.outcome));
-            finished.insert(result.name.clone(), ());
+        let mut redraw = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                next = running.next() => {
+                    let Some(result) = next else { break };
+                    if let Some(p) = &progress {
+                        p.finish(&result.name);
+                        progress::clear(&mut std::io::stderr());
+                    }
+                    let _ = out.write_all(render_site(&result).as_bytes());
+                    let _ = out.flush();
+                    codes.push(exit_code_of(&result.report.outcome));
+                    finished.insert(result.name.clone(), ());
+                }
+                _ = redraw.tick(), if progress.is_some() => {
+                    if let Some(p) = &progress {
+                        let mut err = std::io::stderr();
+                        let _ = write!(err, "\r\x1b[2K{}", p.line(total, 100));
+                        let _ = err.flush();
+                    }
+                }
+            }
         }
     })
     .await
     .is_err();
+    if progress.is_some() {
+        progress::clear(&mut std::io::stderr());
+    }
     drop(running);
     if timed_out {
         let pending: Vec<&str> = sites
