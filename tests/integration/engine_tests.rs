@@ -220,6 +220,7 @@ fn killing_the_controller_at_random_points_never_leaves_a_host_without_a_complet
     assert_exit(&fleet.reconcile(&[]), 0);
     // A fixed-seed generator: the kill points differ per iteration but every run is the same.
     let mut seed: u64 = 0x5eed;
+    let mut killed = vec![];
     for iteration in 0..12 {
         deploy(2 + iteration % 2);
         seed = seed
@@ -233,6 +234,7 @@ fn killing_the_controller_at_random_points_never_leaves_a_host_without_a_complet
             .spawn()
             .unwrap();
         std::thread::sleep(delay);
+        killed.push(child.id());
         let _ = child.kill();
         let _ = child.wait();
         for i in 0..3 {
@@ -261,6 +263,38 @@ fn killing_the_controller_at_random_points_never_leaves_a_host_without_a_complet
         total,
         "once ran at most once per release: {once:?}"
     );
+    // The SSH masters of the killed controllers exit by themselves after their idle timeout
+    // (ControlPersist 30s): none outlives convoy for long, even after SIGKILL.
+    let masters = || -> Vec<u32> {
+        let mut pids = vec![];
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if killed
+                .iter()
+                .any(|k| cmdline.contains(&format!("convoy-ssh-{k}/")))
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    };
+    assert!(
+        !masters().is_empty(),
+        "the killed controllers left masters behind (idle timeout not yet over)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(50);
+    while !masters().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "ssh masters of killed controllers still alive: {:?}",
+            masters()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 // ---------------------------------------------------------------- 7
