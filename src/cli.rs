@@ -104,6 +104,13 @@ pub enum Command {
         output: OutputFormat,
     },
 
+    /// Lift the Failed hold of a site (after `rollout.failureRetries` failed attempts), so
+    /// the next pass tries its desired release again.
+    Retry {
+        /// The site.
+        site: String,
+    },
+
     /// Show the deployment history of a site: who did what, where and when.
     History {
         /// The site.

@@ -42,6 +42,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Plan { site, max_parallel } => plan(cli, site.as_deref(), *max_parallel, out, err),
         Command::Status { output } => status(&cli.state_dir, *output, out, err),
         Command::History { site } => history(&cli.state_dir, site, out),
+        Command::Retry { site } => retry(&cli.state_dir, site, out),
     };
     result.unwrap_or_else(|e| {
         let _ = writeln!(err, "error: {e:#}");
@@ -292,6 +293,16 @@ fn status(
     for warning in state.take_warnings() {
         writeln!(err, "warning: {warning}")?;
     }
+    Ok(exit_code::OK)
+}
+
+fn retry(state_dir: &Path, site: &str, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let state = StateDir::lock(state_dir)?;
+    state.reset_attempts(site)?;
+    writeln!(
+        out,
+        "{site}: failed attempts cleared; the next pass tries its desired release again"
+    )?;
     Ok(exit_code::OK)
 }
 

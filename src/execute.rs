@@ -128,7 +128,19 @@ pub async fn reconcile_site(
     if let Some(progress) = &ctx.progress {
         progress.start(&site.name, run.membership.len());
     }
-    run.observed = run.observe_all().await;
+    let speculate = run.speculates();
+    let results = run.observe_hosts(speculate).await;
+    run.observed = results
+        .iter()
+        .map(|(host, result)| (host.clone(), run.to_reach(host, result)))
+        .collect();
+    if speculate {
+        for (host, result) in &results {
+            if let (Ok(out), Some(Reach::Reachable(_))) = (result, run.observed.get(host)) {
+                run.fold_build(host, out);
+            }
+        }
+    }
     let outcome = loop {
         let next = plan::plan(site, &run.observed, &run.pass);
         if next.steps.is_empty() {
@@ -229,30 +241,56 @@ impl<'a> SiteRun<'a> {
     }
 
     async fn observe_all(&self) -> plan::Observed {
-        let hosts: Vec<&String> = self.membership.keys().collect();
-        let results = join_all(hosts.iter().map(|host| async move {
-            let command = RemoteCommand::new(
-                Script::new(&self.path_on(host)).observe().finish(),
-                self.ctx.observe_timeout,
-            );
-            (host.to_string(), self.run_on(host, command).await)
-        }))
-        .await;
+        let results = self.observe_hosts(false).await;
         results
-            .into_iter()
-            .map(|(host, result)| {
-                let reach = self.to_reach(&host, result);
-                (host, reach)
-            })
+            .iter()
+            .map(|(host, result)| (host.clone(), self.to_reach(host, result)))
             .collect()
     }
 
-    fn to_reach(&self, host: &str, result: Result<CommandOutput, HostError>) -> Reach {
+    /// Observes every host in one round trip each. With `speculate`, hosts that lack the
+    /// desired release also build it in the same round trip (see [`SiteRun::speculates`]).
+    async fn observe_hosts(
+        &self,
+        speculate: bool,
+    ) -> Vec<(String, Result<CommandOutput, HostError>)> {
+        let hosts: Vec<&String> = self.membership.keys().collect();
+        join_all(hosts.iter().map(|host| async move {
+            let command = if speculate {
+                let release = &self.site.release;
+                let script = self.build_ops(
+                    Script::new(&self.path_on(host))
+                        .observe()
+                        .if_incomplete(release),
+                    host,
+                );
+                RemoteCommand::new(script.end_if().finish(), self.ctx.command_timeout)
+            } else {
+                RemoteCommand::new(
+                    Script::new(&self.path_on(host)).observe().finish(),
+                    self.ctx.observe_timeout,
+                )
+            };
+            (host.to_string(), self.run_on(host, command).await)
+        }))
+        .await
+    }
+
+    /// Whether the first round trip may also build: the planner's only reasons not to build
+    /// on a reachable host lacking the release are known before observing (suspended, held),
+    /// and a git fetch needs nothing uploaded (an archive would go to every host each pass).
+    fn speculates(&self) -> bool {
+        !self.site.suspend
+            && self.pass.attempts < self.site.rollout.failure_retries
+            && matches!(self.site.fetch, FetchSpec::Git { .. })
+    }
+
+    fn to_reach(&self, host: &str, result: &Result<CommandOutput, HostError>) -> Reach {
         match result {
             Ok(out) => match observe::parse(&out.stdout_text()) {
                 Ok(report) => Reach::Reachable(self.view(host, &report)),
                 Err(e) => Reach::Unreachable {
-                    reason: format!("{e}: {}", tail(&out)),
+                    reason: format!("{e}: {}", tail(out)),
                 },
             },
             Err(e @ (HostError::HostKeyChanged { .. } | HostError::HostKeyUnknown { .. })) => {
@@ -477,40 +515,29 @@ impl<'a> SiteRun<'a> {
         for (host, result) in results {
             match result {
                 Err(e) => self.host_failed(&host, e),
-                Ok(out) => {
-                    self.note_lease(&host, &out);
-                    let text = out.stdout_text();
-                    if let Some(revision) = observe::fact(&text, "revision") {
-                        self.revision.get_or_insert(revision);
-                    }
-                    if out.success() {
-                        let desired = self.site.release.clone();
-                        if let Some(view) = self.view_mut(&host) {
-                            view.half_built.remove(&desired);
-                            view.complete.insert(desired, u64::MAX);
-                        }
-                        self.event(&host, Action::Built, None);
-                    } else if self.view_mut(&host).is_some_and(|v| v.locked_by.is_some()) {
-                        // Held by another controller: the planner reports Blocked.
-                    } else {
-                        let error =
-                            format!("{} on host `{host}`: {}", failed_step(&out), tail(&out));
-                        self.errors.insert(host.clone(), error.clone());
-                        self.pass.build_failed.insert(host.clone(), error.clone());
-                        self.failed_attempt = true;
-                        self.event(&host, Action::BuildFailed, Some(error));
-                    }
-                }
+                Ok(out) => self.fold_build(&host, &out),
             }
         }
     }
 
     fn build_command(&self, host: &str, archive: Option<&Vec<u8>>) -> RemoteCommand {
+        let script = self
+            .build_ops(Script::new(&self.path_on(host)), host)
+            .finish();
+        let command = RemoteCommand::new(script, self.ctx.command_timeout);
+        match archive {
+            Some(bytes) => command.with_stdin(bytes.clone()),
+            None => command,
+        }
+    }
+
+    /// Lease, prepare, fetch, link shared paths, build: appended to `script`.
+    fn build_ops(&self, script: Script, host: &str) -> Script {
         let release = &self.site.release;
-        let mut script = Script::new(&self.path_on(host))
+        let script = script
             .lease_acquire(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
             .prepare(release);
-        script = match &self.site.fetch {
+        let script = match &self.site.fetch {
             FetchSpec::Git { repository } => {
                 let revision = self
                     .revision
@@ -520,14 +547,41 @@ impl<'a> SiteRun<'a> {
             }
             FetchSpec::Archive { .. } => script.unpack_archive(release),
         };
-        let script = script
-            .link_shared(release, &self.site.shared)
-            .build(release, &self.site.build, &self.env(host, release))
-            .finish();
-        let command = RemoteCommand::new(script, self.ctx.command_timeout);
-        match archive {
-            Some(bytes) => command.with_stdin(bytes.clone()),
-            None => command,
+        script.link_shared(release, &self.site.shared).build(
+            release,
+            &self.site.build,
+            &self.env(host, release),
+        )
+    }
+
+    /// Folds the result of a build round trip (or of an observe that built) into the state.
+    fn fold_build(&mut self, host: &str, out: &CommandOutput) {
+        self.note_lease(host, out);
+        let text = out.stdout_text();
+        if let Some(revision) = observe::fact(&text, "revision") {
+            self.revision.get_or_insert(revision);
+        }
+        let steps = observe::steps(&text);
+        let built = steps
+            .iter()
+            .any(|(name, status)| name == "build" && *status == 0)
+            && observe::fact(&text, "build").as_deref() == Some("done");
+        let failed = steps.iter().any(|(_, status)| *status != 0);
+        if built {
+            let desired = self.site.release.clone();
+            if let Some(view) = self.view_mut(host) {
+                view.half_built.remove(&desired);
+                view.complete.insert(desired, u64::MAX);
+            }
+            self.event(host, Action::Built, None);
+        } else if failed && self.view_mut(host).is_some_and(|v| v.locked_by.is_none()) {
+            let error = format!("{} on host `{host}`: {}", failed_step(out), tail(out));
+            self.errors.insert(host.to_string(), error.clone());
+            self.pass
+                .build_failed
+                .insert(host.to_string(), error.clone());
+            self.failed_attempt = true;
+            self.event(host, Action::BuildFailed, Some(error));
         }
     }
 

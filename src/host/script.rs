@@ -128,7 +128,7 @@ impl Script {
 
     fn step(mut self, name: &'static str, env: Option<&Env>, call: &str, args: &[&str]) -> Self {
         self.steps.push(name);
-        self.text.push_str("cv_t0=$(cv_clock)\n(\n");
+        self.text.push_str("cv_tick; cv_t0=$cv_up\n(\n");
         if let Some(env) = env {
             self.text.push_str(&env.exports());
         }
@@ -293,6 +293,21 @@ impl Script {
         self.step("lease_release", None, "cv_lease_release", &[holder])
     }
 
+    /// The operations until [`Script::end_if`] run only while `releases/<release>` is not
+    /// complete: an observe and a build in one round trip, with nothing done (not even a
+    /// lease taken) on a host that already has the release.
+    pub fn if_incomplete(mut self, release: &str) -> Self {
+        self.text
+            .push_str(&format!("if ! cv_complete {}; then\n", quote(release)));
+        self
+    }
+
+    /// Closes [`Script::if_incomplete`].
+    pub fn end_if(mut self) -> Self {
+        self.text.push_str("fi\n");
+        self
+    }
+
     /// The complete script text, to run with `sh -c`.
     pub fn finish(mut self) -> String {
         self.text.push_str("exit 0\n");
@@ -309,8 +324,11 @@ cv_say() { printf '@@convoy %s\n' "$*"; }
 cv_err() { printf 'convoy: %s\n' "$*" >&2; }
 cv_die() { cv_err "$*"; exit 1; }
 cv_with_env() { "$@"; }
-cv_clock() { read -r cv_up cv_idle < /proc/uptime 2>/dev/null && printf '%s' "$cv_up" || date +%s; }
-cv_end() { printf '@@convoy step=%s status=%s t0=%s t1=%s\n' "$1" "$2" "$3" "$(cv_clock)"; [ "$2" -eq 0 ] || exit "$2"; }
+# The first line of a file into a variable, without a fork: `cv_read VAR FILE`.
+cv_read() { eval "$1="; [ -f "$2" ] || return 1; IFS= read -r "$1" <"$2" 2>/dev/null; return 0; }
+# A clock for step timings without a fork: /proc/uptime where the host has it.
+cv_tick() { read -r cv_up cv_idle < /proc/uptime 2>/dev/null || cv_up=$(date +%s); }
+cv_end() { cv_tick; printf '@@convoy step=%s status=%s t0=%s t1=%s\n' "$1" "$2" "$3" "$cv_up"; [ "$2" -eq 0 ] || exit "$2"; }
 cv_now() { date +%s; }
 cv_nap() { sleep 0.2 2>/dev/null || sleep 1; }
 cv_safe() { case $1 in ''|.|..|-*|*[!A-Za-z0-9._-]*) return 1;; esac; return 0; }
@@ -338,7 +356,7 @@ cv_current() {
   printf '%s\n' "$_ci"
 }
 cv_previous() {
-  _pv=$(cat "$P/.convoy/previous" 2>/dev/null) || _pv=
+  cv_read _pv "$P/.convoy/previous" || _pv=
   cv_safe "$_pv" && printf '%s\n' "$_pv"
   return 0
 }
@@ -359,7 +377,7 @@ cv_lock() {
   mkdir -p "$P/.convoy" || return 1
   while ! mkdir "$_lm" 2>/dev/null; do
     _lt=$(stat -c %Y "$_lm" 2>/dev/null) || _lt=
-    if cv_num "$_lt" && [ $(( $(cv_now) - _lt )) -gt 30 ]; then
+    if cv_num "$_lt" && [ $(( $(cv_now) - _lt )) -gt 5 ]; then
       cv_err "breaking a stale lease mutex"; rm -rf "$_lm"; continue
     fi
     _ln=$((_ln + 1))
@@ -372,7 +390,7 @@ cv_unlock() { rmdir "$P/.convoy/lock.d" 2>/dev/null; return 0; }
 cv_lease_read() {
   L_HOLDER= L_EXPIRES=0 L_GEN=0
   [ -f "$P/.convoy/lock" ] || return 0
-  _lr=$(cat "$P/.convoy/lock" 2>/dev/null) || return 0
+  cv_read _lr "$P/.convoy/lock" || return 0
   set -f
   for _lw in $_lr; do
     case $_lw in
@@ -408,7 +426,7 @@ cv_observe() {
   for _ox in "$P"/releases/*; do
     [ -d "$_ox" ] || continue
     _on=${_ox##*/}; cv_safe "$_on" || continue
-    _orv=$(cat "$_ox/.convoy-revision" 2>/dev/null) || _orv=
+    cv_read _orv "$_ox/.convoy-revision" || _orv=
     if cv_complete "$_on"; then
       cv_marker "$_on"; [ -z "$M_REV" ] || _orv=$M_REV
       cv_safe "$_orv" || _orv=-
@@ -540,7 +558,7 @@ cv_build() {
   if cv_complete "$_bi"; then cv_say "build=skipped release=$_bi"; return 0; fi
   [ -d "$_bd" ] || cv_die "release dir $_bd does not exist (fetch first)"
   (cd "$_bd" && cv_run "$@") || return $?
-  _brv=$(cat "$_bd/.convoy-revision" 2>/dev/null) || _brv=
+  cv_read _brv "$_bd/.convoy-revision" || _brv=
   [ -n "$_brv" ] || _brv=${cv_env_revision:-}
   printf 'built_at=%s\nrevision=%s\n' "$(cv_now)" "$_brv" >"$_bd/.convoy-complete.tmp.$$" || return 1
   mv -f "$_bd/.convoy-complete.tmp.$$" "$_bd/.convoy-complete" || return 1
@@ -603,7 +621,7 @@ cv_health() {
 }
 cv_alive() {
   [ -f "$1/pid" ] || return 1
-  _ap=$(cat "$1/pid" 2>/dev/null) || return 1
+  cv_read _ap "$1/pid" || return 1
   cv_num "$_ap" || return 1
   kill -0 "$_ap" 2>/dev/null
 }
@@ -1421,7 +1439,7 @@ pub(crate) mod tests {
             assert_eq!(fact(&out, "lease").as_deref(), Some("notheld"));
             let h = lease(&sh, &p, "ctl-a");
             assert_eq!(h.generation, 3);
-            // a stale mutex (older than 30 s) does not block forever
+            // a stale mutex (older than 5 s: a holder killed mid-operation) does not block
             std::fs::create_dir_all(format!("{p}/.convoy/lock.d")).unwrap();
             let o = Command::new("touch")
                 .args(["-d", "@1000"])

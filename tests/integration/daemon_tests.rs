@@ -74,6 +74,10 @@ impl Daemon {
         (code, body)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGTERM, then wait (bounded); returns the exit code.
     pub fn terminate(&mut self, within: Duration) -> Option<i32> {
         let mut child = self.child.take()?;
@@ -304,6 +308,30 @@ fn drift_by_hand_is_corrected_at_the_next_resync() {
         "the resync corrects the drift",
         || fleet.current(1, "app").as_deref() == Some("app.r2"),
     );
+    // SIGHUP reloads; removing the Site stops convoy managing it and deletes nothing.
+    let reloads = daemon.log_text().matches("manifests loaded").count();
+    let _ = Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status();
+    wait_until(Duration::from_secs(10), "SIGHUP reloads", || {
+        daemon.log_text().matches("manifests loaded").count() > reloads
+    });
+    let groups_only: Vec<String> = docs(&fleet, 2, "0")
+        .into_iter()
+        .filter(|d| !d.contains("kind: Site") && !d.contains("kind: Release"))
+        .collect();
+    up.commit(&groups_only, "retire the site");
+    up.pull();
+    wait_until(Duration::from_secs(10), "the removal is noticed", || {
+        daemon
+            .log_text()
+            .contains("site app: removed from the manifests")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        all_on(&fleet, &[0, 1, 2], "app.r2"),
+        "nothing deleted or changed on the hosts"
+    );
     wait_until(Duration::from_secs(5), "the drift is counted", || {
         daemon.get("/metrics").1.lines().any(|l| {
             l.starts_with("convoy_drift_corrections_total{site=\"app\"} ") && !l.ends_with(" 0")
@@ -318,6 +346,13 @@ fn a_host_powered_off_during_a_deploy_catches_up_within_seconds_of_coming_back()
     let daemon = Daemon::start(&fleet, "5m");
     wait_until(Duration::from_secs(30), "r1 live", || {
         all_on(&fleet, &[0, 1, 2], "app.r1")
+    });
+    // Let the pass finish (health, clean-up) before the power cut.
+    wait_until(Duration::from_secs(10), "the site is Converged", || {
+        daemon
+            .get("/metrics")
+            .1
+            .contains("convoy_site_phase{site=\"app\",phase=\"Converged\"} 1")
     });
     fleet.lab.stop_host(2);
     up.commit(&docs(&fleet, 2, "0"), "r2");

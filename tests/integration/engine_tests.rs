@@ -165,9 +165,22 @@ fn a_health_failure_rolls_the_stage_back_and_the_release_is_held_after_retries()
         activations_before,
         "a held release is not tried again"
     );
-    // A change of the desired state lifts the hold.
+    // `convoy retry` lifts the hold: with the host fixed, the same release goes live.
     fleet.mark(2, "fail-health", false);
+    let out = fleet.convoy(&["retry", "app"]);
+    assert_exit(&out, 0);
+    assert_exit(&fleet.reconcile(&[]), 0);
+    for i in 0..3 {
+        assert_eq!(fleet.current(i, "app").as_deref(), Some("app.r2"));
+    }
+    // So does a change of the desired state, after a new hold.
+    fleet.mark(1, "fail-health", true);
     fleet.two_stage(3, &[0], &[1, 2]);
+    for _ in 0..3 {
+        assert_exit(&fleet.reconcile(&[]), 1);
+    }
+    fleet.mark(1, "fail-health", false);
+    fleet.two_stage(4, &[0], &[1, 2]);
     assert_exit(&fleet.reconcile(&[]), 0);
 }
 
@@ -286,7 +299,9 @@ fn killing_the_controller_at_random_points_never_leaves_a_host_without_a_complet
         !masters().is_empty(),
         "the killed controllers left masters behind (idle timeout not yet over)"
     );
-    let deadline = Instant::now() + Duration::from_secs(50);
+    // Idle means no session left: a remote step the killed run started finishes first, so
+    // allow for a loaded machine beyond the 30s idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(75);
     while !masters().is_empty() {
         assert!(
             Instant::now() < deadline,

@@ -60,7 +60,13 @@ fn reconcile_once_deploys_the_example_and_a_second_run_changes_nothing() {
         state.as_str(),
     ];
 
-    let out = convoy_in(tmp.path(), &args);
+    let textfile = tmp.path().join("convoy.prom").display().to_string();
+    let first: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--metrics-textfile", textfile.as_str()])
+        .collect();
+    let out = convoy_in(tmp.path(), &first);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -69,6 +75,21 @@ fn reconcile_once_deploys_the_example_and_a_second_run_changes_nothing() {
         stderr(&out)
     );
     let text = stdout(&out);
+    // The node_exporter textfile: written atomically, lint-clean for promtool.
+    let metrics = fs::read_to_string(&textfile).unwrap();
+    assert!(
+        metrics.contains("convoy_site_converged{site=\"jobs-manager\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "convoy_host_release_info{site=\"jobs-manager\",host=\"web2\",stage=\"frontend\",release=\"r2026-11-24.1\"} 1"
+    ));
+    let check = crate::prom::promtool_with_stdin(&["check", "metrics"], Some(&metrics));
+    assert!(
+        check.status.success() && check.stdout.is_empty() && check.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert!(text.contains("jobs-manager: Converged"), "{text}");
     for host in ["sched1", "web1", "web2"] {
         let current = tmp
