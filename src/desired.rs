@@ -8,7 +8,7 @@ use crate::host::Host;
 use crate::host::local::LocalHost;
 use crate::host::ssh::SshHost;
 use crate::manifest::Catalog;
-use crate::manifest::types::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_SSH_PORT, HostSpec, SshSettings};
+use crate::manifest::types::{DEFAULT_CONNECT_TIMEOUT, HostSpec, SshSettings};
 
 /// One site as the engine sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,20 +160,16 @@ fn resolve_host(ssh: &SshSettings, host: &HostSpec) -> Host {
             root: host.root.as_ref().map(|r| r.value.clone()),
         });
     }
-    let value = |v: &Option<crate::manifest::Located<String>>| v.as_ref().map(|v| v.value.clone());
     Host::Ssh(SshHost {
         name: host.name.value.clone(),
         address: host.address.value.clone(),
-        port: host
-            .port
+        port: host.effective_port(ssh),
+        user: host.effective_user(ssh),
+        identity_file: host.effective_identity_file(ssh).map(expand_home),
+        config_file: ssh
+            .config_file
             .as_ref()
-            .or(ssh.port.as_ref())
-            .map_or(DEFAULT_SSH_PORT, |p| p.value),
-        user: value(&host.user).or_else(|| value(&ssh.user)),
-        identity_file: value(&host.identity_file)
-            .or_else(|| value(&ssh.identity_file))
-            .map(expand_home),
-        config_file: value(&ssh.config_file).map(expand_home),
+            .map(|f| expand_home(f.value.clone())),
         connect_timeout: ssh
             .connect_timeout
             .as_ref()

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::desired::{DesiredSite, FetchSpec};
+use crate::desired::{DesiredSite, DesiredStage, FetchSpec};
 use crate::host::observe::{self, OnceState as HostOnce};
 use crate::host::script::{Env, Fence, Script};
 use crate::host::ssh::SshPool;
@@ -141,6 +141,7 @@ pub async fn reconcile_site(
             }
         }
     }
+    let mut previous: Option<Vec<Step>> = None;
     let outcome = loop {
         let next = plan::plan(site, &run.observed, &run.pass);
         if next.steps.is_empty() {
@@ -150,6 +151,15 @@ pub async fn reconcile_site(
             // Shutting down: every step started has finished; stop before the next one.
             break Outcome::Progressing;
         }
+        if previous.as_ref() == Some(&next.steps) {
+            // The same steps again: the last run of them changed nothing (e.g. a lease lost
+            // between two round trips). Never spin: report and let backoff retry later.
+            break Outcome::Blocked {
+                hosts: step_hosts(&next.steps),
+                reason: "no progress: the last steps changed nothing on these hosts".into(),
+            };
+        }
+        previous = Some(next.steps.clone());
         run.execute(next.steps).await;
     };
     run.report(outcome)
@@ -183,6 +193,20 @@ impl<'a> SiteRun<'a> {
 
     fn host(&self, name: &str) -> &Host {
         &self.ctx.hosts[name]
+    }
+
+    /// The `once` or `activate` commands of a stage of this site.
+    fn stage_commands(
+        &self,
+        stage: &str,
+        which: impl Fn(&DesiredStage) -> &Vec<String>,
+    ) -> Vec<String> {
+        self.site
+            .stages
+            .iter()
+            .find(|s| s.name == stage)
+            .map(|s| which(s).clone())
+            .unwrap_or_default()
     }
 
     fn stage_of(&self, host: &str) -> &str {
@@ -613,13 +637,7 @@ impl<'a> SiteRun<'a> {
             return;
         };
         let release = self.site.release.clone();
-        let commands = self
-            .site
-            .stages
-            .iter()
-            .find(|s| s.name == stage)
-            .map(|s| s.once.clone())
-            .unwrap_or_default();
+        let commands = self.stage_commands(stage, |s| &s.once);
         let script = Script::new(&self.path_on(host))
             .once(
                 &release,
@@ -683,13 +701,7 @@ impl<'a> SiteRun<'a> {
             }
         }
         let release = self.site.release.clone();
-        let activate = self
-            .site
-            .stages
-            .iter()
-            .find(|s| s.name == stage)
-            .map(|s| s.activate.clone())
-            .unwrap_or_default();
+        let activate = self.stage_commands(stage, |s| &s.activate);
         let commands: Vec<(String, RemoteCommand)> = fences
             .iter()
             .map(|(host, fence)| {
@@ -802,13 +814,7 @@ impl<'a> SiteRun<'a> {
             return;
         };
         let stage = self.stage_of(&host).to_string();
-        let activate = self
-            .site
-            .stages
-            .iter()
-            .find(|s| s.name == stage)
-            .map(|s| s.activate.clone())
-            .unwrap_or_default();
+        let activate = self.stage_commands(&stage, |s| &s.activate);
         let env = self.env(&host, &previous);
         let script = Script::new(&self.path_on(&host))
             .rollback(&fence)
@@ -925,6 +931,22 @@ impl<'a> SiteRun<'a> {
             failed_attempt: self.failed_attempt,
         }
     }
+}
+
+/// Every host a list of steps works on, sorted, once each.
+fn step_hosts(steps: &[Step]) -> Vec<String> {
+    let mut hosts: Vec<String> = steps
+        .iter()
+        .flat_map(|step| match step {
+            Step::Build { host } | Step::Once { host, .. } | Step::Cleanup { host, .. } => {
+                vec![host.clone()]
+            }
+            Step::Switch { hosts, .. } | Step::Rollback { hosts, .. } => hosts.clone(),
+        })
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 /// The exit status the host recorded for `once` (`@@convoy once=done status=<n>`).

@@ -153,6 +153,32 @@ pub struct HostSpec {
     pub labels: BTreeMap<String, Located<String>>,
 }
 
+impl HostSpec {
+    /// The SSH port after the group default: host `port`, else `ssh.port`, else 22.
+    pub fn effective_port(&self, ssh: &SshSettings) -> u16 {
+        self.port
+            .as_ref()
+            .or(ssh.port.as_ref())
+            .map_or(DEFAULT_SSH_PORT, |p| p.value)
+    }
+
+    /// The remote user after the group default, if any is set.
+    pub fn effective_user(&self, ssh: &SshSettings) -> Option<String> {
+        self.user
+            .as_ref()
+            .or(ssh.user.as_ref())
+            .map(|u| u.value.clone())
+    }
+
+    /// The identity file after the group default, if any is set (as written, `~/` kept).
+    pub fn effective_identity_file(&self, ssh: &SshSettings) -> Option<String> {
+        self.identity_file
+            .as_ref()
+            .or(ssh.identity_file.as_ref())
+            .map(|f| f.value.clone())
+    }
+}
+
 // ---------------------------------------------------------------- Release
 
 /// One version of one site's code.

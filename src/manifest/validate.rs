@@ -314,17 +314,12 @@ struct ResolvedHost {
 
 impl ResolvedHost {
     fn new(ssh: &SshSettings, host: &HostSpec) -> Self {
-        let value = |v: &Option<Located<String>>| v.as_ref().map(|v| v.value.clone());
         ResolvedHost {
             address: host.address.value.clone(),
-            port: host
-                .port
-                .as_ref()
-                .or(ssh.port.as_ref())
-                .map_or(DEFAULT_SSH_PORT, |p| p.value),
-            user: value(&host.user).or_else(|| value(&ssh.user)),
-            identity_file: value(&host.identity_file).or_else(|| value(&ssh.identity_file)),
-            root: value(&host.root),
+            port: host.effective_port(ssh),
+            user: host.effective_user(ssh),
+            identity_file: host.effective_identity_file(ssh),
+            root: host.root.as_ref().map(|r| r.value.clone()),
         }
     }
 

@@ -305,6 +305,19 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
             None => {}
         }
         if let Some((host, _)) = records.first() {
+            // A run under way: wait for it, unless another controller holds that host.
+            let workable = stage_members
+                .iter()
+                .any(|m| m.host == *host && m.workable().is_some());
+            if !workable {
+                return Plan::done(Outcome::Blocked {
+                    hosts: vec![host.to_string()],
+                    reason: format!(
+                        "the `once` commands of stage `{}` are running under another controller",
+                        stage.name
+                    ),
+                });
+            }
             return Plan::progress(vec![Step::Once {
                 stage: stage.name.clone(),
                 host: host.to_string(),

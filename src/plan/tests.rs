@@ -725,12 +725,18 @@ proptest! {
             let st = s.stages.iter().find(|st| &st.name == stage).unwrap();
             let done = st.hosts.iter().any(|h| reach_of(&o, h).is_some_and(|v| matches!(v.once.get(&s.release), Some(OnceState::Done { .. }))));
             prop_assert!(!done, "once planned although a host recorded it");
-            let running_elsewhere = st.hosts.iter().any(|h| h != host && reach_of(&o, h).is_some_and(|v| v.once.contains_key(&s.release)));
-            prop_assert!(!running_elsewhere);
-            // A fresh start needs every host of the stage seen, so no hidden record can exist;
-            // otherwise the step waits for the run already under way on `host`.
-            let fresh_start = reach_of(&o, host).is_some_and(|v| !v.once.contains_key(&s.release));
+            // Either the step waits for the run already under way on `host` (a workable host),
+            // or it is a fresh start: then no host of the stage may hold any record, and every
+            // host must have been seen, so no hidden record can exist.
+            let view = reach_of(&o, host);
+            prop_assert!(view.is_some(), "once planned on a host convoy cannot work on");
+            let fresh_start = view.is_some_and(|v| !v.once.contains_key(&s.release));
             if fresh_start {
+                let any_record = st.hosts.iter().any(|h| match o.get(h) {
+                    Some(Reach::Reachable(v)) => v.once.contains_key(&s.release),
+                    _ => false,
+                });
+                prop_assert!(!any_record, "fresh once start although a record exists");
                 prop_assert!(st.hosts.iter().all(|h| matches!(o.get(h), Some(Reach::Reachable(_)))));
             }
         }
@@ -814,5 +820,38 @@ fn preview_lists_a_whole_pass_in_order() {
         Outcome::Degraded {
             skipped: vec!["w2".into()]
         }
+    );
+}
+
+#[test]
+fn a_once_running_under_another_controller_blocks_instead_of_waiting_forever() {
+    let s = site("r1", &[("scheduler", false, &["s1", "s2"], true)]);
+    let mut o = observed(&[
+        ("s1", live("r0", &["r0", "r1"])),
+        ("s2", live("r0", &["r0", "r1"])),
+    ]);
+    view_mut(&mut o, "s1")
+        .once
+        .insert("r1".into(), OnceState::Running);
+    view_mut(&mut o, "s1").locked_by = Some("ci-7".into());
+    // s1 is in a required stage and locked: the gate reports it before `once` is considered.
+    assert!(matches!(
+        plan(&s, &o, &PassState::default()).outcome,
+        Outcome::Blocked { .. }
+    ));
+    let s = site("r1", &[("web", true, &["w1", "w2"], true)]);
+    let mut o = observed(&[
+        ("w1", live("r0", &["r0", "r1"])),
+        ("w2", live("r0", &["r0", "r1"])),
+    ]);
+    view_mut(&mut o, "w1")
+        .once
+        .insert("r1".into(), OnceState::Running);
+    view_mut(&mut o, "w1").locked_by = Some("ci-7".into());
+    let p = plan(&s, &o, &PassState::default());
+    assert!(p.steps.is_empty(), "{p:?}");
+    assert!(
+        matches!(&p.outcome, Outcome::Blocked { reason, .. } if reason.contains("another controller")),
+        "{p:?}"
     );
 }
