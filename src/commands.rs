@@ -279,6 +279,16 @@ fn status(
 ) -> anyhow::Result<u8> {
     let state = StateDir::open_read_only(state_dir);
     let statuses = state.all_statuses();
+    if let Some(manifests) = state.load_manifests().filter(|m| !m.valid) {
+        writeln!(
+            err,
+            "warning: the manifests are invalid since {}; the controller still applies the last valid state:",
+            manifests.since
+        )?;
+        for line in &manifests.errors {
+            writeln!(err, "  {line}")?;
+        }
+    }
     match output {
         OutputFormat::Table => out.write_all(state::render_status_table(&statuses).as_bytes())?,
         OutputFormat::Json => writeln!(

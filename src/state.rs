@@ -40,6 +40,7 @@ const STATUS_FILE: &str = "status.json";
 const ATTEMPTS_FILE: &str = "attempts.json";
 const REVISIONS_FILE: &str = "revisions.json";
 const HISTORY_FILE: &str = "history.jsonl";
+const MANIFESTS_FILE: &str = "manifests.json";
 
 /// What went wrong with the state directory. Every variant names the path involved; the
 /// underlying cause is chained (`source`), not pasted into the message.
@@ -72,6 +73,18 @@ pub enum StateError {
     /// path separator); manifests never produce one, a mistyped command line might.
     #[error("failed to use site name {site:?} in the state directory: not a plain name")]
     InvalidSite { site: String },
+}
+
+/// The daemon's view of its manifest directory, kept in `manifests.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestsStatus {
+    pub valid: bool,
+    /// When the manifests became valid or invalid (RFC 3339).
+    pub since: String,
+    /// The first problems, as `file:line:column: ...` lines (at most 20).
+    #[serde(default)]
+    pub errors: Vec<String>,
 }
 
 /// The failed attempts of one site's desired state: the Failed hold of
@@ -333,6 +346,26 @@ impl StateDir {
     }
 
     // ---- status ----
+
+    /// Whether the daemon's last manifest load was valid, and if not since when and why.
+    pub fn load_manifests(&self) -> Option<ManifestsStatus> {
+        read_json(&self.root.join(MANIFESTS_FILE)).ok().flatten()
+    }
+
+    /// Records the outcome of a manifest load (atomically); an unchanged invalid state keeps
+    /// its `since`.
+    pub fn save_manifests(&self, valid: bool, errors: &[String]) -> Result<(), StateError> {
+        let since = match self.load_manifests() {
+            Some(previous) if previous.valid == valid => previous.since,
+            _ => now_rfc3339(),
+        };
+        let status = ManifestsStatus {
+            valid,
+            since,
+            errors: errors.iter().take(20).cloned().collect(),
+        };
+        write_json_atomic(&self.root.join(MANIFESTS_FILE), &status)
+    }
 
     /// The last status saved for `site`, or `None` if there is none or it is unreadable
     /// (then with a warning).

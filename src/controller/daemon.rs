@@ -216,6 +216,8 @@ impl Daemon {
             Ok(catalog) => catalog,
             Err(diagnostics) => {
                 self.shared.metrics.manifests_loaded(false);
+                let errors: Vec<String> = diagnostics.0.iter().map(ToString::to_string).collect();
+                let _ = self.state.save_manifests(false, &errors);
                 self.ready.store(false, Ordering::SeqCst);
                 log(&format!(
                     "manifests invalid; still acting on the last valid state:\n{diagnostics}"
@@ -224,6 +226,7 @@ impl Daemon {
             }
         };
         self.shared.metrics.manifests_loaded(true);
+        let _ = self.state.save_manifests(true, &[]);
         self.ready.store(true, Ordering::SeqCst);
         let mut new = DesiredState::from_catalog(&catalog);
         if let Some(only) = &self.options.run.site {

@@ -72,6 +72,40 @@ impl RemoteCommand {
     }
 }
 
+/// How convoy runs something on a host: a POSIX `sh` script (with its environment exported
+/// inside it), optional stdin streamed to it (an archive upload), a timeout, and back the
+/// exit status with bounded output tails. `Err` only when the command could not run at all.
+pub trait Transport {
+    fn run(
+        &self,
+        command: &RemoteCommand,
+    ) -> impl Future<Output = Result<CommandOutput, HostError>> + Send;
+}
+
+impl Transport for local::LocalHost {
+    fn run(
+        &self,
+        command: &RemoteCommand,
+    ) -> impl Future<Output = Result<CommandOutput, HostError>> + Send {
+        local::LocalHost::run(self, command)
+    }
+}
+
+/// An SSH host reached through the pool's multiplexed master.
+pub struct SshTransport<'a> {
+    pub pool: &'a ssh::SshPool,
+    pub host: &'a ssh::SshHost,
+}
+
+impl Transport for SshTransport<'_> {
+    fn run(
+        &self,
+        command: &RemoteCommand,
+    ) -> impl Future<Output = Result<CommandOutput, HostError>> + Send {
+        self.pool.run(self.host, command)
+    }
+}
+
 /// A host and how to reach it, resolved from a ServerGroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -102,8 +136,8 @@ impl Host {
         command: &RemoteCommand,
     ) -> Result<CommandOutput, HostError> {
         match self {
-            Host::Local(h) => h.run(command).await,
-            Host::Ssh(h) => pool.run(h, command).await,
+            Host::Local(h) => Transport::run(h, command).await,
+            Host::Ssh(host) => SshTransport { pool, host }.run(command).await,
         }
     }
 }

@@ -265,6 +265,12 @@ fn a_pulled_commit_deploys_within_a_second_and_an_invalid_one_changes_nothing() 
         daemon.log_text().contains("broken.yaml:3:")
     });
     assert_eq!(daemon.get("/readyz").0, 503);
+    let status = fleet.convoy(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("manifests are invalid since"),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     assert!(
         daemon
             .get("/metrics")

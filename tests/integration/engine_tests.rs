@@ -2,7 +2,7 @@
 //! hosts of the lab, deploying a real git repository (see `fleet.rs`).
 
 use std::fs;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::fleet::{Fleet, SiteDef, activations, assert_exit, mtimes};
@@ -32,6 +32,31 @@ fn both_stages_online_scheduler_first_once_exactly_once_then_nothing_to_do() {
         vec!["app.r1 h0"],
         "once ran exactly once, on the scheduler"
     );
+
+    // The tag resolved once, on the controller, to one commit that every host built.
+    let commit = Command::new("git")
+        .args(["rev-parse", "v1^{commit}"])
+        .current_dir(fleet.repo())
+        .output()
+        .unwrap();
+    let commit = String::from_utf8_lossy(&commit.stdout).trim().to_string();
+    assert_eq!(
+        fleet.status_json()["items"][0]["status"]["revision"],
+        commit.as_str()
+    );
+    for i in 0..3 {
+        let marker = fs::read_to_string(
+            fleet
+                .lab
+                .host_dir(i)
+                .join("sites/app/releases/app.r1/.convoy-complete"),
+        )
+        .unwrap();
+        assert!(
+            marker.contains(&format!("revision={commit}")),
+            "h{i}: {marker}"
+        );
+    }
 
     let before: Vec<_> = (0..3).map(|i| mtimes(&fleet.lab.host_dir(i))).collect();
     let out = fleet.reconcile(&[]);
