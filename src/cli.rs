@@ -70,7 +70,8 @@ pub enum Command {
         /// Only this site.
         #[arg(long, value_name = "NAME")]
         site: Option<String>,
-        /// With --once: bound for the whole run. As a daemon: bound for one pass of a site.
+        /// With --once: bound for the whole run. As a daemon: bound for one host round trip
+        /// that runs user commands (build, once, activate, health).
         #[arg(long, value_name = "DURATION", default_value = "15m")]
         timeout: String,
         /// Global cap on hosts worked on at once, across all sites.

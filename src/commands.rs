@@ -129,9 +129,12 @@ struct ReconcileArgs<'a> {
 /// A positive duration from the command line, or the usage error to print.
 fn duration_arg(flag: &str, text: &str) -> Result<Duration, String> {
     match manifest::Duration::parse(text) {
-        Ok(d) if !d.as_std().is_zero() => Ok(d.as_std()),
+        // At most a year: far enough for any operator, and no overflow adding it to a clock.
+        Ok(d) if !d.as_std().is_zero() && d.as_std() <= Duration::from_secs(365 * 86_400) => {
+            Ok(d.as_std())
+        }
         _ => Err(format!(
-            "error: invalid {flag} `{text}`: expected a duration such as `15m`"
+            "error: invalid {flag} `{text}`: expected a duration from 1s to 365d, such as `15m`"
         )),
     }
 }
@@ -208,7 +211,8 @@ fn plan(
         known_hosts: cli.known_hosts.clone(),
         metrics_textfile: None,
     };
-    let shared = controller::Shared::new(&options, &cli.state_dir);
+    let shared = controller::Shared::new(&options, &cli.state_dir)
+        .context("failed to create a private directory for SSH control sockets")?;
     let ctx = controller::context(&desired, &options, &shared);
     let runtime = runtime()?;
     for s in desired

@@ -100,7 +100,8 @@ struct SiteRun<'a> {
     site_limit: Arc<Semaphore>,
     observed: plan::Observed,
     pass: PassState,
-    fences: BTreeMap<String, Fence>,
+    /// The lease generation held on each host this pass, and when it was last renewed.
+    fences: BTreeMap<String, (Fence, std::time::Instant)>,
     errors: BTreeMap<String, String>,
     events: Vec<Event>,
     revision: Option<String>,
@@ -356,6 +357,7 @@ impl<'a> SiteRun<'a> {
         HostView {
             current: report.current.clone(),
             previous: report.previous.clone(),
+            pending: report.pending.clone(),
             complete: report
                 .releases
                 .iter()
@@ -451,10 +453,18 @@ impl<'a> SiteRun<'a> {
         match get("lease").as_deref() {
             Some("acquired") => {
                 if let Some(generation) = get("generation").and_then(|g| g.parse().ok()) {
-                    self.fences.entry(host.to_string()).or_insert(Fence {
+                    let fence = Fence {
                         holder: self.ctx.holder.clone(),
                         generation,
-                    });
+                    };
+                    match self.fences.get(host) {
+                        // Renewed by the same holder: the generation must not have moved.
+                        Some((held, _)) if held.generation != generation => self.lose_lease(host),
+                        _ => drop(
+                            self.fences
+                                .insert(host.to_string(), (fence, std::time::Instant::now())),
+                        ),
+                    }
                 }
             }
             Some("held") => {
@@ -614,7 +624,10 @@ impl<'a> SiteRun<'a> {
     /// The fence for `host`, taking the lease first if this pass has not yet (a host that
     /// needed no build). `None` when the host is unreachable or held by someone else.
     async fn fence(&mut self, host: &str) -> Option<Fence> {
-        if let Some(fence) = self.fences.get(host) {
+        // Renew after half the lease time: a long build phase must not let it expire.
+        if let Some((fence, renewed)) = self.fences.get(host)
+            && renewed.elapsed() < self.ctx.lease_ttl / 2
+        {
             return Some(fence.clone());
         }
         let script = Script::new(&self.path_on(host))
@@ -627,7 +640,20 @@ impl<'a> SiteRun<'a> {
             Ok(out) => self.note_lease(host, &out),
             Err(e) => self.host_failed(host, e),
         }
-        self.fences.get(host).cloned()
+        self.fences.get(host).map(|(fence, _)| fence.clone())
+    }
+
+    /// Another controller took the host over since this pass took its lease: stop working
+    /// on it (the planner reports Blocked; backoff retries with fresh observations).
+    fn lose_lease(&mut self, host: &str) {
+        self.fences.remove(host);
+        self.errors.insert(
+            host.to_string(),
+            "lease lost to another controller: nothing more done here this pass".into(),
+        );
+        if let Some(view) = self.view_mut(host) {
+            view.locked_by = Some("another controller (lease lost)".into());
+        }
     }
 
     // ------------------------------------------------------------------ once
@@ -707,6 +733,7 @@ impl<'a> SiteRun<'a> {
             .map(|(host, fence)| {
                 let env = self.env(host, &release);
                 let mut script = Script::new(&self.path_on(host))
+                    .pending(&release)
                     .switch(&release, fence)
                     .activate(&release, &activate, &env);
                 if let Some(health) = &self.site.health {
@@ -718,9 +745,9 @@ impl<'a> SiteRun<'a> {
                         health.interval.as_secs(),
                     );
                 }
-                if cleanup.contains_key(host) {
-                    script =
-                        script.cleanup(self.site.keep_releases, std::slice::from_ref(&release));
+                script = script.settled();
+                if let Some(remove) = cleanup.get(host) {
+                    script = script.remove_releases(remove, std::slice::from_ref(&release));
                 }
                 let script = script.lease_release(&self.ctx.holder).finish();
                 (
@@ -750,6 +777,7 @@ impl<'a> SiteRun<'a> {
                                 view.previous = view.current.take();
                             }
                             view.current = Some(release.clone());
+                            view.pending = None;
                         }
                         self.pass
                             .switched
@@ -758,36 +786,51 @@ impl<'a> SiteRun<'a> {
                             .push(host.clone());
                         self.event(&host, Action::Switched, None);
                     }
-                    if out.success() {
-                        self.fences.remove(&host);
-                        for id in cleanup.get(&host).into_iter().flatten() {
-                            if let Some(view) = self.view_mut(&host) {
-                                view.complete.remove(id);
-                                view.half_built.remove(id);
+                    let failed = steps.iter().find(|(_, status)| *status != 0).cloned();
+                    let error = || {
+                        format!(
+                            "{} failed on host `{host}`: {}",
+                            failed_step(&out),
+                            tail(&out)
+                        )
+                    };
+                    match failed
+                        .as_ref()
+                        .map(|(name, status)| (name.as_str(), *status))
+                    {
+                        None | Some(("settled" | "cleanup" | "lease_release", _)) => {
+                            // Live and healthy. A clean-up problem is reported, never a reason
+                            // to roll a healthy host back.
+                            self.fences.remove(&host);
+                            if failed.is_some() {
+                                self.errors.insert(host.clone(), error());
+                            }
+                            for id in cleanup.get(&host).into_iter().flatten() {
+                                if let Some(view) = self.view_mut(&host) {
+                                    view.complete.remove(id);
+                                    view.half_built.remove(id);
+                                }
                             }
                         }
-                    } else if switched {
-                        let error = format!(
-                            "{} failed on host `{host}`: {}",
-                            failed_step(&out),
-                            tail(&out)
-                        );
-                        self.errors.insert(host.clone(), error.clone());
-                        self.event(&host, Action::HealthFailed, Some(error.clone()));
-                        unhealthy.push((host, error));
-                    } else {
-                        let error = format!(
-                            "{} failed on host `{host}`: {}",
-                            failed_step(&out),
-                            tail(&out)
-                        );
-                        self.errors.insert(host.clone(), error.clone());
-                        self.pass.health_failed.get_or_insert((
-                            stage.to_string(),
-                            host.clone(),
-                            error,
-                        ));
-                        self.failed_attempt = true;
+                        Some(("switch", crate::host::script::EXIT_FENCED)) => {
+                            self.lose_lease(&host)
+                        }
+                        Some(_) if switched => {
+                            let error = error();
+                            self.errors.insert(host.clone(), error.clone());
+                            self.event(&host, Action::HealthFailed, Some(error.clone()));
+                            unhealthy.push((host, error));
+                        }
+                        Some(_) => {
+                            let error = error();
+                            self.errors.insert(host.clone(), error.clone());
+                            self.pass.health_failed.get_or_insert((
+                                stage.to_string(),
+                                host.clone(),
+                                error,
+                            ));
+                            self.failed_attempt = true;
+                        }
                     }
                 }
             }
@@ -796,6 +839,10 @@ impl<'a> SiteRun<'a> {
             self.pass.health_failed = Some((stage.to_string(), host, error));
             self.failed_attempt = true;
             for (host, _) in unhealthy {
+                // Rolled back here, so the planner's stage rollback must not do it again.
+                if let Some(switched) = self.pass.switched.get_mut(stage) {
+                    switched.retain(|h| *h != host);
+                }
                 self.rollback_host(host).await;
             }
         }
@@ -819,6 +866,7 @@ impl<'a> SiteRun<'a> {
         let script = Script::new(&self.path_on(&host))
             .rollback(&fence)
             .activate(&previous, &activate, &env)
+            .settled()
             .lease_release(&self.ctx.holder)
             .finish();
         match self
@@ -853,10 +901,7 @@ impl<'a> SiteRun<'a> {
     async fn cleanup(&mut self, host: &str, remove: &[String]) {
         let script = Script::new(&self.path_on(host))
             .lease_acquire(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
-            .cleanup(
-                self.site.keep_releases,
-                std::slice::from_ref(&self.site.release),
-            )
+            .remove_releases(remove, std::slice::from_ref(&self.site.release))
             .lease_release(&self.ctx.holder)
             .finish();
         match self

@@ -1004,7 +1004,19 @@ mod tests {
                 .starts_with("failed to lock state directory")
         );
         drop(first);
-        let again = StateDir::lock(&dir).unwrap();
+        // Another test thread may fork at this instant; its child holds the lock's file
+        // description until it execs (close-on-exec), so allow a brief retry.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let again = loop {
+            match StateDir::lock(&dir) {
+                Ok(again) => break again,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("lock not released after drop: {e}"),
+            }
+        };
         // The new holder rewrote the lock file rather than appending to it.
         let content = fs::read_to_string(dir.join(LOCK_FILE)).unwrap();
         assert_eq!(content.lines().count(), 1, "{content}");

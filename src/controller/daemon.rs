@@ -57,6 +57,9 @@ struct Retry {
     delays: Box<dyn Iterator<Item = Duration> + Send>,
     probes: Vec<(String, u16)>,
     retries: u32,
+    /// A probe answered since the last pass: only a change from silent to answering
+    /// triggers a pass early (a host that answers TCP but fails SSH waits for backoff).
+    answered: bool,
 }
 
 impl Queue {
@@ -84,7 +87,16 @@ fn log(line: &str) {
 /// Runs the controller until SIGTERM/SIGINT. Returns the exit code.
 pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -> u8 {
     let state = Arc::new(state);
-    let shared = Shared::new(&options.run, state.path());
+    let shared = match Shared::new(&options.run, state.path()) {
+        Ok(shared) => shared,
+        Err(e) => {
+            let _ = writeln!(
+                err,
+                "error: failed to create a private directory for SSH control sockets: {e}"
+            );
+            return exit_code::FAILED;
+        }
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let listener = match tokio::net::TcpListener::bind(options.metrics_addr).await {
         Ok(listener) => listener,
@@ -349,6 +361,7 @@ impl Daemon {
                         delays: Box::new(backoff()),
                         probes: vec![],
                         retries: 0,
+                        answered: true,
                     });
                 let delay = retry.delays.next().unwrap_or(Duration::from_secs(30));
                 retry.at = Instant::now() + delay;
@@ -386,17 +399,28 @@ impl Daemon {
     /// Retries Blocked sites whose backoff is over, or whose unreachable hosts answer TCP.
     async fn probe(&mut self) {
         let now = Instant::now();
-        let mut due = vec![];
-        for (name, retry) in &self.queue.retry {
-            if self.queue.running.contains(name) || self.queue.queued.contains(name) {
+        let waiting: Vec<(String, Vec<(String, u16)>)> = self
+            .queue
+            .retry
+            .iter()
+            .filter(|(name, _)| {
+                !self.queue.running.contains(*name) && !self.queue.queued.contains(*name)
+            })
+            .map(|(name, retry)| (name.clone(), retry.probes.clone()))
+            .collect();
+        // All sites' probes at once, each bounded: the loop never stalls on a silent host.
+        let answers =
+            futures_util::future::join_all(waiting.iter().map(|(_, probes)| any_answers(probes)))
+                .await;
+        for ((name, _), answers) in waiting.into_iter().zip(answers) {
+            let Some(retry) = self.queue.retry.get_mut(&name) else {
                 continue;
+            };
+            let came_back = answers && !retry.answered;
+            retry.answered = answers;
+            if retry.at <= now || came_back {
+                self.queue.enqueue(&name);
             }
-            if retry.at <= now || any_answers(&retry.probes).await {
-                due.push(name.clone());
-            }
-        }
-        for name in due {
-            self.queue.enqueue(&name);
         }
     }
 }

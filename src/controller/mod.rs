@@ -62,13 +62,15 @@ pub struct Shared {
     pub holder: String,
     /// Set when a terminal watches a `--once` run.
     pub progress: Option<Arc<Progress>>,
+    control_dir: std::path::PathBuf,
 }
 
 impl Shared {
-    pub fn new(options: &RunOptions, state_dir: &std::path::Path) -> Self {
-        Shared {
+    pub fn new(options: &RunOptions, state_dir: &std::path::Path) -> std::io::Result<Self> {
+        let control_dir = crate::host::private_control_dir()?;
+        Ok(Shared {
             pool: Arc::new(SshPool::new(
-                crate::host::default_control_dir(),
+                control_dir.clone(),
                 options.known_hosts.clone(),
                 512,
                 MASTER_IDLE,
@@ -77,13 +79,14 @@ impl Shared {
             cancel: Arc::new(AtomicBool::new(false)),
             holder: lease_holder(state_dir),
             progress: None,
-        }
+            control_dir,
+        })
     }
 
     /// Closes every SSH master and removes their control directory.
     pub async fn close(&self) {
         self.pool.close_all().await;
-        let _ = std::fs::remove_dir_all(crate::host::default_control_dir());
+        let _ = std::fs::remove_dir_all(&self.control_dir);
     }
 }
 
@@ -440,7 +443,16 @@ pub async fn run_once(
     options: &RunOptions,
     out: &mut dyn std::io::Write,
 ) -> u8 {
-    let mut shared = Shared::new(options, state.path());
+    let mut shared = match Shared::new(options, state.path()) {
+        Ok(shared) => shared,
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "error: failed to create a private directory for SSH control sockets: {e}"
+            );
+            return exit_code::FAILED;
+        }
+    };
     let terminal = std::io::stderr().is_terminal();
     if terminal {
         shared.progress = Some(Arc::new(Progress::default()));

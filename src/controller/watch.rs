@@ -130,18 +130,3 @@ mod live_tests {
         );
     }
 }
-
-#[cfg(test)]
-mod live_tests2 {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn in_runtime_on_git_clone() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let _watch = start(Path::new("/tmp/wt/m"), tx).unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        std::fs::write("/tmp/wt/m/z.yaml", "a: 1\n").unwrap();
-        tokio::time::sleep(DEBOUNCE * 4).await;
-        assert!(rx.try_recv().is_ok());
-    }
-}

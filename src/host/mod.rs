@@ -142,8 +142,25 @@ impl Host {
     }
 }
 
-/// The directory convoy keeps SSH control sockets in: short, because unix socket paths are
-/// limited to ~100 bytes.
-pub fn default_control_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("convoy-ssh-{}", std::process::id()))
+/// A fresh directory for this process's SSH control sockets: created (never reused) with
+/// mode 0700 under the temp dir, so no other local user can plant or swap a socket in it,
+/// and short, because unix socket paths are limited to ~100 bytes.
+pub fn private_control_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut last = None;
+    for attempt in 0..16u128 {
+        let dir = std::env::temp_dir().join(format!(
+            "convoy-ssh-{}-{:x}",
+            std::process::id(),
+            (seed + attempt) & 0xffff_ffff
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one attempt"))
 }

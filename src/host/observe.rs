@@ -10,6 +10,7 @@
 //! @@observe now <epoch>
 //! @@observe current <id>
 //! @@observe previous <id>
+//! @@observe pending <id>
 //! @@observe release <id> complete=<0|1> [built_at=<epoch>] revision=<sha|->
 //! @@observe once <release> <stage> state=<done|running|interrupted|notstarted> [status=<n>]
 //! @@observe lease holder=<id> expires=<epoch> generation=<n>
@@ -23,6 +24,9 @@ pub struct Observed {
     pub current: Option<String>,
     /// The release recorded in `.convoy/previous` before the last switch.
     pub previous: Option<String>,
+    /// A release switched to whose activate and health check never completed (the
+    /// controller died or lost the host in between): it must be verified again.
+    pub pending: Option<String>,
     /// Every (safely named) directory in `releases/`, complete or not, sorted by id.
     pub releases: Vec<ReleaseDir>,
     /// Every `once` record in `.convoy/once/<release>/<stage>/`.
@@ -127,6 +131,7 @@ pub fn parse(stdout: &str) -> Result<Observed, ObserveError> {
             }
             ["current", id] if safe_word(id) => obs.current = Some(id.to_string()),
             ["previous", id] if safe_word(id) => obs.previous = Some(id.to_string()),
+            ["pending", id] if safe_word(id) => obs.pending = Some(id.to_string()),
             ["release", id, fields @ ..] if safe_word(id) => {
                 let complete = field(fields, "complete") == Some("1");
                 let built_at = field(fields, "built_at").and_then(|b| b.parse().ok());

@@ -280,6 +280,26 @@ impl Script {
         self.step("cleanup", None, "cv_cleanup", &args)
     }
 
+    /// Records that `release` is about to go live unverified (`.convoy/pending`): if this
+    /// round trip never reaches [`Script::settled`], the next observe reports it.
+    pub fn pending(self, release: &str) -> Self {
+        self.step("pending", None, "cv_pending", &[release])
+    }
+
+    /// The live release passed activate and health (or was rolled back): not pending any more.
+    pub fn settled(self) -> Self {
+        self.step("settled", None, "cv_settled", &[])
+    }
+
+    /// Remove exactly these release directories (the planner's choice), except whatever
+    /// `current` or `.convoy/previous` points at and `protect`.
+    pub fn remove_releases(self, remove: &[String], protect: &[String]) -> Self {
+        let mut args = vec![protect.join(" ")];
+        args.extend(remove.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.step("cleanup", None, "cv_remove_releases", &args)
+    }
+
     /// Take or refresh the host lease for `ttl_secs`. Prints `@@convoy lease=acquired
     /// holder=<h> generation=<n> expires=<epoch>`, or fails with [`EXIT_LEASE_HELD`] printing
     /// `@@convoy lease=held holder=<other> expires=<epoch> generation=<n>`.
@@ -324,6 +344,22 @@ cv_say() { printf '@@convoy %s\n' "$*"; }
 cv_err() { printf 'convoy: %s\n' "$*" >&2; }
 cv_die() { cv_err "$*"; exit 1; }
 cv_with_env() { "$@"; }
+cv_pending() {
+  cv_safe "$1" || cv_die "invalid release id: $1"
+  mkdir -p "$P/.convoy" && cv_write "$P/.convoy/pending" "$1"
+}
+cv_settled() { rm -f "$P/.convoy/pending"; }
+cv_remove_releases() {
+  _rp=" $1 "; shift
+  _rc=$(cv_current); _rv=$(cv_previous)
+  for _ri in "$@"; do
+    cv_safe "$_ri" || continue
+    case "$_rp" in *" $_ri "*) continue;; esac
+    [ "$_ri" != "$_rc" ] && [ "$_ri" != "$_rv" ] || continue
+    [ ! -e "$P/releases/$_ri" ] || rm -rf "$P/releases/$_ri" || return 1
+    cv_say "removed=$_ri"
+  done
+}
 # The first line of a file into a variable, without a fork: `cv_read VAR FILE`.
 cv_read() { eval "$1="; [ -f "$2" ] || return 1; IFS= read -r "$1" <"$2" 2>/dev/null; return 0; }
 # A clock for step timings without a fork: /proc/uptime where the host has it.
@@ -423,6 +459,7 @@ cv_observe() {
   printf '@@observe now %s\n' "$(cv_now)"
   _oc=$(cv_current); [ -z "$_oc" ] || printf '@@observe current %s\n' "$_oc"
   _op=$(cv_previous); [ -z "$_op" ] || printf '@@observe previous %s\n' "$_op"
+  cv_read _opn "$P/.convoy/pending" && cv_safe "$_opn" && printf '@@observe pending %s\n' "$_opn"
   for _ox in "$P"/releases/*; do
     [ -d "$_ox" ] || continue
     _on=${_ox##*/}; cv_safe "$_on" || continue

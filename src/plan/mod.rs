@@ -36,6 +36,8 @@ pub struct HostView {
     pub current: Option<String>,
     /// Rollback target recorded before the last switch.
     pub previous: Option<String>,
+    /// A release switched to but never verified (activate + health did not complete).
+    pub pending: Option<String>,
     /// Complete releases (marker present) and when each was built (epoch seconds).
     pub complete: BTreeMap<String, u64>,
     /// Release dirs without a completion marker: half builds.
@@ -181,9 +183,6 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
     let desired = site.release.as_str();
     let members = members(site, observed);
 
-    if site.suspend {
-        return Plan::done(Outcome::Suspended);
-    }
     // A changed host key may be an attacker: the whole site stops, even for an optional host.
     if let Some((m, reason)) = members.iter().find_map(|m| match m.reach {
         Some(Reach::Refused { reason }) => Some((m, reason)),
@@ -193,6 +192,10 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
             reason: reason.clone(),
             host: Some(m.host.to_string()),
         });
+    }
+    // After the key check: a suspended site must not hide a changed host key.
+    if site.suspend {
+        return Plan::done(Outcome::Suspended);
     }
     if pass.attempts >= site.rollout.failure_retries {
         return Plan::done(Outcome::Failed {
@@ -324,10 +327,11 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
             }]);
         }
         // A host we cannot see might hold the record: never risk a second run.
+        // Unreachable or held by another controller (which may be starting it right now).
         let unseen: Vec<&Member> = stage_members
             .iter()
             .copied()
-            .filter(|m| m.view().is_none())
+            .filter(|m| m.workable().is_none())
             .collect();
         if !unseen.is_empty() {
             return Plan::done(Outcome::Blocked {
@@ -351,9 +355,11 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
         let pending: Vec<&Member> = members
             .iter()
             .filter(|m| m.stage == stage.name)
+            // Not live yet, or switched by a pass that died before activate + health passed.
             .filter(|m| {
-                m.workable()
-                    .is_some_and(|v| v.current.as_deref() != Some(desired))
+                m.workable().is_some_and(|v| {
+                    v.current.as_deref() != Some(desired) || v.pending.as_deref() == Some(desired)
+                })
             })
             .collect();
         if pending.is_empty() {
@@ -380,7 +386,11 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
                 let view = members.iter().find(|m| m.host == host)?.view()?;
                 // After the switch, `current` is the desired release and the old one is previous.
                 let after = HostView {
-                    previous: view.current.clone().or_else(|| view.previous.clone()),
+                    previous: match &view.current {
+                        // Re-verifying: the switch changes nothing, previous stays.
+                        Some(current) if current == desired => view.previous.clone(),
+                        current => current.clone().or_else(|| view.previous.clone()),
+                    },
                     current: Some(desired.to_string()),
                     ..view.clone()
                 };
@@ -422,8 +432,8 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
 }
 
 /// Which release dirs to delete on a host: half builds (except the desired one, which its
-/// build replaces), then the oldest complete releases beyond `keep`. Never current, the
-/// recorded previous, or the desired release.
+/// build replaces), and complete releases older than the newest `keep` by build time.
+/// Never current, the recorded previous, or the desired release.
 pub fn releases_to_remove(view: &HostView, desired: &str, keep: usize) -> Vec<String> {
     let protected = |id: &str| {
         id == desired || view.current.as_deref() == Some(id) || view.previous.as_deref() == Some(id)
@@ -436,16 +446,10 @@ pub fn releases_to_remove(view: &HostView, desired: &str, keep: usize) -> Vec<St
         .collect();
     let mut complete: Vec<(&u64, &String)> =
         view.complete.iter().map(|(id, at)| (at, id)).collect();
-    // Newest first; ties broken by name so the choice is stable.
+    // Newest first by build time; ties broken by name so the choice is stable.
     complete.sort_by(|a, b| b.cmp(a));
-    let mut kept = complete.iter().filter(|(_, id)| protected(id)).count();
-    for (_, id) in complete {
-        if protected(id) {
-            continue;
-        }
-        if kept < keep {
-            kept += 1;
-        } else {
+    for (_, id) in complete.into_iter().skip(keep) {
+        if !protected(id) {
             remove.push(id.clone());
         }
     }
@@ -523,7 +527,10 @@ fn assume_success(site: &DesiredSite, observed: &mut Observed, pass: &mut PassSt
         } => {
             for host in hosts {
                 if let Some(v) = view(observed, host) {
-                    v.previous = v.current.replace(desired.clone()).or(v.previous.take());
+                    v.pending = None;
+                    if v.current.as_ref() != Some(desired) {
+                        v.previous = v.current.replace(desired.clone()).or(v.previous.take());
+                    }
                     for id in cleanup.get(host).into_iter().flatten() {
                         v.complete.remove(id);
                         v.half_built.remove(id);

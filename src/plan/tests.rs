@@ -419,9 +419,9 @@ fn cleanup_keeps_newest_and_protected() {
         half_built: ["r7".to_string(), "r9".to_string()].into(),
         ..HostView::default()
     };
-    // desired r9 is half built (its build redoes it); keep 4 complete: r5 and r1 (protected),
-    // then the newest others r6 and r4. r7 is a half build.
-    assert_eq!(releases_to_remove(&view, "r9", 4), vec!["r2", "r3", "r7"]);
+    // The newest 4 by build time stay (r6, r5, r4, r3), and r1 as the recorded previous;
+    // r2 is older than that, r7 a half build. r9 (desired, half built) is left to its build.
+    assert_eq!(releases_to_remove(&view, "r9", 4), vec!["r2", "r7"]);
 }
 
 // ------------------------------------------------------------------ simulation model
@@ -482,10 +482,12 @@ impl Sim {
                         v.complete.contains_key(&desired),
                         "switch to an unbuilt release on {host}"
                     );
-                    if v.current.is_some() {
+                    // Like the host: previous is recorded unless already on the release.
+                    if v.current.is_some() && v.current.as_ref() != Some(&desired) {
                         v.previous = v.current.clone();
                     }
                     v.current = Some(desired.clone());
+                    v.pending = None;
                     self.trail
                         .entry(host.clone())
                         .or_default()
@@ -618,21 +620,25 @@ fn arb_reach() -> impl Strategy<Value = Reach> {
             0..2,
         ),
         prop::bool::weighted(0.05),
+        prop::bool::weighted(0.1),
     )
-        .prop_map(|(current, previous, complete, half_built, once, locked)| {
-            let half_built = half_built
-                .into_iter()
-                .filter(|r| !complete.contains_key(r))
-                .collect();
-            Reach::Reachable(HostView {
-                current: current.map(String::from),
-                previous: previous.map(String::from),
-                complete,
-                half_built,
-                once,
-                locked_by: locked.then(|| "other".to_string()),
-            })
-        });
+        .prop_map(
+            |(current, previous, complete, half_built, once, locked, unverified)| {
+                let half_built = half_built
+                    .into_iter()
+                    .filter(|r| !complete.contains_key(r))
+                    .collect();
+                Reach::Reachable(HostView {
+                    pending: current.filter(|_| unverified).map(String::from),
+                    current: current.map(String::from),
+                    previous: previous.map(String::from),
+                    complete,
+                    half_built,
+                    once,
+                    locked_by: locked.then(|| "other".to_string()),
+                })
+            },
+        );
     prop_oneof![8 => view, 2 => Just(down()), 1 => Just(Reach::Refused { reason: "key changed".into() })]
 }
 
@@ -752,6 +758,11 @@ proptest! {
                 prop_assert!(v.previous.as_ref().is_none_or(|p| !remove.contains(p)));
                 let kept = v.complete.keys().filter(|r| !remove.contains(r)).count();
                 prop_assert!(kept >= keep.min(v.complete.len()));
+                // Whatever goes is older than everything kept, protected releases aside.
+                for gone in remove.iter().filter_map(|r| v.complete.get(r)) {
+                    let newer_kept = v.complete.iter().filter(|(r, at)| !remove.contains(r) && *at >= gone).count();
+                    prop_assert!(newer_kept >= keep, "removed a release among the newest {keep}");
+                }
             }
         }
     }
@@ -853,5 +864,26 @@ fn a_once_running_under_another_controller_blocks_instead_of_waiting_forever() {
     assert!(
         matches!(&p.outcome, Outcome::Blocked { reason, .. } if reason.contains("another controller")),
         "{p:?}"
+    );
+}
+
+#[test]
+fn a_switch_that_was_never_verified_is_activated_and_checked_again() {
+    let s = site("r1", &[("web", false, &["w1", "w2"], false)]);
+    let mut o = observed(&[
+        ("w1", live("r1", &["r0", "r1"])),
+        ("w2", live("r1", &["r0", "r1"])),
+    ]);
+    view_mut(&mut o, "w1").previous = Some("r0".into());
+    view_mut(&mut o, "w1").pending = Some("r1".into());
+    let p = plan(&s, &o, &PassState::default());
+    assert!(
+        matches!(&p.steps[..], [Step::Switch { hosts, .. }] if hosts == &["w1"]),
+        "{p:?}"
+    );
+    view_mut(&mut o, "w1").pending = None;
+    assert_eq!(
+        plan(&s, &o, &PassState::default()),
+        Plan::done(Outcome::Converged)
     );
 }

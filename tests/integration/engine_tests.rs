@@ -313,7 +313,7 @@ fn killing_the_controller_at_random_points_never_leaves_a_host_without_a_complet
             let cmdline = String::from_utf8_lossy(&cmdline);
             if killed
                 .iter()
-                .any(|k| cmdline.contains(&format!("convoy-ssh-{k}/")))
+                .any(|k| cmdline.contains(&format!("convoy-ssh-{k}-")))
             {
                 pids.push(pid);
             }
