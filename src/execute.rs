@@ -285,14 +285,16 @@ impl<'a> SiteRun<'a> {
                 let release = &self.site.release;
                 let script = self.build_ops(
                     Script::new(&self.path_on(host))
-                        .observe()
+                        .observe_release(release)
                         .if_incomplete(release),
                     host,
                 );
                 RemoteCommand::new(script.end_if().finish(), self.ctx.command_timeout)
             } else {
                 RemoteCommand::new(
-                    Script::new(&self.path_on(host)).observe().finish(),
+                    Script::new(&self.path_on(host))
+                        .observe_release(&self.site.release)
+                        .finish(),
                     self.ctx.observe_timeout,
                 )
             };

@@ -350,6 +350,12 @@ mod tests {
             assert!(lease.expires > obs.now);
             assert_eq!(steps(&out), vec![("observe".to_string(), 0)]);
             assert!(!tmp.path().join("pwned").exists());
+            // Asking about one release reports only its `once` records.
+            let only_r1 = parse(&ok(&sh, Script::new(&p).observe_release("r1").finish())).unwrap();
+            assert!(only_r1.once.is_empty(), "{:?}", only_r1.once);
+            let only_r2 = parse(&ok(&sh, Script::new(&p).observe_release("r2").finish())).unwrap();
+            assert_eq!(only_r2.once, obs.once);
+            assert_eq!(only_r2.releases, obs.releases);
         }
     }
 

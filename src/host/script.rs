@@ -147,6 +147,11 @@ impl Script {
         self.step("observe", None, "cv_observe", &[])
     }
 
+    /// [`Script::observe`], reporting only the `once` records of `release`.
+    pub fn observe_release(self, release: &str) -> Self {
+        self.step("observe", None, "cv_observe", &[release])
+    }
+
     /// Create the layout; remove `releases/<release>` if it lacks its completion marker (a
     /// half build) and temporary links left by a killed controller.
     pub fn prepare(self, release: &str) -> Self {
@@ -473,7 +478,9 @@ cv_observe() {
       printf '@@observe release %s complete=0 revision=%s\n' "$_on" "$_orv"
     fi
   done
-  for _ox in "$P"/.convoy/once/*/*; do
+  # Only the release convoy asks about, when given: records accumulate over years of deploys.
+  if [ -n "${1:-}" ]; then set -- "$P"/.convoy/once/"$1"/*; else set -- "$P"/.convoy/once/*/*; fi
+  for _ox in "$@"; do
     [ -d "$_ox" ] || continue
     _os=${_ox##*/}; _or=${_ox%/*}; _or=${_or##*/}
     cv_safe "$_os" && cv_safe "$_or" || continue
