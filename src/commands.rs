@@ -211,9 +211,9 @@ fn plan(
         known_hosts: cli.known_hosts.clone(),
         metrics_textfile: None,
     };
-    let shared = controller::Shared::new(&options, &cli.state_dir)
+    let shared = controller::Shared::new(&options, &state)
         .context("failed to create a private directory for SSH control sockets")?;
-    let ctx = controller::context(&desired, &options, &shared);
+    let ctx = controller::context(&desired, &options, &shared, None);
     let runtime = runtime()?;
     for s in desired
         .sites

@@ -25,20 +25,34 @@ pub use crate::state::Action;
 const ERROR_TAIL: usize = 2048;
 
 /// The three limits that hold at once: whole run, per site, per ServerGroup.
+#[derive(Clone)]
 pub struct Limits {
-    global: Arc<Semaphore>,
-    groups: BTreeMap<String, Arc<Semaphore>>,
+    global: (usize, Arc<Semaphore>),
+    groups: BTreeMap<String, (usize, Arc<Semaphore>)>,
 }
 
 impl Limits {
     pub fn new(global: usize, groups: &BTreeMap<String, usize>) -> Self {
+        let cap = |n: usize| (n.max(1), Arc::new(Semaphore::new(n.max(1))));
         Limits {
-            global: Arc::new(Semaphore::new(global.max(1))),
-            groups: groups
-                .iter()
-                .map(|(g, n)| (g.clone(), Arc::new(Semaphore::new((*n).max(1)))))
-                .collect(),
+            global: cap(global),
+            groups: groups.iter().map(|(g, n)| (g.clone(), cap(*n))).collect(),
         }
+    }
+
+    /// The limits of a new desired state, keeping every semaphore whose size did not change:
+    /// passes still running under the old state keep counting toward the same caps.
+    pub fn carried_over(&self, global: usize, groups: &BTreeMap<String, usize>) -> Self {
+        let mut next = Limits::new(global, groups);
+        if self.global.0 == next.global.0 {
+            next.global = self.global.clone();
+        }
+        for (group, limit) in &mut next.groups {
+            if let Some(old) = self.groups.get(group).filter(|old| old.0 == limit.0) {
+                *limit = old.clone();
+            }
+        }
+        next
     }
 }
 
@@ -227,13 +241,14 @@ impl<'a> SiteRun<'a> {
                 .await
                 .expect("never closed"),
         ];
-        if let Some(group) = self.ctx.limits.groups.get(&self.membership[host].1) {
+        if let Some((_, group)) = self.ctx.limits.groups.get(&self.membership[host].1) {
             permits.push(group.clone().acquire_owned().await.expect("never closed"));
         }
         permits.push(
             self.ctx
                 .limits
                 .global
+                .1
                 .clone()
                 .acquire_owned()
                 .await
@@ -1056,4 +1071,46 @@ async fn pack_archive(path: &str, release: &str) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_limits_survive_a_reload() {
+        let groups = |n: usize| BTreeMap::from([("web".to_string(), n), ("db".to_string(), 1)]);
+        let before = Limits::new(8, &groups(2));
+        let same = before.carried_over(8, &groups(2));
+        assert!(Arc::ptr_eq(&before.global.1, &same.global.1));
+        assert!(Arc::ptr_eq(&before.groups["web"].1, &same.groups["web"].1));
+        let changed = before.carried_over(4, &groups(3));
+        assert!(
+            !Arc::ptr_eq(&before.global.1, &changed.global.1),
+            "a new global cap starts fresh"
+        );
+        assert!(!Arc::ptr_eq(
+            &before.groups["web"].1,
+            &changed.groups["web"].1
+        ));
+        assert!(
+            Arc::ptr_eq(&before.groups["db"].1, &changed.groups["db"].1),
+            "an untouched group keeps its cap"
+        );
+        assert_eq!(changed.groups["web"].0, 3);
+    }
+
+    #[test]
+    fn step_hosts_lists_each_host_once() {
+        let steps = vec![
+            Step::Build { host: "b".into() },
+            Step::Switch {
+                stage: "s".into(),
+                hosts: vec!["a".into(), "b".into()],
+                pause: Duration::ZERO,
+                cleanup: BTreeMap::new(),
+            },
+        ];
+        assert_eq!(step_hosts(&steps), vec!["a", "b"]);
+    }
 }

@@ -41,6 +41,7 @@ const ATTEMPTS_FILE: &str = "attempts.json";
 const REVISIONS_FILE: &str = "revisions.json";
 const HISTORY_FILE: &str = "history.jsonl";
 const MANIFESTS_FILE: &str = "manifests.json";
+const INSTANCE_FILE: &str = "instance-id";
 
 /// What went wrong with the state directory. Every variant names the path involved; the
 /// underlying cause is chained (`source`), not pasted into the message.
@@ -299,6 +300,27 @@ impl StateDir {
             write: Mutex::new(()),
             warnings: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A random id of this state dir, created on first use by the lock holder: part of the
+    /// controller's name in host leases, so two machines that share a hostname and a
+    /// state-dir path still differ. `None` for a read-only handle that finds none.
+    pub fn instance_id(&self) -> Option<String> {
+        let path = self.root.join(INSTANCE_FILE);
+        if let Ok(text) = fs::read_to_string(&path) {
+            let id = text.trim();
+            if !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Some(id.to_string());
+            }
+        }
+        self._lock.as_ref()?;
+        let mut bytes = [0u8; 6];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .ok()?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        write_atomic(&path, format!("{id}\n").as_bytes()).ok()?;
+        Some(id)
     }
 
     /// The directory this state lives in.
@@ -1390,5 +1412,22 @@ empty         r1             Suspended  0/0 live  -                     -
 "
         );
         assert_eq!(render_history(&[]), "");
+    }
+
+    #[test]
+    fn instance_id_is_created_once_by_the_lock_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        assert_eq!(
+            StateDir::open_read_only(&dir).instance_id(),
+            None,
+            "readers never create it"
+        );
+        let locked = StateDir::lock(&dir).unwrap();
+        let id = locked.instance_id().unwrap();
+        assert_eq!(id.len(), 12);
+        assert_eq!(locked.instance_id().as_deref(), Some(id.as_str()));
+        drop(locked);
+        assert_eq!(StateDir::open_read_only(&dir).instance_id(), Some(id));
     }
 }

@@ -87,7 +87,7 @@ fn log(line: &str) {
 /// Runs the controller until SIGTERM/SIGINT. Returns the exit code.
 pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -> u8 {
     let state = Arc::new(state);
-    let shared = match Shared::new(&options.run, state.path()) {
+    let shared = match Shared::new(&options.run, &state) {
         Ok(shared) => shared,
         Err(e) => {
             let _ = writeln!(
@@ -271,7 +271,12 @@ impl Daemon {
             changed.len()
         ));
         let new = Arc::new(new);
-        self.ctx = Some(Arc::new(context(&new, &self.options.run, &self.shared)));
+        self.ctx = Some(Arc::new(context(
+            &new,
+            &self.options.run,
+            &self.shared,
+            self.ctx.as_deref(),
+        )));
         self.desired = Some(new);
         for name in changed {
             self.queue.retry.remove(&name);

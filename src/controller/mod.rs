@@ -66,7 +66,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(options: &RunOptions, state_dir: &std::path::Path) -> std::io::Result<Self> {
+    pub fn new(options: &RunOptions, state: &StateDir) -> std::io::Result<Self> {
         let control_dir = crate::host::private_control_dir()?;
         Ok(Shared {
             pool: Arc::new(SshPool::new(
@@ -77,7 +77,7 @@ impl Shared {
             )),
             metrics: Arc::new(Metrics::new()),
             cancel: Arc::new(AtomicBool::new(false)),
-            holder: lease_holder(state_dir),
+            holder: lease_holder(state),
             progress: None,
             control_dir,
         })
@@ -91,11 +91,23 @@ impl Shared {
 }
 
 /// Builds the execution context for one desired state.
-pub fn context(desired: &DesiredState, options: &RunOptions, shared: &Shared) -> Context {
+/// `previous`: the context of the desired state this one replaces (daemon reloads), whose
+/// concurrency limits carry over so running passes still count toward them.
+pub fn context(
+    desired: &DesiredState,
+    options: &RunOptions,
+    shared: &Shared,
+    previous: Option<&Context>,
+) -> Context {
     Context {
         pool: shared.pool.clone(),
         hosts: desired.hosts.clone(),
-        limits: Limits::new(options.max_parallel, &desired.group_limits),
+        limits: match previous {
+            Some(previous) => previous
+                .limits
+                .carried_over(options.max_parallel, &desired.group_limits),
+            None => Limits::new(options.max_parallel, &desired.group_limits),
+        },
         holder: shared.holder.clone(),
         lease_ttl: LEASE_TTL,
         command_timeout: options.timeout,
@@ -110,7 +122,7 @@ pub fn context(desired: &DesiredState, options: &RunOptions, shared: &Shared) ->
 /// as a safe word (host-side scripts accept only `[A-Za-z0-9._-]`). It stays the same across
 /// runs on one state dir: the state-dir lock already proves an earlier holder with this name
 /// is gone, so a controller killed mid-pass never blocks the next run until its lease expires.
-pub fn lease_holder(state_dir: &std::path::Path) -> String {
+pub fn lease_holder(state: &StateDir) -> String {
     let machine: String = state::controller_id()
         .split(':')
         .next()
@@ -124,8 +136,12 @@ pub fn lease_holder(state_dir: &std::path::Path) -> String {
             }
         })
         .collect();
-    let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    format!("{machine}-{}", &fnv1a(&dir.display().to_string())[..8])
+    let id = state.instance_id().unwrap_or_else(|| {
+        let dir =
+            std::fs::canonicalize(state.path()).unwrap_or_else(|_| state.path().to_path_buf());
+        fnv1a(&dir.display().to_string())[..8].to_string()
+    });
+    format!("{machine}-{id}")
 }
 
 fn fnv1a(text: &str) -> String {
@@ -443,7 +459,7 @@ pub async fn run_once(
     options: &RunOptions,
     out: &mut dyn std::io::Write,
 ) -> u8 {
-    let mut shared = match Shared::new(options, state.path()) {
+    let mut shared = match Shared::new(options, state) {
         Ok(shared) => shared,
         Err(e) => {
             let _ = writeln!(
@@ -457,7 +473,7 @@ pub async fn run_once(
     if terminal {
         shared.progress = Some(Arc::new(Progress::default()));
     }
-    let ctx = context(desired, options, &shared);
+    let ctx = context(desired, options, &shared, None);
     let sites: Vec<&DesiredSite> = desired
         .sites
         .values()
