@@ -446,6 +446,16 @@ fn path_form_problem(path: &str) -> Option<&'static str> {
     None
 }
 
+/// What is wrong with a path's characters or form, whether absolute or relative.
+fn path_text_problem(path: &str) -> Option<String> {
+    if let Some(bad) = path.chars().find(|c| !is_path_char(*c)) {
+        return Some(format!(
+            "character {bad:?} is not allowed (use letters, digits and `/._-+@`)"
+        ));
+    }
+    path_form_problem(path).map(|p| format!("{p}; write it in normal form"))
+}
+
 fn check_absolute_path(
     r: &mut Reporter,
     file: &Arc<str>,
@@ -457,12 +467,8 @@ fn check_absolute_path(
         Some("it must be absolute (start with `/`)".to_string())
     } else if path.value == "/" {
         Some("it cannot be `/` itself".to_string())
-    } else if let Some(bad) = path.chars().find(|c| !is_path_char(*c)) {
-        Some(format!(
-            "character {bad:?} is not allowed (use letters, digits and `/._-+@`)"
-        ))
     } else {
-        path_form_problem(path).map(|p| format!("{p}; write it in normal form"))
+        path_text_problem(path)
     };
     if let Some(problem) = problem {
         r.at(
@@ -487,12 +493,8 @@ fn check_relative_path(
         Some("it must be relative to the release directory".to_string())
     } else if trimmed.is_empty() {
         Some("it is empty".to_string())
-    } else if let Some(bad) = trimmed.chars().find(|c| !is_path_char(*c)) {
-        Some(format!(
-            "character {bad:?} is not allowed (use letters, digits and `/._-+@`)"
-        ))
     } else {
-        path_form_problem(trimmed).map(|p| format!("{p}; write it in normal form"))
+        path_text_problem(trimmed)
     };
     if let Some(problem) = problem {
         r.at(
