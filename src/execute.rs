@@ -3,17 +3,17 @@
 //! the observed state, and plans again until no step is left. Few round trips per host:
 //! observe in one, lease + build in one, switch + activate + health + clean-up in one.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::desired::{DesiredSite, DesiredStage, FetchSpec};
 use crate::host::observe::{self, OnceState as HostOnce};
-use crate::host::script::{Env, Fence, Script};
+use crate::cancel::Cancel;
+use crate::host::script::{Attempt, Env, Fence, Script};
 use crate::host::ssh::SshPool;
 use crate::host::{CommandOutput, Host, HostError, RemoteCommand};
 use crate::metrics::Metrics;
@@ -23,6 +23,8 @@ pub use crate::state::Action;
 
 /// How much of a failing command's output is kept in status and history.
 const ERROR_TAIL: usize = 2048;
+/// Bound for the round trip that ends a pass's commands and releases its lease on a host.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The three limits that hold at once: whole run, per site, per ServerGroup.
 #[derive(Clone)]
@@ -69,8 +71,9 @@ pub struct Context {
     /// Bound for a round trip that runs no user command (observe, clean-up).
     pub observe_timeout: Duration,
     pub metrics: Arc<Metrics>,
-    /// Set on shutdown: steps under way finish, no new step starts.
-    pub cancel: Arc<AtomicBool>,
+    /// Set on shutdown: round trips under way are abandoned, no new one starts, and each
+    /// pass ends its commands on the hosts and releases its leases.
+    pub cancel: Arc<Cancel>,
     /// Live counters for a terminal, when one is watching.
     pub progress: Option<Arc<Progress>>,
 }
@@ -115,7 +118,14 @@ struct SiteRun<'a> {
     observed: plan::Observed,
     pass: PassState,
     /// The lease generation held on each host this pass, and when it was last renewed.
-    fences: BTreeMap<String, (Fence, std::time::Instant)>,
+    fences: BTreeMap<String, (Fence, Instant)>,
+    /// This pass as host scripts know it: lease holder and attempt token.
+    attempt: Attempt,
+    /// Hosts where this pass may hold the lease or have commands running: released (and
+    /// their commands ended) when the pass ends, whichever way it ends.
+    leased: Mutex<BTreeSet<String>>,
+    /// When the background renewal last extended the lease on a host.
+    renewed: Mutex<BTreeMap<String, Instant>>,
     errors: BTreeMap<String, String>,
     events: Vec<Event>,
     revision: Option<String>,
@@ -162,8 +172,8 @@ pub async fn reconcile_site(
         if next.steps.is_empty() {
             break next.outcome;
         }
-        if ctx.cancel.load(Ordering::SeqCst) {
-            // Shutting down: every step started has finished; stop before the next one.
+        if ctx.cancel.is_cancelled() {
+            // Shutting down: round trips under way were abandoned; stop before the next one.
             break Outcome::Progressing;
         }
         if previous.as_ref() == Some(&next.steps) {
@@ -177,6 +187,7 @@ pub async fn reconcile_site(
         previous = Some(next.steps.clone());
         run.execute(next.steps).await;
     };
+    run.release_leases().await;
     run.report(outcome)
 }
 
@@ -198,6 +209,9 @@ impl<'a> SiteRun<'a> {
             observed: BTreeMap::new(),
             pass,
             fences: BTreeMap::new(),
+            attempt: Attempt::new(&ctx.holder),
+            leased: Mutex::default(),
+            renewed: Mutex::default(),
             errors: BTreeMap::new(),
             events: vec![],
             revision: None,
@@ -257,14 +271,50 @@ impl<'a> SiteRun<'a> {
         permits
     }
 
-    async fn run_on(&self, host: &str, command: RemoteCommand) -> Result<CommandOutput, HostError> {
-        let _permits = self.permits(host).await;
-        let started = std::time::Instant::now();
-        let result = self.host(host).run(&self.ctx.pool, &command).await;
+    /// Runs `command` on `host` under the limits. `leased`: the script takes the lease (or
+    /// holds it): the lease is renewed in the background while the round trip lasts, and
+    /// released at the end of the pass. A cancel abandons the round trip at once.
+    async fn run_on(
+        &self,
+        host: &str,
+        command: RemoteCommand,
+        leased: bool,
+    ) -> Result<CommandOutput, HostError> {
+        let cancelled = || HostError::Cancelled {
+            host: host.to_string(),
+        };
+        let _permits = tokio::select! {
+            permits = self.permits(host) => permits,
+            () = self.ctx.cancel.cancelled() => return Err(cancelled()),
+        };
+        if leased {
+            self.leased.lock().expect("not poisoned").insert(host.to_string());
+        }
+        let started = Instant::now();
+        let work = self.host(host).run(&self.ctx.pool, &command);
+        tokio::pin!(work);
+        let every = self.renew_every();
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                () = self.ctx.cancel.cancelled() => break Err(cancelled()),
+                _ = renew.tick(), if leased => self.renew(host).await,
+            }
+        };
         let metrics = &self.ctx.metrics;
         match &result {
             Ok(out) => {
                 let text = out.stdout_text();
+                // The last word on the lease in this round trip: held or not any more.
+                let held = observe::facts(&text)
+                    .into_iter()
+                    .filter(|(key, _)| key == "lease")
+                    .next_back()
+                    .is_some_and(|(_, v)| v == "acquired" || v == "renewed");
+                if !held {
+                    self.leased.lock().expect("not poisoned").remove(host);
+                }
                 for (step, seconds) in observe::step_timings(&text) {
                     metrics.operation(&step, Duration::from_secs_f64(seconds));
                 }
@@ -278,6 +328,103 @@ impl<'a> SiteRun<'a> {
         }
         metrics.operation("round_trip", started.elapsed());
         result
+    }
+
+    /// A third of the lease time: two renewals may fail before the lease expires.
+    fn renew_every(&self) -> Duration {
+        (self.ctx.lease_ttl / 3).max(Duration::from_secs(1))
+    }
+
+    /// Extends this pass's lease on `host` while a long round trip runs there. Best effort:
+    /// the host itself refuses a build or switch whose lease was lost.
+    async fn renew(&self, host: &str) {
+        let every = self.renew_every();
+        let script = Script::for_attempt(&self.path_on(host), &self.attempt)
+            .lease_renew(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
+            .finish();
+        let command = RemoteCommand::new(script, every);
+        let result =
+            tokio::time::timeout(every, self.host(host).run(&self.ctx.pool, &command)).await;
+        if let Ok(Ok(out)) = result
+            && out.success()
+        {
+            self.renewed
+                .lock()
+                .expect("not poisoned")
+                .insert(host.to_string(), Instant::now());
+        }
+    }
+
+    /// Every exit of a pass but SIGKILL: end the commands this pass started on its hosts
+    /// and give their leases back, so another controller never waits for an expiry.
+    async fn release_leases(&mut self) {
+        let hosts: Vec<String> = std::mem::take(&mut *self.leased.lock().expect("not poisoned"))
+            .into_iter()
+            .filter(|h| !matches!(self.observed.get(h), Some(Reach::Refused { .. })))
+            .collect();
+        let this = &*self;
+        let results = join_all(hosts.iter().map(|host| async move {
+            let script = Script::for_attempt(&this.path_on(host), &this.attempt)
+                .stop()
+                .lease_release(&this.ctx.holder);
+            let command = RemoteCommand::of(script, RELEASE_TIMEOUT);
+            let result = tokio::time::timeout(
+                RELEASE_TIMEOUT,
+                this.host(host).run(&this.ctx.pool, &command),
+            )
+            .await;
+            (host.clone(), result)
+        }))
+        .await;
+        for (host, result) in results {
+            match result {
+                Ok(Ok(out)) if out.success() => {
+                    let stopped = observe::facts(&out.stdout_text())
+                        .into_iter()
+                        .filter(|(key, _)| key == "stopped")
+                        .count();
+                    if stopped > 0 {
+                        self.event(
+                            &host,
+                            Action::Stopped,
+                            Some(format!("{stopped} command group(s) ended on the host")),
+                        );
+                    }
+                }
+                Ok(Ok(out)) => {
+                    self.errors
+                        .entry(host.clone())
+                        .or_insert(format!("failed to release the lease: {}", tail(&out)));
+                }
+                Ok(Err(e)) => {
+                    self.errors
+                        .entry(host.clone())
+                        .or_insert(format!("failed to release the lease: {e}"));
+                }
+                Err(_) => {
+                    self.errors.entry(host.clone()).or_insert(format!(
+                        "failed to release the lease: no answer within {RELEASE_TIMEOUT:?}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reports every release directory a host script removed (clean-up, half builds,
+    /// abandoned attempts), for the output and the history.
+    fn note_removals(&mut self, host: &str, out: &CommandOutput) {
+        let removed: Vec<String> = observe::facts(&out.stdout_text())
+            .into_iter()
+            .filter(|(key, _)| key == "removed")
+            .map(|(_, id)| id)
+            .collect();
+        if !removed.is_empty() {
+            self.event(
+                host,
+                Action::CleanedUp,
+                Some(format!("removed {}", removed.join(", "))),
+            );
+        }
     }
 
     async fn observe_all(&self) -> plan::Observed {
@@ -299,12 +446,12 @@ impl<'a> SiteRun<'a> {
             let command = if speculate {
                 let release = &self.site.release;
                 let script = self.build_ops(
-                    Script::new(&self.path_on(host))
+                    Script::for_attempt(&self.path_on(host), &self.attempt)
                         .observe_release(release)
                         .if_incomplete(release),
                     host,
                 );
-                RemoteCommand::new(script.end_if().finish(), self.ctx.command_timeout)
+                RemoteCommand::of(script.end_if(), self.ctx.command_timeout)
             } else {
                 RemoteCommand::new(
                     Script::new(&self.path_on(host))
@@ -313,7 +460,7 @@ impl<'a> SiteRun<'a> {
                     self.ctx.observe_timeout,
                 )
             };
-            (host.to_string(), self.run_on(host, command).await)
+            (host.to_string(), self.run_on(host, command, speculate).await)
         }))
         .await
     }
@@ -401,13 +548,26 @@ impl<'a> SiteRun<'a> {
 
     /// The environment of user commands on `host` for `release`.
     fn env(&self, host: &str, release: &str) -> Env {
+        self.env_in(host, release, &format!("{}/releases/{release}", self.path_on(host)))
+    }
+
+    /// The environment of a build: `CONVOY_RELEASE_DIR` is this attempt's own directory,
+    /// renamed to `releases/<id>` when the build succeeds.
+    fn build_env(&self, host: &str) -> Env {
+        let release = &self.site.release;
+        let dir = format!(
+            "{}/releases/.{release}.{}",
+            self.path_on(host),
+            self.attempt.token
+        );
+        self.env_in(host, release, &dir)
+    }
+
+    fn env_in(&self, host: &str, release: &str, dir: &str) -> Env {
         let mut vars = vec![
             ("CONVOY_SITE".to_string(), self.site.name.clone()),
             ("CONVOY_RELEASE".to_string(), release.to_string()),
-            (
-                "CONVOY_RELEASE_DIR".to_string(),
-                format!("{}/releases/{release}", self.path_on(host)),
-            ),
+            ("CONVOY_RELEASE_DIR".to_string(), dir.to_string()),
             (
                 "CONVOY_REVISION".to_string(),
                 self.revision
@@ -448,6 +608,8 @@ impl<'a> SiteRun<'a> {
             HostError::HostKeyChanged { .. } | HostError::HostKeyUnknown { .. } => Reach::Refused {
                 reason: error.to_string(),
             },
+            // Still reachable as far as anyone knows: the pass simply stops.
+            HostError::Cancelled { .. } => return,
             _ => Reach::Unreachable {
                 reason: error.to_string(),
             },
@@ -477,10 +639,7 @@ impl<'a> SiteRun<'a> {
                     match self.fences.get(host) {
                         // Renewed by the same holder: the generation must not have moved.
                         Some((held, _)) if held.generation != generation => self.lose_lease(host),
-                        _ => drop(
-                            self.fences
-                                .insert(host.to_string(), (fence, std::time::Instant::now())),
-                        ),
+                        _ => drop(self.fences.insert(host.to_string(), (fence, Instant::now()))),
                     }
                 }
             }
@@ -559,7 +718,7 @@ impl<'a> SiteRun<'a> {
             .collect();
         let this = &*self;
         let results = join_all(commands.into_iter().map(|(host, command)| async move {
-            let result = this.run_on(&host, command).await;
+            let result = this.run_on(&host, command, true).await;
             (host, result)
         }))
         .await;
@@ -572,10 +731,11 @@ impl<'a> SiteRun<'a> {
     }
 
     fn build_command(&self, host: &str, archive: Option<&Vec<u8>>) -> RemoteCommand {
-        let script = self
-            .build_ops(Script::new(&self.path_on(host)), host)
-            .finish();
-        let command = RemoteCommand::new(script, self.ctx.command_timeout);
+        let script = self.build_ops(
+            Script::for_attempt(&self.path_on(host), &self.attempt),
+            host,
+        );
+        let command = RemoteCommand::of(script, self.ctx.command_timeout);
         match archive {
             Some(bytes) => command.with_stdin(bytes.clone()),
             None => command,
@@ -601,14 +761,21 @@ impl<'a> SiteRun<'a> {
         script.link_shared(release, &self.site.shared).build(
             release,
             &self.site.build,
-            &self.env(host, release),
+            &self.build_env(host),
         )
     }
 
     /// Folds the result of a build round trip (or of an observe that built) into the state.
     fn fold_build(&mut self, host: &str, out: &CommandOutput) {
         self.note_lease(host, out);
+        self.note_removals(host, out);
         let text = out.stdout_text();
+        if observe::fact_line(&text, "fenced").is_some() {
+            // Another controller took the host over while this one built: not a failure
+            // of the build, and the host discarded it.
+            self.lose_lease(host);
+            return;
+        }
         if let Some(revision) = observe::fact(&text, "revision") {
             self.revision.get_or_insert(revision);
         }
@@ -642,19 +809,40 @@ impl<'a> SiteRun<'a> {
     /// needed no build). `None` when the host is unreachable or held by someone else.
     async fn fence(&mut self, host: &str) -> Option<Fence> {
         // Renew after half the lease time: a long build phase must not let it expire.
-        if let Some((fence, renewed)) = self.fences.get(host)
-            && renewed.elapsed() < self.ctx.lease_ttl / 2
+        let renewed = self
+            .renewed
+            .lock()
+            .expect("not poisoned")
+            .get(host)
+            .copied();
+        if let Some((fence, taken)) = self.fences.get(host)
+            && renewed.map_or(*taken, |r| r.max(*taken)).elapsed() < self.ctx.lease_ttl / 2
         {
             return Some(fence.clone());
         }
-        let script = Script::new(&self.path_on(host))
+        let script = Script::for_attempt(&self.path_on(host), &self.attempt)
             .lease_acquire(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
             .finish();
         match self
-            .run_on(host, RemoteCommand::new(script, self.ctx.observe_timeout))
+            .run_on(
+                host,
+                RemoteCommand::new(script, self.ctx.observe_timeout),
+                true,
+            )
             .await
         {
-            Ok(out) => self.note_lease(host, &out),
+            Ok(out) => {
+                self.note_lease(host, &out);
+                let text = out.stdout_text();
+                if !out.success() && observe::fact_line(&text, "lease").is_none() {
+                    // The host could not even write its lease (full disk, read-only fs):
+                    // a failed attempt with the host's own words, never a silent stall.
+                    let error = format!("{} on host `{host}`: {}", failed_step(&out), tail(&out));
+                    self.errors.insert(host.to_string(), error.clone());
+                    self.pass.host_errors.insert(host.to_string(), error);
+                    self.failed_attempt = true;
+                }
+            }
             Err(e) => self.host_failed(host, e),
         }
         self.fences.get(host).map(|(fence, _)| fence.clone())
@@ -681,17 +869,19 @@ impl<'a> SiteRun<'a> {
         };
         let release = self.site.release.clone();
         let commands = self.stage_commands(stage, |s| &s.once);
-        let script = Script::new(&self.path_on(host))
-            .once(
-                &release,
-                stage,
-                &commands,
-                &self.env(host, &release),
-                &fence,
-            )
-            .finish();
+        let script = Script::for_attempt(&self.path_on(host), &self.attempt).once(
+            &release,
+            stage,
+            &commands,
+            &self.env(host, &release),
+            &fence,
+        );
         match self
-            .run_on(host, RemoteCommand::new(script, self.ctx.command_timeout))
+            .run_on(
+                host,
+                RemoteCommand::of(script, self.ctx.command_timeout),
+                true,
+            )
             .await
         {
             Err(e) => self.host_failed(host, e),
@@ -749,7 +939,7 @@ impl<'a> SiteRun<'a> {
             .iter()
             .map(|(host, fence)| {
                 let env = self.env(host, &release);
-                let mut script = Script::new(&self.path_on(host))
+                let mut script = Script::for_attempt(&self.path_on(host), &self.attempt)
                     .pending(&release)
                     .switch(&release, fence)
                     .activate(&release, &activate, &env);
@@ -766,16 +956,16 @@ impl<'a> SiteRun<'a> {
                 if let Some(remove) = cleanup.get(host) {
                     script = script.remove_releases(remove, std::slice::from_ref(&release));
                 }
-                let script = script.lease_release(&self.ctx.holder).finish();
+                let script = script.lease_release(&self.ctx.holder);
                 (
                     host.clone(),
-                    RemoteCommand::new(script, self.ctx.command_timeout),
+                    RemoteCommand::of(script, self.ctx.command_timeout),
                 )
             })
             .collect();
         let this = &*self;
         let results = join_all(commands.into_iter().map(|(host, command)| async move {
-            let result = this.run_on(&host, command).await;
+            let result = this.run_on(&host, command, true).await;
             (host, result)
         }))
         .await;
@@ -784,6 +974,7 @@ impl<'a> SiteRun<'a> {
             match result {
                 Err(e) => self.host_failed(&host, e),
                 Ok(out) => {
+                    self.note_removals(&host, &out);
                     let steps = observe::steps(&out.stdout_text());
                     let switched = steps
                         .iter()
@@ -880,14 +1071,17 @@ impl<'a> SiteRun<'a> {
         let stage = self.stage_of(&host).to_string();
         let activate = self.stage_commands(&stage, |s| &s.activate);
         let env = self.env(&host, &previous);
-        let script = Script::new(&self.path_on(&host))
+        let script = Script::for_attempt(&self.path_on(&host), &self.attempt)
             .rollback(&fence)
             .activate(&previous, &activate, &env)
             .settled()
-            .lease_release(&self.ctx.holder)
-            .finish();
+            .lease_release(&self.ctx.holder);
         match self
-            .run_on(&host, RemoteCommand::new(script, self.ctx.command_timeout))
+            .run_on(
+                &host,
+                RemoteCommand::of(script, self.ctx.command_timeout),
+                true,
+            )
             .await
         {
             Err(e) => self.host_failed(&host, e),
@@ -916,18 +1110,23 @@ impl<'a> SiteRun<'a> {
     // ------------------------------------------------------------------ cleanup
 
     async fn cleanup(&mut self, host: &str, remove: &[String]) {
-        let script = Script::new(&self.path_on(host))
+        let script = Script::for_attempt(&self.path_on(host), &self.attempt)
             .lease_acquire(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
             .remove_releases(remove, std::slice::from_ref(&self.site.release))
             .lease_release(&self.ctx.holder)
             .finish();
         match self
-            .run_on(host, RemoteCommand::new(script, self.ctx.observe_timeout))
+            .run_on(
+                host,
+                RemoteCommand::new(script, self.ctx.observe_timeout),
+                true,
+            )
             .await
         {
             Err(e) => self.host_failed(host, e),
             Ok(out) => {
                 self.note_lease(host, &out);
+                self.note_removals(host, &out);
                 if out.success() {
                     if let Some(view) = self.view_mut(host) {
                         for id in remove {
@@ -935,7 +1134,6 @@ impl<'a> SiteRun<'a> {
                             view.half_built.remove(id);
                         }
                     }
-                    self.event(host, Action::CleanedUp, Some(remove.join(", ")));
                 } else if self.view_mut(host).is_some_and(|v| v.locked_by.is_none()) {
                     // Not fatal, but never retried forever within the pass either.
                     self.errors

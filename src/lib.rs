@@ -2,6 +2,7 @@
 //! over SSH. The binary is a thin shell around this library, which tests call directly.
 
 pub mod cli;
+pub mod cancel;
 pub mod commands;
 pub mod controller;
 pub mod desired;

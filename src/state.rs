@@ -194,6 +194,9 @@ pub enum Action {
     Blocked,
     /// Every host runs the desired release.
     Converged,
+    /// convoy stopped (SIGTERM, SIGINT, `--timeout`) and ended the commands it had started
+    /// on a host.
+    Stopped,
 }
 
 impl Action {
@@ -209,6 +212,7 @@ impl Action {
             Action::CleanedUp => "CleanedUp",
             Action::Blocked => "Blocked",
             Action::Converged => "Converged",
+            Action::Stopped => "Stopped",
         }
     }
 }

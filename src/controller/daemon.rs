@@ -40,7 +40,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// How long a burst of reload signals is collected into one reload.
 const SETTLE: Duration = Duration::from_millis(300);
 /// How long running passes may take to finish their current steps at shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(120);
+const SHUTDOWN_GRACE: Duration = super::STOP_GRACE;
 
 /// Per-site scheduling: queued, running, dirty (changed while running), retry timers.
 #[derive(Default)]
@@ -164,8 +164,8 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
     loop {
         daemon.start_queued(&mut running, &mut resyncing);
         tokio::select! {
-            _ = sigterm.recv() => { log("SIGTERM: finishing the host steps under way, starting no new ones"); break; }
-            _ = sigint.recv() => { log("SIGINT: finishing the host steps under way, starting no new ones"); break; }
+            _ = sigterm.recv() => { log("SIGTERM: stopping the host steps under way, releasing leases"); break; }
+            _ = sigint.recv() => { log("SIGINT: stopping the host steps under way, releasing leases"); break; }
             _ = sighup.recv() => daemon.reload(),
             Some(()) = reload_rx.recv() => {
                 // A burst (git checkout, editor save) arrives as several signals: settle first.
@@ -188,7 +188,7 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         }
     }
 
-    daemon.shared.cancel.store(true, Ordering::SeqCst);
+    daemon.shared.cancel.cancel();
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while let Some(joined) = running.join_next().await {
             if let Ok((site, report, resync_pass)) = joined {

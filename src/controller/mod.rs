@@ -10,7 +10,6 @@ pub mod watch;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write as _};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
@@ -48,8 +47,11 @@ pub struct SiteResult {
 /// Bounds of the per-site backoff while a required host is unreachable.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How long a host lease lasts without renewal.
-const LEASE_TTL: Duration = Duration::from_secs(600);
+/// How long a host lease lasts without renewal (renewed every third of it while a round
+/// trip runs): a SIGKILLed controller frees its hosts this long after its last renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
+/// How long passes get, after a cancel, to end their commands and release their leases.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
 /// How long an idle SSH master survives, even if convoy is killed.
 const MASTER_IDLE: Duration = Duration::from_secs(30);
 
@@ -58,7 +60,7 @@ const MASTER_IDLE: Duration = Duration::from_secs(30);
 pub struct Shared {
     pub pool: Arc<SshPool>,
     pub metrics: Arc<Metrics>,
-    pub cancel: Arc<AtomicBool>,
+    pub cancel: Arc<crate::cancel::Cancel>,
     pub holder: String,
     /// Set when a terminal watches a `--once` run.
     pub progress: Option<Arc<Progress>>,
@@ -76,7 +78,7 @@ impl Shared {
                 MASTER_IDLE,
             )),
             metrics: Arc::new(Metrics::new()),
-            cancel: Arc::new(AtomicBool::new(false)),
+            cancel: Arc::default(),
             holder: lease_holder(state),
             progress: None,
             control_dir,
@@ -287,11 +289,13 @@ pub async fn converge_site(
         let report = pass_once(ctx, site, state).await;
         let delay = delays.next().unwrap_or(BACKOFF_MAX);
         let blocked = matches!(report.outcome, Outcome::Blocked { .. });
-        if blocked && Instant::now() + delay < deadline && !ctx.cancel.load(Ordering::SeqCst) {
+        if blocked && Instant::now() + delay < deadline && !ctx.cancel.is_cancelled() {
             blocked_retries += 1;
             publish(ctx, state, site, &report, Some((blocked_retries, delay)));
-            tokio::time::sleep(delay).await;
-            continue;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => continue,
+                () = ctx.cancel.cancelled() => {}
+            }
         }
         let status = publish(
             ctx,
@@ -489,9 +493,21 @@ pub async fn run_once(
     let mut finished = BTreeMap::new();
     let total = sites.len();
     let progress = ctx.progress.clone();
-    let timed_out = tokio::time::timeout(options.timeout, async {
+    let mut stopped: Option<String> = None;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigterm = signal(SignalKind::terminate()).ok();
+        let mut sigint = signal(SignalKind::interrupt()).ok();
         let mut redraw = tokio::time::interval(Duration::from_millis(200));
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let mut grace_end = None;
         loop {
+            let grace = async {
+                match grace_end {
+                    Some(end) => tokio::time::sleep_until(end).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 next = running.next() => {
                     let Some(result) = next else { break };
@@ -504,6 +520,12 @@ pub async fn run_once(
                     codes.push(exit_code_of(&result.report.outcome));
                     finished.insert(result.name.clone(), ());
                 }
+                () = tokio::time::sleep_until(deadline), if stopped.is_none() => {
+                    stopped = Some(format!("--timeout of {}s reached", options.timeout.as_secs()));
+                }
+                () = recv_signal(&mut sigterm), if stopped.is_none() => stopped = Some("SIGTERM received".into()),
+                () = recv_signal(&mut sigint), if stopped.is_none() => stopped = Some("SIGINT received".into()),
+                () = grace => break,
                 _ = redraw.tick(), if progress.is_some() => {
                     if let Some(p) = &progress {
                         let mut err = std::io::stderr();
@@ -512,15 +534,19 @@ pub async fn run_once(
                     }
                 }
             }
+            if stopped.is_some() && grace_end.is_none() {
+                // Every pass abandons its round trips, ends its commands on the hosts and
+                // releases its leases; they get a bounded time to do so.
+                ctx.cancel.cancel();
+                grace_end = Some(tokio::time::Instant::now() + STOP_GRACE);
+            }
         }
-    })
-    .await
-    .is_err();
+    }
     if progress.is_some() {
         progress::clear(&mut std::io::stderr());
     }
     drop(running);
-    if timed_out {
+    if let Some(why) = &stopped {
         let pending: Vec<&str> = sites
             .iter()
             .map(|s| s.name.as_str())
@@ -528,9 +554,8 @@ pub async fn run_once(
             .collect();
         let _ = writeln!(
             out,
-            "error: --timeout of {}s reached; still pending: {}",
-            options.timeout.as_secs(),
-            pending.join(", ")
+            "error: {why}: stopped the commands under way on the hosts and released the leases; unfinished: {}",
+            if pending.is_empty() { "none".to_string() } else { pending.join(", ") }
         );
         codes.push(exit_code::FAILED);
     }
@@ -553,6 +578,14 @@ pub async fn run_once(
         started.elapsed().as_secs_f64()
     );
     code
+}
+
+/// Resolves on the next delivery of a signal whose handler could be installed; never otherwise.
+async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => drop(signal.recv().await),
+        None => std::future::pending().await,
+    }
 }
 
 /// One site's block of output: what happened per host, then the phase line.

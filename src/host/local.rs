@@ -29,10 +29,11 @@ impl LocalHost {
             host: self.name.clone(),
             source,
         };
+        let (words, prefix) = command.invocation();
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(&command.script)
-            .stdin(if command.stdin.is_some() {
+            .args(&words)
+            .stdin(if command.has_stdin() {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -46,9 +47,13 @@ impl LocalHost {
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let feed = async {
-            if let (Some(mut pipe), Some(data)) = (stdin, &command.stdin) {
+            if let Some(mut pipe) = stdin {
                 // A script that stops reading early is not an error of ours.
-                let _ = pipe.write_all(data).await;
+                for data in [prefix, command.stdin.as_deref()].into_iter().flatten() {
+                    if pipe.write_all(data).await.is_err() {
+                        break;
+                    }
+                }
             }
         };
         let work = async {

@@ -33,6 +33,10 @@ pub enum HostError {
     /// The command did not finish in time; it may still be running on the host.
     #[error("command on host `{host}` timed out after {after:?}")]
     Timeout { host: String, after: Duration },
+    /// convoy is stopping (SIGTERM, SIGINT, `--timeout`): the command was abandoned, and
+    /// the pass ends the process groups it started on the host.
+    #[error("stopped on host `{host}`: convoy is shutting down")]
+    Cancelled { host: String },
     /// Something local went wrong (spawning ssh or sh, a pipe).
     #[error("failed to run a command on host `{host}`")]
     Io {
@@ -55,7 +59,14 @@ pub struct RemoteCommand {
     pub script: String,
     pub stdin: Option<Vec<u8>>,
     pub timeout: Duration,
+    /// The script carries user environment values: it travels on stdin, not as an argument.
+    pub private: bool,
 }
+
+/// Reads a private script from the first `N` bytes of stdin into a 0600 temporary file and
+/// runs it with the rest of stdin; the script removes the file first thing (see the
+/// preamble), so values never show in `ps` and do not stay on disk.
+const PRIVATE_BOOTSTRAP: &str = r#"umask 077; f=$(mktemp "${TMPDIR:-/tmp}/convoy.XXXXXXXX") || exit 125; if head -c "$1" >"$f"; then CV_SELF=$f exec sh "$f"; fi; rm -f "$f"; exit 125"#;
 
 impl RemoteCommand {
     pub fn new(script: impl Into<String>, timeout: Duration) -> Self {
@@ -63,7 +74,37 @@ impl RemoteCommand {
             script: script.into(),
             stdin: None,
             timeout,
+            private: false,
         }
+    }
+
+    /// A script built by [`script::Script`]: private when it carries user environment values.
+    pub fn of(script: script::Script, timeout: Duration) -> Self {
+        let private = script.is_private();
+        let mut command = RemoteCommand::new(script.finish(), timeout);
+        command.private = private;
+        command
+    }
+
+    /// What `sh -c` runs, and what goes on stdin before [`RemoteCommand::stdin`].
+    pub fn invocation(&self) -> (Vec<String>, Option<&[u8]>) {
+        if self.private {
+            (
+                vec![
+                    PRIVATE_BOOTSTRAP.to_string(),
+                    "convoy".to_string(),
+                    self.script.len().to_string(),
+                ],
+                Some(self.script.as_bytes()),
+            )
+        } else {
+            (vec![self.script.clone()], None)
+        }
+    }
+
+    /// Whether the command reads stdin at all.
+    pub fn has_stdin(&self) -> bool {
+        self.private || self.stdin.is_some()
     }
 
     pub fn with_stdin(mut self, stdin: Vec<u8>) -> Self {

@@ -60,8 +60,9 @@ pub struct Env(pub Vec<(String, String)>);
 
 impl Env {
     /// Defines `cv_with_env`, which runs a command with these variables in ITS environment
-    /// only (through `env`): the script's own variables (`P`, `IFS`, ...) can never be
-    /// overwritten by a user's `spec.env`.
+    /// only (exported in a subshell that then execs the command, whose words were expanded
+    /// before): the script's own variables (`P`, `IFS`, ...) can never be overwritten by a
+    /// user's `spec.env`, and no value ever appears in a process's arguments (`ps`).
     fn exports(&self) -> String {
         let mut words = String::new();
         for (name, value) in &self.0 {
@@ -71,8 +72,7 @@ impl Env {
                     quote(&format!("invalid environment variable name: {name}"))
                 );
             }
-            words.push(' ');
-            words.push_str(&quote(&format!("{name}={value}")));
+            words.push_str(&format!(" {name}={}; export {name};", quote(value)));
         }
         // The build records the revision in its marker when the fetch did not.
         let revision = self
@@ -81,7 +81,7 @@ impl Env {
             .find(|(n, _)| n == "CONVOY_REVISION")
             .map_or(String::new(), |(_, v)| v.clone());
         format!(
-            "cv_with_env() {{ env{words} \"$@\"; }}\ncv_env_revision={}\n",
+            "cv_with_env() ({words} exec \"$@\"; )\ncv_env_revision={}\n",
             quote(&revision)
         )
     }
@@ -106,6 +106,35 @@ pub struct Fence {
 pub struct Script {
     text: String,
     steps: Vec<&'static str>,
+    private: bool,
+}
+
+/// One controller's pass over a site, as host scripts know it: the lease holder and a
+/// random attempt token. The lease records the token; only the attempt that holds it may
+/// publish a build, and process groups are recorded under it so a later attempt (or
+/// `stop`) can end them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub holder: String,
+    pub token: String,
+}
+
+impl Attempt {
+    /// A fresh attempt of `holder` with a random token.
+    pub fn new(holder: &str) -> Attempt {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        hasher.write_u32(std::process::id());
+        Attempt {
+            holder: holder.to_string(),
+            token: format!("a{:016x}", hasher.finish()),
+        }
+    }
 }
 
 impl Script {
@@ -117,7 +146,25 @@ impl Script {
         Script {
             text,
             steps: Vec::new(),
+            private: false,
         }
+    }
+
+    /// A script of `attempt` (needed by builds and every lease operation).
+    pub fn for_attempt(site_path: &str, attempt: &Attempt) -> Script {
+        let mut script = Script::new(site_path);
+        script.text.push_str(&format!(
+            "H={}; T={}\n",
+            quote(&attempt.holder),
+            quote(&attempt.token)
+        ));
+        script
+    }
+
+    /// Whether the script carries user environment values: those travel on stdin (a 0600
+    /// file on the host), never in a command line that `ps` shows.
+    pub fn is_private(&self) -> bool {
+        self.private
     }
 
     /// The step names this script will report, in order (a step after a failed one never
@@ -130,6 +177,7 @@ impl Script {
         self.steps.push(name);
         self.text.push_str("cv_tick; cv_t0=$cv_up\n(\n");
         if let Some(env) = env {
+            self.private = true;
             self.text.push_str(&env.exports());
         }
         self.text.push_str(call);
@@ -313,9 +361,32 @@ impl Script {
         self.step("lease_acquire", None, "cv_lease_acquire", &[holder, &ttl])
     }
 
-    /// Give the lease up if `holder` has it (the generation is kept, so it only grows).
+    /// Give the lease up if `holder` has it for this attempt (the generation is kept, so it
+    /// only grows).
     pub fn lease_release(self, holder: &str) -> Self {
         self.step("lease_release", None, "cv_lease_release", &[holder])
+    }
+
+    /// Extend this attempt's lease by `ttl_secs`; fails with [`EXIT_FENCED`] printing
+    /// `@@convoy lease=lost ...` when the lease is no longer this attempt's.
+    pub fn lease_renew(self, holder: &str, ttl_secs: u64) -> Self {
+        let ttl = ttl_secs.to_string();
+        self.step("lease_renew", None, "cv_lease_renew", &[holder, &ttl])
+    }
+
+    /// End the process groups this attempt started on the host (cancel, `--timeout`).
+    pub fn stop(self) -> Self {
+        self.step("stop", None, "cv_stop", &[])
+    }
+
+    /// Free the lease whoever holds it (`convoy unlock`), unless it was renewed within the
+    /// last `alive_secs` and `force` is false: then fail with [`EXIT_LEASE_HELD`] printing
+    /// `@@convoy lease=renewing holder=<h> ...`. Prints `lease=broken holder=<h> ...` or
+    /// `lease=free`, and ends the process groups of the broken holder's attempts.
+    pub fn lease_break(self, alive_secs: u64, force: bool) -> Self {
+        let alive = alive_secs.to_string();
+        let force = if force { "force" } else { "no" };
+        self.step("lease_break", None, "cv_lease_break", &[&alive, force])
     }
 
     /// The operations until [`Script::end_if`] run only while `releases/<release>` is not
@@ -343,7 +414,9 @@ impl Script {
 /// Helper functions defined once at the top of every script. Variables are global in sh,
 /// so each function uses its own `_xx` prefix; every operation runs in a subshell.
 const PREAMBLE: &str = r#"set -u
+if [ -n "${CV_SELF:-}" ]; then rm -f -- "$CV_SELF"; unset CV_SELF; fi
 umask 022
+H=; T=
 GIT_TERMINAL_PROMPT=0; export GIT_TERMINAL_PROMPT
 cv_say() { printf '@@convoy %s\n' "$*"; }
 cv_err() { printf 'convoy: %s\n' "$*" >&2; }
@@ -374,7 +447,8 @@ cv_now() { date +%s; }
 cv_nap() { sleep 0.2 2>/dev/null || sleep 1; }
 cv_safe() { case $1 in ''|.|..|-*|*[!A-Za-z0-9._-]*) return 1;; esac; return 0; }
 cv_num() { case $1 in ''|*[!0-9]*) return 1;; esac; return 0; }
-cv_write() { printf '%s\n' "$2" >"$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"; }
+# A failed write (disk full) leaves no temporary file behind and names the error.
+cv_write() { { printf '%s\n' "$2" >"$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"; } || { rm -f "$1.tmp.$$"; return 1; }; }
 cv_complete() { [ -f "$P/releases/$1/.convoy-complete" ]; }
 cv_rename() {
   if mv --help 2>&1 | grep -q -e '-T'; then mv -T "$1" "$2"; return; fi
@@ -410,9 +484,84 @@ cv_marker() {
   return 0
 }
 cv_run() {
-  for _rc in "$@"; do cv_with_env sh -ec "$_rc" </dev/null >&2 || return $?; done
+  for _rc in "$@"; do cv_group sh -ec "$_rc" || return $?; done
   return 0
 }
+# `cv_group CMD...`: runs CMD with the user environment, stdin /dev/null, output to stderr,
+# as its own process group recorded in .convoy/run/<attempt>.<pgid> (so a later attempt or
+# `stop` can end it). A watchdog writes a heartbeat (an empty line) to stdout every second:
+# when the SSH session is gone (controller killed, connection lost) the write fails and the
+# watchdog ends the whole group, so no command outlives the controller that started it.
+cv_group() {
+  mkdir -p "$P/.convoy/run" || return 1
+  _gs=0; command -v setsid >/dev/null 2>&1 && _gs=1
+  if [ "$_gs" = 1 ]; then
+    { CONVOY_ATTEMPT=$T; export CONVOY_ATTEMPT; cv_with_env setsid "$@"; } </dev/null >&2 &
+  else
+    { CONVOY_ATTEMPT=$T; export CONVOY_ATTEMPT; cv_with_env "$@"; } </dev/null >&2 &
+  fi
+  _gp=$!
+  _gf="$P/.convoy/run/$T.$_gp"
+  [ "$_gs" = 1 ] && cv_boot && cv_write "$_gf" "$cv_bootid"
+  (
+    trap '' PIPE
+    while kill -0 "$_gp" 2>/dev/null; do
+      sleep 1 </dev/null >/dev/null 2>&1
+      printf '\n' 2>/dev/null || { [ "$_gs" = 1 ] && cv_kill_group "$_gp"; rm -f "$_gf"; exit 0; }
+    done
+  ) &
+  _gw=$!
+  wait "$_gp"; _grc=$?
+  kill "$_gw" 2>/dev/null
+  # Background children the commands left behind belong to the group: they end with it.
+  [ "$_gs" = 1 ] && kill -KILL "-$_gp" 2>/dev/null
+  rm -f "$_gf"
+  return "$_grc"
+}
+cv_boot() { cv_read cv_bootid /proc/sys/kernel/random/boot_id || cv_bootid=-; [ -n "$cv_bootid" ] || cv_bootid=-; }
+# TERM a process group, KILL it if it is still there 2 seconds later.
+cv_kill_group() {
+  kill -TERM "-$1" 2>/dev/null || return 0
+  _kn=0
+  while kill -0 "-$1" 2>/dev/null; do
+    _kn=$((_kn + 1))
+    [ "$_kn" -le 10 ] || { kill -KILL "-$1" 2>/dev/null; break; }
+    cv_nap
+  done
+  return 0
+}
+# Whether process group $1 is one that attempt $2 started (not a reused pid).
+cv_ours() {
+  if [ -r "/proc/$1/environ" ]; then
+    tr '\000' '\n' <"/proc/$1/environ" 2>/dev/null | grep -qx "CONVOY_ATTEMPT=$2"
+    return
+  fi
+  [ -d "/proc/$1" ] && return 1
+  kill -0 "-$1" 2>/dev/null
+}
+# `cv_sweep [mine]`: end the process groups of other attempts on this site (a controller
+# killed or timed out earlier), or with `mine` those of this attempt. Records from before
+# a reboot name nothing alive: they are dropped.
+cv_sweep() {
+  cv_boot
+  for _wf in "$P"/.convoy/run/*; do
+    [ -f "$_wf" ] || continue
+    _wn=${_wf##*/}; _wt=${_wn%%.*}; _wg=${_wn#*.}
+    if cv_num "$_wg" && cv_safe "$_wt"; then
+      if [ "${1:-}" = mine ]; then [ "$_wt" = "$T" ] || continue
+      else [ "$_wt" != "$T" ] || continue
+      fi
+      cv_read _wb "$_wf" || _wb=
+      if [ "$_wb" = "$cv_bootid" ] && cv_ours "$_wg" "$_wt"; then
+        cv_kill_group "$_wg"
+        cv_say "stopped=$_wg attempt=$_wt"
+      fi
+    fi
+    rm -f "$_wf"
+  done
+  return 0
+}
+cv_stop() { [ -d "$P/.convoy" ] || return 0; cv_sweep mine; }
 cv_lock() {
   _lm="$P/.convoy/lock.d"; _ln=0
   mkdir -p "$P/.convoy" || return 1
@@ -429,7 +578,7 @@ cv_lock() {
 }
 cv_unlock() { rmdir "$P/.convoy/lock.d" 2>/dev/null; return 0; }
 cv_lease_read() {
-  L_HOLDER= L_EXPIRES=0 L_GEN=0
+  L_HOLDER= L_EXPIRES=0 L_GEN=0 L_ATTEMPT= L_RENEWED=0
   [ -f "$P/.convoy/lock" ] || return 0
   cv_read _lr "$P/.convoy/lock" || return 0
   set -f
@@ -438,11 +587,14 @@ cv_lease_read() {
       holder=*) L_HOLDER=${_lw#holder=};;
       expires=*) L_EXPIRES=${_lw#expires=};;
       generation=*) L_GEN=${_lw#generation=};;
+      attempt=*) L_ATTEMPT=${_lw#attempt=};;
+      renewed=*) L_RENEWED=${_lw#renewed=};;
     esac
   done
   set +f
   cv_num "$L_EXPIRES" || L_EXPIRES=0
   cv_num "$L_GEN" || L_GEN=0
+  cv_num "$L_RENEWED" || L_RENEWED=0
   return 0
 }
 cv_fence() {
@@ -496,13 +648,23 @@ cv_observe() {
   done
   cv_lease_read
   if cv_safe "$L_HOLDER"; then
-    printf '@@observe lease holder=%s expires=%s generation=%s\n' "$L_HOLDER" "$L_EXPIRES" "$L_GEN"
+    printf '@@observe lease holder=%s expires=%s generation=%s renewed=%s\n' "$L_HOLDER" "$L_EXPIRES" "$L_GEN" "$L_RENEWED"
   fi
   printf '@@observe end\n'
 }
 cv_prepare() {
   cv_safe "$1" || cv_die "invalid release id: $1"
   mkdir -p "$P/releases" "$P/shared" "$P/.convoy" || return 1
+  # Nothing of an abandoned attempt may run while its leftovers are removed.
+  cv_sweep
+  for _px in "$P"/releases/.?*; do
+    [ -d "$_px" ] && [ ! -L "$_px" ] || continue
+    _pn=${_px##*/}
+    case $_pn in ..) continue;; esac
+    [ "$_pn" != ".$1.$T" ] || continue
+    rm -rf "$_px" || return 1
+    cv_say "removed=${_pn#.} reason=abandoned"
+  done
   if [ -e "$P/releases/$1" ] || [ -L "$P/releases/$1" ]; then
     if [ -L "$P/releases/$1" ] || ! cv_complete "$1"; then
       cv_say "removed=$1 reason=incomplete"
@@ -517,7 +679,7 @@ cv_prepare() {
 }
 cv_fetch_git() {
   cv_safe "$1" || cv_die "invalid release id: $1"
-  _fd="$P/releases/$1"; _fm="$P/.convoy/mirror.git"; _fr=$3
+  _fd="$P/releases/.$1.$T"; _fm="$P/.convoy/mirror.git"; _fr=$3
   case $_fr in ''|-*) cv_die "invalid revision: $_fr";; esac
   if cv_complete "$1"; then
     cv_marker "$1"; cv_say "revision=$M_REV"; cv_say "fetch=skipped release=$1"; return 0
@@ -558,7 +720,7 @@ cv_fetch_git() {
 }
 cv_unpack() {
   cv_safe "$1" || cv_die "invalid release id: $1"
-  _ud="$P/releases/$1"
+  _ud="$P/releases/.$1.$T"
   if cv_complete "$1"; then cat >/dev/null; cv_say "unpack=skipped release=$1"; return 0; fi
   mkdir -p "$P/releases" "$P/.convoy" || return 1
   _ua="$P/.convoy/upload.tmp.$$"
@@ -574,14 +736,19 @@ cv_unpack() {
 }
 cv_link_shared() {
   cv_safe "$1" || cv_die "invalid release id: $1"
-  _ld="$P/releases/$1"; shift
-  [ -d "$_ld" ] || cv_die "release dir $_ld does not exist"
+  cv_complete "$1" && return 0
+  _ld="$P/releases/.$1.$T"; shift
+  [ -d "$_ld" ] && [ ! -L "$_ld" ] || cv_die "release dir $_ld does not exist"
   for _le in "$@"; do
     case $_le in */) _lk=dir;; *) _lk=file;; esac
     _lnm=$_le
     while :; do case $_lnm in */) _lnm=${_lnm%/};; *) break;; esac; done
     case $_lnm in ''|/*|.|..|./*|../*|*/.|*/..|*/./*|*/../*) cv_die "invalid shared entry: $_le";; esac
     _ls="$P/shared/$_lnm"; _lr="$_ld/$_lnm"
+    # Every parent must be a real directory inside the release and inside shared/: a
+    # symlink on the way (config -> /etc) would move or expose files outside the site.
+    cv_inside "$_ld" "$_lnm" || cv_die "shared entry $_le: ${CV_LINK#"$_ld"/} is a symlink in the release: refusing to follow it out of the release"
+    cv_inside "$P/shared" "$_lnm" || cv_die "shared entry $_le: ${CV_LINK#"$P"/} is a symlink: refusing to follow it out of $P/shared"
     mkdir -p "${_ls%/*}" "${_lr%/*}" || return 1
     if [ ! -e "$_ls" ] && [ ! -L "$_ls" ]; then
       if [ "$_lk" = dir ] && [ -d "$_lr" ] && [ ! -L "$_lr" ]; then mv "$_lr" "$_ls" || return 1
@@ -596,17 +763,47 @@ cv_link_shared() {
   done
   return 0
 }
+# Builds in the attempt's own directory `releases/.<id>.<attempt>`, then, under the lease
+# mutex and only while this attempt still holds the lease, marks it complete and renames
+# it to `releases/<id>`: an abandoned attempt can never complete or change a later one's.
 cv_build() {
   cv_safe "$1" || cv_die "invalid release id: $1"
-  _bd="$P/releases/$1"; _bi=$1; shift
+  _bd="$P/releases/.$1.$T"; _bi=$1; shift
   if cv_complete "$_bi"; then cv_say "build=skipped release=$_bi"; return 0; fi
   [ -d "$_bd" ] || cv_die "release dir $_bd does not exist (fetch first)"
   (cd "$_bd" && cv_run "$@") || return $?
-  cv_read _brv "$_bd/.convoy-revision" || _brv=
+  cv_lock || return 1
+  cv_publish "$_bi" "$_bd"; _brc=$?
+  cv_unlock
+  return "$_brc"
+}
+cv_publish() {
+  cv_lease_read
+  if [ "$L_HOLDER" != "$H" ] || [ "$L_ATTEMPT" != "$T" ] || [ "$L_EXPIRES" -le "$(cv_now)" ]; then
+    cv_say "fenced holder=$L_HOLDER generation=$L_GEN expires=$L_EXPIRES"
+    cv_err "fenced: this attempt no longer holds the lease; its build is discarded"
+    rm -rf "$2"
+    return 75
+  fi
+  cv_read _brv "$2/.convoy-revision" || _brv=
   [ -n "$_brv" ] || _brv=${cv_env_revision:-}
-  printf 'built_at=%s\nrevision=%s\n' "$(cv_now)" "$_brv" >"$_bd/.convoy-complete.tmp.$$" || return 1
-  mv -f "$_bd/.convoy-complete.tmp.$$" "$_bd/.convoy-complete" || return 1
-  cv_say "build=done release=$_bi"
+  cv_write "$2/.convoy-complete" "built_at=$(cv_now)
+revision=$_brv" || return 1
+  if [ -e "$P/releases/$1" ] || [ -L "$P/releases/$1" ]; then rm -rf "$P/releases/$1" || return 1; fi
+  mv "$2" "$P/releases/$1" || return 1
+  cv_say "build=done release=$1"
+}
+# `cv_inside BASE REL`: no parent of REL below BASE is a symlink (sets CV_LINK to the first).
+cv_inside() {
+  _ib=$1; _ir=${2%/*}
+  [ "$_ir" != "$2" ] || return 0
+  set -f; _iifs=$IFS; IFS=/
+  for _ip in $_ir; do
+    _ib="$_ib/$_ip"
+    if [ -L "$_ib" ]; then IFS=$_iifs; set +f; CV_LINK=$_ib; return 1; fi
+  done
+  IFS=$_iifs; set +f
+  return 0
 }
 cv_switch() {
   cv_safe "$1" || cv_die "invalid release id: $1"
@@ -653,9 +850,9 @@ cv_health() {
   while :; do
     _hn=$((_hn + 1))
     if [ "$2" -gt 0 ] && command -v timeout >/dev/null 2>&1; then
-      cv_with_env timeout "$2" sh -c "$1" </dev/null >&2; _hrc=$?
+      cv_group timeout "$2" sh -c "$1"; _hrc=$?
     else
-      cv_with_env sh -c "$1" </dev/null >&2; _hrc=$?
+      cv_group sh -c "$1"; _hrc=$?
     fi
     cv_say "health attempt=$_hn status=$_hrc"
     [ "$_hrc" -ne 0 ] || return 0
@@ -778,7 +975,10 @@ cv_cleanup() {
 cv_lease_acquire() {
   cv_safe "$1" || cv_die "invalid holder: $1"
   cv_num "$2" || cv_die "invalid ttl: $2"
+  cv_safe "$T" || cv_die "invalid attempt: $T"
   cv_lock || return 1
+  # Under the mutex no writer is active: temporary files are leftovers of a failed write.
+  rm -f "$P"/.convoy/lock.tmp.* "$P"/.convoy/previous.tmp.* "$P"/.convoy/pending.tmp.*
   cv_lease_read; _lnow=$(cv_now)
   if [ "$L_HOLDER" = "$1" ]; then _lg=$L_GEN; [ "$_lg" -gt 0 ] || _lg=1
   elif [ -z "$L_HOLDER" ] || [ "$L_EXPIRES" -le "$_lnow" ]; then _lg=$((L_GEN + 1))
@@ -788,15 +988,49 @@ cv_lease_acquire() {
     return 73
   fi
   _le=$((_lnow + $2))
-  cv_write "$P/.convoy/lock" "holder=$1 expires=$_le generation=$_lg" || { cv_unlock; return 1; }
+  cv_write "$P/.convoy/lock" "holder=$1 expires=$_le generation=$_lg attempt=$T renewed=$_lnow" || { cv_unlock; return 1; }
   cv_unlock
   cv_say "lease=acquired holder=$1 generation=$_lg expires=$_le"
+}
+# Extends the lease of this attempt; fails (75) if it is not this attempt's any more.
+cv_lease_renew() {
+  cv_num "$2" || cv_die "invalid ttl: $2"
+  cv_lock || return 1
+  cv_lease_read; _lnow=$(cv_now)
+  if [ "$L_HOLDER" != "$1" ] || [ "$L_ATTEMPT" != "$T" ] || [ "$L_EXPIRES" -le "$_lnow" ]; then
+    cv_unlock
+    cv_say "lease=lost holder=$L_HOLDER generation=$L_GEN expires=$L_EXPIRES"
+    return 75
+  fi
+  _le=$((_lnow + $2))
+  cv_write "$P/.convoy/lock" "holder=$1 expires=$_le generation=$L_GEN attempt=$T renewed=$_lnow" || { cv_unlock; return 1; }
+  cv_unlock
+  cv_say "lease=renewed holder=$1 generation=$L_GEN expires=$_le"
+}
+# `convoy unlock`: frees the lease whoever holds it, unless its holder renewed it within the
+# last $1 seconds (it is alive) and $2 is not `force`. Ends the process groups it started.
+cv_lease_break() {
+  [ -d "$P/.convoy" ] || { cv_say "lease=free"; return 0; }
+  cv_lock || return 1
+  cv_lease_read; _lnow=$(cv_now)
+  if [ -z "$L_HOLDER" ] || [ "$L_EXPIRES" -le "$_lnow" ]; then
+    cv_unlock; cv_say "lease=free holder=$L_HOLDER expires=$L_EXPIRES"; return 0
+  fi
+  if [ "$2" != force ] && [ $((_lnow - L_RENEWED)) -lt "$1" ]; then
+    cv_unlock
+    cv_say "lease=renewing holder=$L_HOLDER expires=$L_EXPIRES renewed=$L_RENEWED generation=$L_GEN"
+    return 73
+  fi
+  cv_write "$P/.convoy/lock" "holder= expires=0 generation=$((L_GEN + 1))" || { cv_unlock; return 1; }
+  cv_unlock
+  T=-; cv_sweep
+  cv_say "lease=broken holder=$L_HOLDER expires=$L_EXPIRES renewed=$L_RENEWED generation=$L_GEN"
 }
 cv_lease_release() {
   [ -d "$P/.convoy" ] || { cv_say "lease=notheld"; return 0; }
   cv_lock || return 1
   cv_lease_read
-  if [ "$L_HOLDER" = "$1" ] && [ "$L_EXPIRES" -gt 0 ]; then
+  if [ "$L_HOLDER" = "$1" ] && [ "$L_ATTEMPT" = "$T" ] && [ "$L_EXPIRES" -gt 0 ]; then
     cv_write "$P/.convoy/lock" "holder=$1 expires=0 generation=$L_GEN" || { cv_unlock; return 1; }
     cv_say "lease=released generation=$L_GEN"
   else

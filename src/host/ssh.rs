@@ -195,9 +195,11 @@ async fn run_on(
     command: &RemoteCommand,
 ) -> Result<CommandOutput, Retry> {
     let lost = |e: openssh::Error| Retry::Reconnect(error_chain(&e));
-    let mut remote = session.raw_command(format!("sh -c {}", sh_quote(&command.script)));
+    let (words, prefix) = command.invocation();
+    let words: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
+    let mut remote = session.raw_command(format!("sh -c {}", words.join(" ")));
     remote
-        .stdin(if command.stdin.is_some() {
+        .stdin(if command.has_stdin() {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -210,8 +212,12 @@ async fn run_on(
         let stdout = child.stdout().take().expect("piped");
         let stderr = child.stderr().take().expect("piped");
         let feed = async {
-            if let (Some(mut pipe), Some(data)) = (stdin, &command.stdin) {
-                let _ = pipe.write_all(data).await;
+            if let Some(mut pipe) = stdin {
+                for data in [prefix, command.stdin.as_deref()].into_iter().flatten() {
+                    if pipe.write_all(data).await.is_err() {
+                        break;
+                    }
+                }
                 let _ = pipe.shutdown().await;
             }
         };

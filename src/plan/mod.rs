@@ -74,6 +74,9 @@ pub struct PassState {
     pub once_done: BTreeSet<String>,
     /// Failed attempts of this desired release in earlier runs.
     pub attempts: u32,
+    /// A host failed an operation of convoy's own (a lease write on a full disk, ...): the
+    /// attempt fails with the host's error rather than spinning.
+    pub host_errors: BTreeMap<String, String>,
 }
 
 /// One unit of work for the executor.
@@ -209,6 +212,12 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
     if let Some((host, error)) = pass.build_failed.iter().next() {
         return Plan::done(Outcome::Failed {
             reason: format!("build failed: {error}"),
+            host: Some(host.clone()),
+        });
+    }
+    if let Some((host, error)) = pass.host_errors.iter().next() {
+        return Plan::done(Outcome::Failed {
+            reason: format!("host error: {error}"),
             host: Some(host.clone()),
         });
     }
