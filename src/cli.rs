@@ -117,6 +117,22 @@ pub enum Command {
         /// The site.
         site: String,
     },
+
+    /// Break the host leases of a site by hand (a controller that died and whose lease has
+    /// not expired yet), saying whose they were. Refused while the holder still renews them
+    /// (it is alive) unless --force. Ends the process groups the holder left running.
+    ///
+    /// Exit 0 when every selected host is free afterwards, 1 otherwise.
+    Unlock {
+        /// The site.
+        site: String,
+        /// Only this host (repeatable); default: every host of the site.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Break a lease even though its holder renewed it recently.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

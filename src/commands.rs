@@ -43,6 +43,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Status { output } => status(&cli.state_dir, *output, out, err),
         Command::History { site } => history(&cli.state_dir, site, out),
         Command::Retry { site } => retry(&cli.state_dir, site, out),
+        Command::Unlock { site, hosts, force } => unlock(cli, site, hosts, *force, out, err),
     };
     result.unwrap_or_else(|e| {
         let _ = writeln!(err, "error: {e:#}");
@@ -318,6 +319,75 @@ fn retry(state_dir: &Path, site: &str, out: &mut dyn Write) -> anyhow::Result<u8
         "{site}: failed attempts cleared; the next pass tries its desired release again"
     )?;
     Ok(exit_code::OK)
+}
+
+fn unlock(
+    cli: &Cli,
+    site: &str,
+    hosts: &[String],
+    force: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let desired = match desired(cli, Some(site), err)? {
+        Ok(desired) => desired,
+        Err(code) => return Ok(code),
+    };
+    let Some(target) = desired.sites.get(site) else {
+        writeln!(
+            err,
+            "error: no site `{site}` in `{}`",
+            cli.manifests.display()
+        )?;
+        return Ok(exit_code::INVALID);
+    };
+    let members: Vec<&String> = target.stages.iter().flat_map(|s| &s.hosts).collect();
+    if let Some(unknown) = hosts.iter().find(|h| !members.contains(h)) {
+        writeln!(
+            err,
+            "error: host `{unknown}` is not a host of site `{site}` (its hosts: {})",
+            members
+                .iter()
+                .map(|h| h.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        return Ok(exit_code::INVALID);
+    }
+    let selected: Vec<&String> = members
+        .into_iter()
+        .filter(|h| hosts.is_empty() || hosts.contains(h))
+        .collect();
+    let state = StateDir::open_read_only(&cli.state_dir);
+    let options = RunOptions {
+        site: None,
+        timeout: Duration::from_secs(60),
+        max_parallel: 32,
+        known_hosts: cli.known_hosts.clone(),
+        metrics_textfile: None,
+    };
+    let shared = controller::Shared::new(&options, &state)
+        .context("failed to create a private directory for SSH control sockets")?;
+    let runtime = runtime()?;
+    let results = runtime.block_on(crate::execute::break_leases(
+        &shared.pool,
+        &desired.hosts,
+        target,
+        &selected,
+        force,
+    ));
+    runtime.block_on(shared.close());
+    let mut code = exit_code::OK;
+    for (host, result) in results {
+        match result {
+            Ok(line) => writeln!(out, "{host}: {line}")?,
+            Err(line) => {
+                code = exit_code::FAILED;
+                writeln!(err, "{host}: {line}")?;
+            }
+        }
+    }
+    Ok(code)
 }
 
 fn history(state_dir: &Path, site: &str, out: &mut dyn Write) -> anyhow::Result<u8> {

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::cancel::Cancel;
 use crate::desired::{DesiredSite, DesiredStage, FetchSpec};
 use crate::host::observe::{self, OnceState as HostOnce};
-use crate::cancel::Cancel;
 use crate::host::script::{Attempt, Env, Fence, Script};
 use crate::host::ssh::SshPool;
 use crate::host::{CommandOutput, Host, HostError, RemoteCommand};
@@ -288,7 +288,10 @@ impl<'a> SiteRun<'a> {
             () = self.ctx.cancel.cancelled() => return Err(cancelled()),
         };
         if leased {
-            self.leased.lock().expect("not poisoned").insert(host.to_string());
+            self.leased
+                .lock()
+                .expect("not poisoned")
+                .insert(host.to_string());
         }
         let started = Instant::now();
         let work = self.host(host).run(&self.ctx.pool, &command);
@@ -450,6 +453,7 @@ impl<'a> SiteRun<'a> {
                         .observe_release(release)
                         .if_incomplete(release),
                     host,
+                    0,
                 );
                 RemoteCommand::of(script.end_if(), self.ctx.command_timeout)
             } else {
@@ -460,7 +464,10 @@ impl<'a> SiteRun<'a> {
                     self.ctx.observe_timeout,
                 )
             };
-            (host.to_string(), self.run_on(host, command, speculate).await)
+            (
+                host.to_string(),
+                self.run_on(host, command, speculate).await,
+            )
         }))
         .await
     }
@@ -548,7 +555,11 @@ impl<'a> SiteRun<'a> {
 
     /// The environment of user commands on `host` for `release`.
     fn env(&self, host: &str, release: &str) -> Env {
-        self.env_in(host, release, &format!("{}/releases/{release}", self.path_on(host)))
+        self.env_in(
+            host,
+            release,
+            &format!("{}/releases/{release}", self.path_on(host)),
+        )
     }
 
     /// The environment of a build: `CONVOY_RELEASE_DIR` is this attempt's own directory,
@@ -639,7 +650,10 @@ impl<'a> SiteRun<'a> {
                     match self.fences.get(host) {
                         // Renewed by the same holder: the generation must not have moved.
                         Some((held, _)) if held.generation != generation => self.lose_lease(host),
-                        _ => drop(self.fences.insert(host.to_string(), (fence, Instant::now()))),
+                        _ => drop(
+                            self.fences
+                                .insert(host.to_string(), (fence, Instant::now())),
+                        ),
                     }
                 }
             }
@@ -734,6 +748,7 @@ impl<'a> SiteRun<'a> {
         let script = self.build_ops(
             Script::for_attempt(&self.path_on(host), &self.attempt),
             host,
+            archive.map_or(0, |a| a.len() as u64),
         );
         let command = RemoteCommand::of(script, self.ctx.command_timeout);
         match archive {
@@ -743,7 +758,7 @@ impl<'a> SiteRun<'a> {
     }
 
     /// Lease, prepare, fetch, link shared paths, build: appended to `script`.
-    fn build_ops(&self, script: Script, host: &str) -> Script {
+    fn build_ops(&self, script: Script, host: &str, archive_len: u64) -> Script {
         let release = &self.site.release;
         let script = script
             .lease_acquire(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
@@ -756,7 +771,7 @@ impl<'a> SiteRun<'a> {
                     .unwrap_or_else(|| self.site.revision.clone());
                 script.fetch_git(release, repository, &revision)
             }
-            FetchSpec::Archive { .. } => script.unpack_archive(release),
+            FetchSpec::Archive { .. } => script.unpack_archive(release, archive_len),
         };
         script.link_shared(release, &self.site.shared).build(
             release,
@@ -1190,6 +1205,74 @@ impl<'a> SiteRun<'a> {
             revision: self.revision,
             failed_attempt: self.failed_attempt,
         }
+    }
+}
+
+/// `convoy unlock`: breaks the lease of `site` on each of `hosts`. Per host, `Ok` with what
+/// was done (whose lease was broken, or that it was free), or `Err` with why not.
+pub async fn break_leases(
+    pool: &SshPool,
+    all_hosts: &BTreeMap<String, Host>,
+    site: &DesiredSite,
+    hosts: &[&String],
+    force: bool,
+) -> Vec<(String, Result<String, String>)> {
+    // Renewals come every third of the lease time: two missed in a row mean no live holder.
+    let alive = (crate::controller::LEASE_TTL * 2 / 3).as_secs();
+    join_all(hosts.iter().map(|name| async move {
+        let host = &all_hosts[name.as_str()];
+        let script = Script::new(&host.path(&site.path))
+            .lease_break(alive, force)
+            .finish();
+        let command = RemoteCommand::new(script, Duration::from_secs(60));
+        let result = match host.run(pool, &command).await {
+            Err(e) => Err(e.to_string()),
+            Ok(out) => describe_break(&out),
+        };
+        (name.to_string(), result)
+    }))
+    .await
+}
+
+fn describe_break(out: &CommandOutput) -> Result<String, String> {
+    let text = out.stdout_text();
+    let Some(line) = observe::fact_line(&text, "lease") else {
+        return Err(format!("failed to break the lease: {}", tail(out)));
+    };
+    let get = |k: &str| {
+        line.iter()
+            .find(|(key, _)| key == k)
+            .map_or(String::new(), |(_, v)| v.clone())
+    };
+    let when = |k: &str| {
+        get(k)
+            .parse::<u64>()
+            .ok()
+            .filter(|t| *t > 0)
+            .map_or("never".to_string(), |t| {
+                crate::state::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(t))
+            })
+    };
+    let stopped = observe::facts(&text)
+        .iter()
+        .filter(|(k, _)| k == "stopped")
+        .count();
+    match get("lease").as_str() {
+        "free" => Ok("not locked; nothing to do".to_string()),
+        "broken" => Ok(format!(
+            "broke the lease of `{}` (generation {}, last renewed {}, would have expired {}); ended {stopped} command group(s) it left running",
+            get("holder"),
+            get("generation"),
+            when("renewed"),
+            when("expires")
+        )),
+        "renewing" => Err(format!(
+            "refused: `{}` holds the lease and renewed it at {} (it is alive; expires {}); stop that controller, or use --force",
+            get("holder"),
+            when("renewed"),
+            when("expires")
+        )),
+        other => Err(format!("unexpected answer `{other}`: {}", tail(out))),
     }
 }
 

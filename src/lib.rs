@@ -1,8 +1,8 @@
 //! convoy: a reconciliation controller that deploys web applications to fleets of servers
 //! over SSH. The binary is a thin shell around this library, which tests call directly.
 
-pub mod cli;
 pub mod cancel;
+pub mod cli;
 pub mod commands;
 pub mod controller;
 pub mod desired;

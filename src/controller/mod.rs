@@ -555,7 +555,11 @@ pub async fn run_once(
         let _ = writeln!(
             out,
             "error: {why}: stopped the commands under way on the hosts and released the leases; unfinished: {}",
-            if pending.is_empty() { "none".to_string() } else { pending.join(", ") }
+            if pending.is_empty() {
+                "none".to_string()
+            } else {
+                pending.join(", ")
+            }
         );
         codes.push(exit_code::FAILED);
     }

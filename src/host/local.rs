@@ -46,23 +46,25 @@ impl LocalHost {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
+        // stdin stays open until the command ends (the lifeline, see the script preamble).
         let feed = async {
-            if let Some(mut pipe) = stdin {
-                // A script that stops reading early is not an error of ours.
-                for data in [prefix, command.stdin.as_deref()].into_iter().flatten() {
-                    if pipe.write_all(data).await.is_err() {
-                        break;
-                    }
+            let mut pipe = stdin?;
+            // A script that stops reading early is not an error of ours.
+            for data in [prefix, command.stdin.as_deref()].into_iter().flatten() {
+                if pipe.write_all(data).await.is_err() {
+                    break;
                 }
             }
+            Some(pipe)
         };
         let work = async {
-            let (_, out, err, status) = tokio::join!(
+            let (lifeline, out, err, status) = tokio::join!(
                 feed,
                 read_tail(stdout, OUTPUT_LIMIT),
                 read_tail(stderr, OUTPUT_LIMIT),
                 child.wait()
             );
+            drop(lifeline);
             let (stdout, t1) = out?;
             let (stderr, t2) = err?;
             let status = status?.code().unwrap_or(-1);

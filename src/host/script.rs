@@ -81,7 +81,7 @@ impl Env {
             .find(|(n, _)| n == "CONVOY_REVISION")
             .map_or(String::new(), |(_, v)| v.clone());
         format!(
-            "cv_with_env() ({words} exec \"$@\"; )\ncv_env_revision={}\n",
+            "cv_with_env() ({words} exec \"$@\"; )\ncv_exec_env() {{{words} exec \"$@\"; }}\ncv_env_revision={}\n",
             quote(&revision)
         )
     }
@@ -219,9 +219,11 @@ impl Script {
         )
     }
 
-    /// Unpack a `.tar.gz` read from the script's stdin into `releases/<release>`.
-    pub fn unpack_archive(self, release: &str) -> Self {
-        self.step("unpack", None, "cv_unpack", &[release])
+    /// Unpack a `.tar.gz` of `size` bytes read from the script's stdin into this
+    /// attempt's build directory of `release`.
+    pub fn unpack_archive(self, release: &str, size: u64) -> Self {
+        let size = size.to_string();
+        self.step("unpack", None, "cv_unpack", &[release, &size])
     }
 
     /// Symlink `shared` entries (`.env` a file, `media/` a directory) of the release to
@@ -415,6 +417,10 @@ impl Script {
 /// so each function uses its own `_xx` prefix; every operation runs in a subshell.
 const PREAMBLE: &str = r#"set -u
 if [ -n "${CV_SELF:-}" ]; then rm -f -- "$CV_SELF"; unset CV_SELF; fi
+# The controller keeps stdin open while it waits for this script (the lifeline): end of
+# file there means it is gone (killed, timed out, connection lost) and user commands end.
+cv_lifeline=${CV_LIFELINE:-0}; unset CV_LIFELINE
+[ "$cv_lifeline" = 1 ] && exec 3<&0
 umask 022
 H=; T=
 GIT_TERMINAL_PROMPT=0; export GIT_TERMINAL_PROMPT
@@ -422,6 +428,7 @@ cv_say() { printf '@@convoy %s\n' "$*"; }
 cv_err() { printf 'convoy: %s\n' "$*" >&2; }
 cv_die() { cv_err "$*"; exit 1; }
 cv_with_env() { "$@"; }
+cv_exec_env() { exec "$@"; }
 cv_pending() {
   cv_safe "$1" || cv_die "invalid release id: $1"
   mkdir -p "$P/.convoy" && cv_write "$P/.convoy/pending" "$1"
@@ -489,30 +496,34 @@ cv_run() {
 }
 # `cv_group CMD...`: runs CMD with the user environment, stdin /dev/null, output to stderr,
 # as its own process group recorded in .convoy/run/<attempt>.<pgid> (so a later attempt or
-# `stop` can end it). A watchdog writes a heartbeat (an empty line) to stdout every second:
-# when the SSH session is gone (controller killed, connection lost) the write fails and the
-# watchdog ends the whole group, so no command outlives the controller that started it.
+# `stop` can end it). A watchdog reads the lifeline (fd 3): at its end of file the controller
+# is gone, and the watchdog ends the whole group, so no command outlives the controller that
+# started it (an SSH master would otherwise keep a dead controller's session running).
 cv_group() {
   mkdir -p "$P/.convoy/run" || return 1
   _gs=0; command -v setsid >/dev/null 2>&1 && _gs=1
   if [ "$_gs" = 1 ]; then
-    { CONVOY_ATTEMPT=$T; export CONVOY_ATTEMPT; cv_with_env setsid "$@"; } </dev/null >&2 &
+    # cv_exec_env execs in this background subshell: $! is the process that becomes the
+    # session and group leader (setsid does not fork when its caller leads no group).
+    { CONVOY_ATTEMPT=$T; export CONVOY_ATTEMPT; cv_exec_env setsid "$@"; } </dev/null >&2 3<&- &
   else
-    { CONVOY_ATTEMPT=$T; export CONVOY_ATTEMPT; cv_with_env "$@"; } </dev/null >&2 &
+    { CONVOY_ATTEMPT=$T; export CONVOY_ATTEMPT; cv_exec_env "$@"; } </dev/null >&2 3<&- &
   fi
   _gp=$!
   _gf="$P/.convoy/run/$T.$_gp"
   [ "$_gs" = 1 ] && cv_boot && cv_write "$_gf" "$cv_bootid"
-  (
-    trap '' PIPE
-    while kill -0 "$_gp" 2>/dev/null; do
-      sleep 1 </dev/null >/dev/null 2>&1
-      printf '\n' 2>/dev/null || { [ "$_gs" = 1 ] && cv_kill_group "$_gp"; rm -f "$_gf"; exit 0; }
-    done
-  ) &
-  _gw=$!
+  _gw=
+  if [ "$cv_lifeline" = 1 ]; then
+    (
+      while read -r _gx; do :; done
+      cv_err "the controller is gone: ending the commands it started"
+      if [ "$_gs" = 1 ]; then cv_kill_group "$_gp"; else kill "$_gp" 2>/dev/null; fi
+      rm -f "$_gf"
+    ) <&3 &
+    _gw=$!
+  fi
   wait "$_gp"; _grc=$?
-  kill "$_gw" 2>/dev/null
+  [ -z "$_gw" ] || kill "$_gw" 2>/dev/null
   # Background children the commands left behind belong to the group: they end with it.
   [ "$_gs" = 1 ] && kill -KILL "-$_gp" 2>/dev/null
   rm -f "$_gf"
@@ -724,7 +735,9 @@ cv_unpack() {
   if cv_complete "$1"; then cat >/dev/null; cv_say "unpack=skipped release=$1"; return 0; fi
   mkdir -p "$P/releases" "$P/.convoy" || return 1
   _ua="$P/.convoy/upload.tmp.$$"
-  cat >"$_ua.gz" || { rm -f "$_ua.gz"; return 1; }
+  cv_num "$2" || cv_die "invalid archive size: $2"
+  # Exactly the archive's bytes: stdin stays open after it (the lifeline).
+  head -c "$2" >"$_ua.gz" || { rm -f "$_ua.gz"; return 1; }
   [ -s "$_ua.gz" ] || { rm -f "$_ua.gz"; cv_die "no archive on stdin"; }
   gzip -dc <"$_ua.gz" >"$_ua.tar"; _urc=$?
   rm -f "$_ua.gz"
@@ -1194,21 +1207,43 @@ pub(crate) mod tests {
         v.iter().map(|x| x.to_string()).collect()
     }
 
-    /// Prepare + build a release with a file `id.txt`; returns nothing.
-    pub(crate) fn make_release(sh: &Shell, p: &str, id: &str) {
-        let cmd = format!("mkdir -p {id}-src && echo {id} > id.txt");
-        ok(sh, Script::new(p).prepare(id).finish());
-        std::fs::create_dir_all(format!("{p}/releases/{id}")).unwrap();
-        ok(
-            sh,
-            Script::new(p).build(id, &[cmd], &Env::default()).finish(),
-        );
-        assert!(Path::new(&format!("{p}/releases/{id}/.convoy-complete")).exists());
+    /// The build dir of `attempt` for release `id`: `releases/.<id>.<token>`.
+    pub(crate) fn attempt_dir(p: &str, id: &str, attempt: &Attempt) -> String {
+        format!("{p}/releases/.{id}.{}", attempt.token)
     }
 
-    pub(crate) fn lease(sh: &Shell, p: &str, holder: &str) -> Fence {
-        let out = ok(sh, Script::new(p).lease_acquire(holder, 600).finish());
+    /// Lease, prepare, build (a file `id.txt`) and publish release `id` as a fresh attempt
+    /// of holder `builder`, then give the lease up again.
+    pub(crate) fn make_release(sh: &Shell, p: &str, id: &str) {
+        let a = Attempt::new("builder");
+        let cmd = format!("mkdir -p {id}-src && echo {id} > id.txt");
+        lease_as(sh, p, &a);
+        ok(sh, Script::for_attempt(p, &a).prepare(id).finish());
+        std::fs::create_dir_all(attempt_dir(p, id, &a)).unwrap();
+        let out = ok(
+            sh,
+            Script::for_attempt(p, &a)
+                .build(id, &[cmd], &Env::default())
+                .lease_release("builder")
+                .finish(),
+        );
+        assert_eq!(fact(&out, "build").as_deref(), Some("done"), "{out}");
+        assert_eq!(fact(&out, "lease").as_deref(), Some("released"), "{out}");
+        assert!(Path::new(&format!("{p}/releases/{id}/.convoy-complete")).exists());
+        assert!(!Path::new(&attempt_dir(p, id, &a)).exists());
+    }
+
+    /// Take the lease (600 s) as `attempt`; returns its fence.
+    #[track_caller]
+    pub(crate) fn lease_as(sh: &Shell, p: &str, attempt: &Attempt) -> Fence {
+        let out = ok(
+            sh,
+            Script::for_attempt(p, attempt)
+                .lease_acquire(&attempt.holder, 600)
+                .finish(),
+        );
         let line = fact_line(&out, "lease").unwrap();
+        assert!(line.contains(&("lease".into(), "acquired".into())), "{out}");
         let generation = line
             .iter()
             .find(|(k, _)| k == "generation")
@@ -1217,8 +1252,135 @@ pub(crate) mod tests {
             .parse()
             .unwrap();
         Fence {
-            holder: holder.into(),
+            holder: attempt.holder.clone(),
             generation,
+        }
+    }
+
+    /// Take the lease (600 s) as a fresh attempt of `holder`.
+    #[track_caller]
+    pub(crate) fn lease(sh: &Shell, p: &str, holder: &str) -> Fence {
+        lease_as(sh, p, &Attempt::new(holder))
+    }
+
+    /// The preamble (with `P`, and `H`/`T` for an attempt) followed by raw shell `body`.
+    fn raw(p: &str, attempt: Option<&Attempt>, body: &str) -> String {
+        let script = match attempt {
+            Some(a) => Script::for_attempt(p, a),
+            None => Script::new(p),
+        };
+        let text = script.finish();
+        format!("{}{body}\n", text.strip_suffix("exit 0\n").unwrap())
+    }
+
+    /// The lock file's fields.
+    fn lock_fields(p: &str) -> Vec<(String, String)> {
+        std::fs::read_to_string(format!("{p}/.convoy/lock"))
+            .unwrap()
+            .split_whitespace()
+            .map(|w| {
+                let (k, v) = w.split_once('=').unwrap_or((w, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    }
+
+    fn lock_field(p: &str, key: &str) -> String {
+        lock_fields(p)
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    }
+
+    fn now_secs() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// Whether `pid` runs (a zombie is dead: PID 1 here does not reap orphans).
+    fn pid_alive(pid: u32) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let state = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+        !(state.starts_with('Z') || state.starts_with('X') || state.is_empty())
+    }
+
+    /// Whether process group `pgid` has a member that is not a zombie.
+    fn group_alive(pgid: u32) -> bool {
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        rd.filter_map(Result::ok).any(|e| {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                return false;
+            };
+            let Some((_, rest)) = stat.rsplit_once(") ") else {
+                return false;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.len() > 2 && f[2] == pgid.to_string() && f[0] != "Z" && f[0] != "X"
+        })
+    }
+
+    /// Wait up to `limit` for `cond`; whether it became true.
+    fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cond()
+    }
+
+    /// The pid written by a command into `file` (waits up to 10 s for it).
+    #[track_caller]
+    fn read_pid(file: &Path) -> u32 {
+        let mut pid = None;
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                pid = std::fs::read_to_string(file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                pid.is_some()
+            }),
+            "no pid in {}",
+            file.display()
+        );
+        pid.unwrap()
+    }
+
+    /// The names in `P/.convoy/run` (records of running process groups).
+    fn run_records(p: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(format!("{p}/.convoy/run"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Wait (bounded) for a child, killing it when it overstays.
+    fn wait_child(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("child {} still running after {limit:?}", child.id());
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -1311,9 +1473,11 @@ pub(crate) mod tests {
                 ("NASTY".into(), nasty.into()),
                 ("CONVOY_RELEASE".into(), "r1".into()),
             ]);
-            ok(&sh, Script::new(&p).prepare("r1").finish());
-            std::fs::create_dir_all(format!("{p}/releases/r1")).unwrap();
-            let script = Script::new(&p)
+            let a = Attempt::new("ctl-a");
+            lease_as(&sh, &p, &a);
+            ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+            std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+            let script = Script::for_attempt(&p, &a)
                 .build(
                     "r1",
                     &s(&[
@@ -1333,11 +1497,12 @@ pub(crate) mod tests {
                 std::fs::read_to_string(format!("{d}/rel.txt")).unwrap(),
                 "r1"
             );
+            // the commands ran in the attempt's own dir, published afterwards
             assert_eq!(
                 std::fs::read_to_string(format!("{d}/pwd.txt"))
                     .unwrap()
                     .trim_end(),
-                d
+                attempt_dir(&p, "r1", &a)
             );
             assert!(!tmp.path().join("pwned").exists() && !Path::new("pwned").exists());
             assert!(!Path::new("pwned2").exists());
@@ -1349,13 +1514,19 @@ pub(crate) mod tests {
         for sh in shells() {
             let tmp = TempDir::new("envname");
             let p = site(&tmp);
-            std::fs::create_dir_all(format!("{p}/releases/r1")).unwrap();
+            let a = Attempt::new("ctl-a");
+            lease_as(&sh, &p, &a);
+            std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
             let env = Env(vec![("BAD NAME; rm -rf /".into(), "x".into())]);
             let o = fails(
                 &sh,
-                Script::new(&p).build("r1", &s(&["true"]), &env).finish(),
+                Script::for_attempt(&p, &a)
+                    .build("r1", &s(&["touch ran"]), &env)
+                    .finish(),
             );
             assert_eq!(steps(&stdout(&o)), vec![("build".to_string(), 1)]);
+            assert!(!Path::new(&format!("{}/ran", attempt_dir(&p, "r1", &a))).exists());
+            assert!(!Path::new(&format!("{p}/releases/r1")).exists());
         }
     }
 
@@ -1365,18 +1536,38 @@ pub(crate) mod tests {
             let tmp = TempDir::new("prepare");
             let p = site(&tmp);
             make_release(&sh, &p, "r1");
+            let a = Attempt::new("ctl-a");
             std::fs::create_dir_all(format!("{p}/releases/r2/sub")).unwrap();
             std::fs::write(format!("{p}/releases/r2/sub/f"), "half").unwrap();
             std::os::unix::fs::symlink("releases/r1", format!("{p}/current.tmp.4242")).unwrap();
-            let out = ok(&sh, Script::new(&p).prepare("r2").finish());
+            // another attempt's build dir is abandoned; this attempt's own is kept
+            std::fs::create_dir_all(format!("{p}/releases/.r2.aold/sub")).unwrap();
+            std::fs::create_dir_all(attempt_dir(&p, "r2", &a)).unwrap();
+            let out = ok(&sh, Script::for_attempt(&p, &a).prepare("r2").finish());
             assert_eq!(steps(&out), vec![("prepare".to_string(), 0)]);
             assert!(!Path::new(&format!("{p}/releases/r2")).exists());
+            assert!(!Path::new(&format!("{p}/releases/.r2.aold")).exists());
+            assert!(Path::new(&attempt_dir(&p, "r2", &a)).is_dir());
+            assert!(
+                out.contains("@@convoy removed=r2.aold reason=abandoned\n"),
+                "{out}"
+            );
+            assert!(
+                out.contains("@@convoy removed=r2 reason=incomplete\n"),
+                "{out}"
+            );
             assert!(std::fs::symlink_metadata(format!("{p}/current.tmp.4242")).is_err());
             // a complete release is kept
-            ok(&sh, Script::new(&p).prepare("r1").finish());
+            ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
             assert!(Path::new(&format!("{p}/releases/r1/id.txt")).exists());
             let before = snapshot(tmp.path());
-            ok(&sh, Script::new(&p).prepare("r1").prepare("r2").finish());
+            ok(
+                &sh,
+                Script::for_attempt(&p, &a)
+                    .prepare("r1")
+                    .prepare("r2")
+                    .finish(),
+            );
             assert_eq!(snapshot(tmp.path()), before, "[{}]", sh.name);
             for d in ["releases", "shared", ".convoy"] {
                 assert!(Path::new(&format!("{p}/{d}")).is_dir());
@@ -1389,10 +1580,14 @@ pub(crate) mod tests {
         for sh in shells() {
             let tmp = TempDir::new("buildfail");
             let p = site(&tmp);
-            std::fs::create_dir_all(format!("{p}/releases/r1")).unwrap();
+            let a = Attempt::new("ctl-a");
+            let f = lease_as(&sh, &p, &a);
+            ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+            let d = attempt_dir(&p, "r1", &a);
+            std::fs::create_dir_all(&d).unwrap();
             let o = sh.run(
-                &Script::new(&p)
-                    .prepare("r9")
+                &Script::for_attempt(&p, &a)
+                    .prepare("r1")
                     .build(
                         "r1",
                         &s(&[
@@ -1402,13 +1597,7 @@ pub(crate) mod tests {
                         ]),
                         &Env::default(),
                     )
-                    .switch(
-                        "r1",
-                        &Fence {
-                            holder: "h".into(),
-                            generation: 1,
-                        },
-                    )
+                    .switch("r1", &f)
                     .finish(),
             );
             assert_eq!(o.status.code(), Some(1), "{}", explain(&sh, &o));
@@ -1417,7 +1606,8 @@ pub(crate) mod tests {
                 steps(&out),
                 vec![("prepare".to_string(), 0), ("build".to_string(), 1)]
             );
-            let d = format!("{p}/releases/r1");
+            assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+            assert!(std::fs::symlink_metadata(format!("{p}/current")).is_err());
             assert!(Path::new(&format!("{d}/one")).exists());
             assert!(
                 !Path::new(&format!("{d}/after")).exists(),
@@ -1427,7 +1617,7 @@ pub(crate) mod tests {
             assert!(!Path::new(&format!("{d}/.convoy-complete")).exists());
             // exit status of the command is the step status
             let o = sh.run(
-                &Script::new(&p)
+                &Script::for_attempt(&p, &a)
                     .build("r1", &s(&["exit 7"]), &Env::default())
                     .finish(),
             );
@@ -1435,7 +1625,7 @@ pub(crate) mod tests {
             assert_eq!(steps(&stdout(&o)), vec![("build".to_string(), 7)]);
             // user output goes to stderr: cannot forge step lines
             let o = sh.run(
-                &Script::new(&p)
+                &Script::for_attempt(&p, &a)
                     .build(
                         "r1",
                         &s(&["echo '@@convoy step=build status=0'; exit 3"]),
@@ -1444,20 +1634,34 @@ pub(crate) mod tests {
                     .finish(),
             );
             assert_eq!(steps(&stdout(&o)), vec![("build".to_string(), 3)]);
-            // success writes the marker; a second build is a no-op
+            assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+            // success writes the marker and publishes; a second build is a no-op
             let out = ok(
                 &sh,
-                Script::new(&p)
+                Script::for_attempt(&p, &a)
                     .build("r1", &s(&["echo ok >> count"]), &Env::default())
                     .finish(),
             );
             assert_eq!(fact(&out, "build").as_deref(), Some("done"));
-            let marker = std::fs::read_to_string(format!("{d}/.convoy-complete")).unwrap();
+            assert!(!Path::new(&d).exists());
+            let r1 = format!("{p}/releases/r1");
+            let marker = std::fs::read_to_string(format!("{r1}/.convoy-complete")).unwrap();
             assert!(marker.starts_with("built_at="), "{marker}");
+            assert_eq!(
+                std::fs::read_to_string(format!("{r1}/count")).unwrap(),
+                "ok\n"
+            );
+            assert!(Path::new(&format!("{r1}/one")).exists());
+            assert!(
+                run_records(&p).is_empty(),
+                "[{}] {:?}",
+                sh.name,
+                run_records(&p)
+            );
             let before = snapshot(tmp.path());
             let out = ok(
                 &sh,
-                Script::new(&p)
+                Script::for_attempt(&p, &a)
                     .build("r1", &s(&["echo ok >> count"]), &Env::default())
                     .finish(),
             );
@@ -1662,7 +1866,9 @@ pub(crate) mod tests {
                     .into_iter()
                     .map(|h| {
                         let sh = sh.clone();
-                        let script = Script::new(&p).lease_acquire(h, 600).finish();
+                        let script = Script::for_attempt(&p, &Attempt::new(h))
+                            .lease_acquire(h, 600)
+                            .finish();
                         scope.spawn(move || sh.run(&script))
                     })
                     .collect();
@@ -1696,10 +1902,16 @@ pub(crate) mod tests {
             // expired: another holder takes over with generation + 1
             let lock = format!("{p}/.convoy/lock");
             std::fs::write(&lock, format!("holder={holder} expires=5 generation=1\n")).unwrap();
-            let g = lease(&sh, &p, "ctl-z");
+            let z = Attempt::new("ctl-z");
+            let g = lease_as(&sh, &p, &z);
             assert_eq!(g.generation, 2);
+            assert_eq!(lock_field(&p, "attempt"), z.token);
             // the old holder is now locked out (and fenced)
-            let o = sh.run(&Script::new(&p).lease_acquire(&holder, 60).finish());
+            let o = sh.run(
+                &Script::for_attempt(&p, &Attempt::new(&holder))
+                    .lease_acquire(&holder, 60)
+                    .finish(),
+            );
             assert_eq!(
                 o.status.code(),
                 Some(EXIT_LEASE_HELD),
@@ -1709,12 +1921,20 @@ pub(crate) mod tests {
             // release: generation kept, then anyone acquires with generation + 1
             let out = ok(
                 &sh,
-                Script::new(&p)
+                Script::for_attempt(&p, &z)
                     .lease_release("ctl-z")
                     .lease_release("ctl-z")
                     .finish(),
             );
-            assert_eq!(fact(&out, "lease").as_deref(), Some("notheld"));
+            assert_eq!(
+                facts(&out)
+                    .into_iter()
+                    .filter(|(k, _)| k == "lease")
+                    .map(|(_, v)| v)
+                    .collect::<Vec<_>>(),
+                ["released", "notheld"]
+            );
+            assert_eq!(lock_field(&p, "expires"), "0");
             let h = lease(&sh, &p, "ctl-a");
             assert_eq!(h.generation, 3);
             // a stale mutex (older than 5 s: a holder killed mid-operation) does not block
@@ -1736,7 +1956,11 @@ pub(crate) mod tests {
             let tmp = TempDir::new("held");
             let p = site(&tmp);
             lease(&sh, &p, "ctl-a");
-            let o = sh.run(&Script::new(&p).lease_acquire("ctl-b", 60).finish());
+            let o = sh.run(
+                &Script::for_attempt(&p, &Attempt::new("ctl-b"))
+                    .lease_acquire("ctl-b", 60)
+                    .finish(),
+            );
             assert_eq!(
                 o.status.code(),
                 Some(EXIT_LEASE_HELD),
@@ -1746,6 +1970,19 @@ pub(crate) mod tests {
             assert_eq!(
                 steps(&stdout(&o)),
                 vec![("lease_acquire".to_string(), EXIT_LEASE_HELD)]
+            );
+            // a script without an attempt cannot take a lease at all
+            let before = std::fs::read_to_string(format!("{p}/.convoy/lock")).unwrap();
+            let o = fails(&sh, Script::new(&p).lease_acquire("ctl-a", 60).finish());
+            assert_eq!(steps(&stdout(&o)), vec![("lease_acquire".to_string(), 1)]);
+            assert!(
+                String::from_utf8_lossy(&o.stderr).contains("invalid attempt"),
+                "{}",
+                explain(&sh, &o)
+            );
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/.convoy/lock")).unwrap(),
+                before
             );
         }
     }
@@ -1974,13 +2211,14 @@ pub(crate) mod tests {
         for sh in shells() {
             let tmp = TempDir::new("shared");
             let p = site(&tmp);
-            let d = format!("{p}/releases/r1");
+            let a = Attempt::new("ctl-a");
+            let d = attempt_dir(&p, "r1", &a);
             std::fs::create_dir_all(format!("{d}/media/img")).unwrap();
             std::fs::write(format!("{d}/media/img/a.png"), "png").unwrap();
             std::fs::write(format!("{d}/.env"), "FROM_RELEASE=1").unwrap();
             let entries = s(&[".env", "media/", "var/log/", "conf/app.ini"]);
-            let script = Script::new(&p)
-                .prepare("r0")
+            let script = Script::for_attempt(&p, &a)
+                .prepare("r1")
                 .link_shared("r1", &entries)
                 .finish();
             ok(&sh, script.clone());
@@ -2009,11 +2247,18 @@ pub(crate) mod tests {
             let before = snapshot(tmp.path());
             ok(&sh, script);
             assert_eq!(snapshot(tmp.path()), before);
-            // a second release: its own copy is replaced by the link, shared content kept
-            let d2 = format!("{p}/releases/r2");
+            // a second release (a later attempt): its own copy is replaced by the link,
+            // shared content kept
+            let b = Attempt::new("ctl-a");
+            let d2 = attempt_dir(&p, "r2", &b);
             std::fs::create_dir_all(&d2).unwrap();
             std::fs::write(format!("{d2}/.env"), "FROM_R2").unwrap();
-            ok(&sh, Script::new(&p).link_shared("r2", &entries).finish());
+            ok(
+                &sh,
+                Script::for_attempt(&p, &b)
+                    .link_shared("r2", &entries)
+                    .finish(),
+            );
             assert_eq!(
                 std::fs::read_to_string(format!("{d2}/.env")).unwrap(),
                 "FROM_RELEASE=1"
@@ -2021,15 +2266,25 @@ pub(crate) mod tests {
             // escaping the site is refused
             let o = fails(
                 &sh,
-                Script::new(&p).link_shared("r2", &s(&["../x"])).finish(),
+                Script::for_attempt(&p, &b)
+                    .link_shared("r2", &s(&["../x"]))
+                    .finish(),
             );
             assert_eq!(steps(&stdout(&o)), vec![("link_shared".to_string(), 1)]);
             fails(
                 &sh,
-                Script::new(&p)
+                Script::for_attempt(&p, &b)
                     .link_shared("r2", &s(&["/etc/passwd"]))
                     .finish(),
             );
+            // another attempt's dir is not this attempt's to change
+            let o = fails(
+                &sh,
+                Script::for_attempt(&p, &Attempt::new("ctl-a"))
+                    .link_shared("r2", &entries)
+                    .finish(),
+            );
+            assert_eq!(steps(&stdout(&o)), vec![("link_shared".to_string(), 1)]);
         }
     }
 
@@ -2140,22 +2395,26 @@ pub(crate) mod tests {
             let c1 = git(&repo, &["rev-parse", "HEAD"]);
             let p = site(&tmp);
             let url = repo.to_string_lossy().into_owned();
+            let a = Attempt::new("ctl-a");
             let fetch = |id: &str, rev: &str| {
-                Script::new(&p)
+                Script::for_attempt(&p, &a)
                     .prepare(id)
                     .fetch_git(id, &url, rev)
                     .finish()
             };
+            lease_as(&sh, &p, &a);
             let out = ok(&sh, fetch("r1", "v1"));
             assert_eq!(fact(&out, "revision"), Some(c1.clone()));
+            let d1 = attempt_dir(&p, "r1", &a);
             assert_eq!(
-                std::fs::read_to_string(format!("{p}/releases/r1/app.txt")).unwrap(),
+                std::fs::read_to_string(format!("{d1}/app.txt")).unwrap(),
                 "v1"
             );
             assert_eq!(
-                std::fs::read_to_string(format!("{p}/releases/r1/.convoy-revision")).unwrap(),
+                std::fs::read_to_string(format!("{d1}/.convoy-revision")).unwrap(),
                 format!("{c1}\n")
             );
+            assert!(!Path::new(&format!("{p}/releases/r1")).exists());
             // twice = same state
             let before = snapshot(tmp.path());
             ok(&sh, fetch("r1", "v1"));
@@ -2167,22 +2426,33 @@ pub(crate) mod tests {
             let out = ok(&sh, fetch("r2", "main"));
             assert_eq!(fact(&out, "revision"), Some(c2.clone()));
             assert_eq!(
-                std::fs::read_to_string(format!("{p}/releases/r2/app.txt")).unwrap(),
+                std::fs::read_to_string(format!("{}/app.txt", attempt_dir(&p, "r2", &a))).unwrap(),
                 "v2"
             );
-            let out = ok(&sh, fetch("r3", &c1[..12]));
-            assert_eq!(fact(&out, "revision"), Some(c1.clone()));
             // build on top marks it complete with the revision; a later fetch leaves it alone
             ok(
                 &sh,
-                Script::new(&p)
+                Script::for_attempt(&p, &a)
                     .build("r2", &s(&["true"]), &Env::default())
                     .finish(),
             );
             let m = std::fs::read_to_string(format!("{p}/releases/r2/.convoy-complete")).unwrap();
             assert!(m.contains(&format!("revision={c2}")), "{m}");
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/releases/r2/app.txt")).unwrap(),
+                "v2"
+            );
+            let out = ok(&sh, fetch("r3", &c1[..12]));
+            assert_eq!(fact(&out, "revision"), Some(c1.clone()));
+            assert_eq!(
+                std::fs::read_to_string(format!("{}/app.txt", attempt_dir(&p, "r3", &a))).unwrap(),
+                "v1"
+            );
+            let before = snapshot(format!("{p}/releases/r2").as_ref());
             let out = ok(&sh, fetch("r2", "main"));
             assert_eq!(fact(&out, "revision"), Some(c2.clone()));
+            assert_eq!(fact(&out, "fetch").as_deref(), Some("skipped"));
+            assert_eq!(snapshot(format!("{p}/releases/r2").as_ref()), before);
             // unknown revision fails the fetch step
             let o = fails(&sh, fetch("r4", "nope"));
             assert_eq!(steps(&stdout(&o)).last().unwrap().0, "fetch");
@@ -2210,19 +2480,767 @@ pub(crate) mod tests {
             assert!(o.status.success());
             let tgz = o.stdout;
             let p = site(&tmp);
-            let script = Script::new(&p).prepare("r1").unpack_archive("r1").finish();
+            let a = Attempt::new("ctl-a");
+            let unpack = |bytes: &[u8]| {
+                Script::for_attempt(&p, &a)
+                    .prepare("r1")
+                    .unpack_archive("r1", bytes.len() as u64)
+                    .finish()
+            };
+            let script = unpack(&tgz);
             let o = sh.run_with_stdin(&script, &tgz);
             assert!(o.status.success(), "{}", explain(&sh, &o));
+            let d = attempt_dir(&p, "r1", &a);
             assert_eq!(
-                std::fs::read_to_string(format!("{p}/releases/r1/sub/f.txt")).unwrap(),
+                std::fs::read_to_string(format!("{d}/sub/f.txt")).unwrap(),
                 "hello"
             );
-            let o = sh.run_with_stdin(&script, b"not a tarball");
+            let o = sh.run_with_stdin(&unpack(b"not a tarball"), b"not a tarball");
             assert!(!o.status.success());
             assert_eq!(
                 steps(&stdout(&o)).last().unwrap(),
                 &("unpack".to_string(), 1)
             );
+            // unpacked again, then built and published under the lease
+            let o = sh.run_with_stdin(&script, &tgz);
+            assert!(o.status.success(), "{}", explain(&sh, &o));
+            lease_as(&sh, &p, &a);
+            ok(
+                &sh,
+                Script::for_attempt(&p, &a)
+                    .build("r1", &s(&["test -f sub/f.txt"]), &Env::default())
+                    .finish(),
+            );
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/releases/r1/sub/f.txt")).unwrap(),
+                "hello"
+            );
+            assert!(!Path::new(&d).exists());
+            assert!(
+                !snapshot(tmp.path())
+                    .iter()
+                    .any(|(k, _)| k.contains(".tmp.")),
+                "[{}] temp files left",
+                sh.name
+            );
         }
+    }
+
+    /// Starts a build of `id` by `attempt` in the background (stdout to a file, so the
+    /// watchdog's heartbeat always succeeds).
+    fn spawn_build(
+        sh: &Shell,
+        p: &str,
+        attempt: &Attempt,
+        id: &str,
+        cmd: &str,
+        out: &Path,
+    ) -> std::process::Child {
+        let script = Script::for_attempt(p, attempt)
+            .build(id, &[cmd.to_string()], &Env::default())
+            .finish();
+        sh.command(&script)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// A build command that writes its pid (= its process group) to `pidf`, then sleeps.
+    fn sleeper(pidf: &Path, secs: u32, then: &str) -> String {
+        format!(
+            "echo $$ > {}; sleep {secs}; {then}",
+            quote(&pidf.to_string_lossy())
+        )
+    }
+
+    #[test]
+    fn abandoned_attempt_cannot_publish() {
+        for sh in shells() {
+            let tmp = TempDir::new("abandoned");
+            let p = site(&tmp);
+            let a = Attempt::new("ctl-a");
+            lease_as(&sh, &p, &a);
+            ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+            std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+            let pidf = tmp.path().join("a.pid");
+            let late = tmp.path().join("a.late");
+            let started = Instant::now();
+            let then = format!("echo late > {}", quote(&late.to_string_lossy()));
+            let mut child = spawn_build(
+                &sh,
+                &p,
+                &a,
+                "r1",
+                &sleeper(&pidf, 2, &then),
+                &tmp.path().join("a.out"),
+            );
+            let pid = read_pid(&pidf);
+            // the group is recorded under the attempt and its real process group id
+            let record = format!("{}.{pid}", a.token);
+            assert!(
+                wait_for(Duration::from_secs(5), || run_records(&p)
+                    == [record.clone()]),
+                "[{}] records {:?}, expected [{record}]",
+                sh.name,
+                run_records(&p)
+            );
+            // a later attempt of the same holder (the controller restarted) takes over
+            let b = Attempt::new("ctl-a");
+            lease_as(&sh, &p, &b);
+            let out = ok(&sh, Script::for_attempt(&p, &b).prepare("r1").finish());
+            assert!(
+                out.contains(&format!("@@convoy stopped={pid} attempt={}\n", a.token)),
+                "[{}] {out}",
+                sh.name
+            );
+            assert!(
+                out.contains(&format!(
+                    "@@convoy removed=r1.{} reason=abandoned\n",
+                    a.token
+                )),
+                "[{}] {out}",
+                sh.name
+            );
+            assert!(!pid_alive(pid) && !group_alive(pid), "[{}]", sh.name);
+            assert!(!Path::new(&attempt_dir(&p, "r1", &a)).exists());
+            assert!(run_records(&p).is_empty(), "{:?}", run_records(&p));
+            let code = wait_child(&mut child, Duration::from_secs(10));
+            assert_ne!(code, Some(0), "[{}]", sh.name);
+            let a_out = std::fs::read_to_string(tmp.path().join("a.out")).unwrap();
+            assert!(!a_out.contains("build=done"), "{a_out}");
+            // past the end of A's sleep: its last command never ran
+            std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+            assert!(!late.exists(), "[{}] the abandoned build ran on", sh.name);
+            assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+            // even a build of A that runs to its end is fenced and discarded
+            std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+            let o = sh.run(
+                &Script::for_attempt(&p, &a)
+                    .build("r1", &s(&["echo a > by.txt"]), &Env::default())
+                    .finish(),
+            );
+            assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
+            assert!(facts(&stdout(&o)).iter().any(|(k, _)| k == "fenced"));
+            assert!(!Path::new(&attempt_dir(&p, "r1", &a)).exists());
+            assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+            // B builds and publishes
+            std::fs::create_dir_all(attempt_dir(&p, "r1", &b)).unwrap();
+            let out = ok(
+                &sh,
+                Script::for_attempt(&p, &b)
+                    .build("r1", &s(&["echo b > by.txt"]), &Env::default())
+                    .finish(),
+            );
+            assert_eq!(fact(&out, "build").as_deref(), Some("done"));
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/releases/r1/by.txt")).unwrap(),
+                "b\n"
+            );
+            assert!(Path::new(&format!("{p}/releases/r1/.convoy-complete")).exists());
+        }
+    }
+
+    #[test]
+    fn build_whose_lease_was_taken_over_is_discarded() {
+        for sh in shells() {
+            let tmp = TempDir::new("takenover");
+            let p = site(&tmp);
+            let a = Attempt::new("ctl-a");
+            let f = lease_as(&sh, &p, &a);
+            ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+            std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+            // A's lease lapses while it builds and ctl-b takes the host over
+            std::fs::write(
+                format!("{p}/.convoy/lock"),
+                format!(
+                    "holder=ctl-a expires=1 generation={} attempt={} renewed=1\n",
+                    f.generation, a.token
+                ),
+            )
+            .unwrap();
+            let b = Attempt::new("ctl-b");
+            let g = lease_as(&sh, &p, &b);
+            assert_eq!(g.generation, f.generation + 1);
+            let o = sh.run(
+                &Script::for_attempt(&p, &a)
+                    .build("r1", &s(&["touch built"]), &Env::default())
+                    .finish(),
+            );
+            assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
+            let out = stdout(&o);
+            assert_eq!(steps(&out), vec![("build".to_string(), EXIT_FENCED)]);
+            let line = fact_line(&out, "fenced").unwrap();
+            assert!(line.contains(&("holder".into(), "ctl-b".into())), "{out}");
+            assert!(!Path::new(&attempt_dir(&p, "r1", &a)).exists());
+            assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+            assert_eq!(lock_field(&p, "attempt"), b.token);
+            // a lease that merely expired (nobody took over) does not publish either
+            std::fs::create_dir_all(attempt_dir(&p, "r1", &b)).unwrap();
+            std::fs::write(
+                format!("{p}/.convoy/lock"),
+                format!(
+                    "holder=ctl-b expires=1 generation={} attempt={} renewed=1\n",
+                    g.generation, b.token
+                ),
+            )
+            .unwrap();
+            let o = sh.run(
+                &Script::for_attempt(&p, &b)
+                    .build("r1", &s(&["touch built"]), &Env::default())
+                    .finish(),
+            );
+            assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
+            assert!(!Path::new(&attempt_dir(&p, "r1", &b)).exists());
+            assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+        }
+    }
+
+    #[test]
+    fn watchdog_ends_the_group_when_the_session_is_gone() {
+        for sh in shells() {
+            let tmp = TempDir::new("watchdog");
+            let p = site(&tmp);
+            let a = Attempt::new("ctl-a");
+            lease_as(&sh, &p, &a);
+            ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+            std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+            let pidf = tmp.path().join("pid");
+            let script = Script::for_attempt(&p, &a)
+                .build("r1", &[sleeper(&pidf, 30, "true")], &Env::default())
+                .finish();
+            // as the transports run it: stdin (the lifeline) open while the controller waits
+            let mut child = sh
+                .command(&script)
+                .env("CV_LIFELINE", "1")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let pid = read_pid(&pidf);
+            assert!(group_alive(pid));
+            std::thread::sleep(Duration::from_secs(1));
+            assert!(
+                group_alive(pid),
+                "[{}] ended while the session was up",
+                sh.name
+            );
+            // the controller goes away: end of file on the lifeline, nobody reads stdout
+            drop(child.stdin.take());
+            drop(child.stdout.take());
+            let gone = Instant::now();
+            assert!(
+                wait_for(Duration::from_secs(4), || !group_alive(pid)),
+                "[{}] the build's group outlived its session",
+                sh.name
+            );
+            assert!(gone.elapsed() < Duration::from_secs(4));
+            wait_child(&mut child, Duration::from_secs(10));
+            assert!(
+                wait_for(Duration::from_secs(3), || run_records(&p).is_empty()),
+                "{:?}",
+                run_records(&p)
+            );
+            assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+        }
+    }
+
+    #[test]
+    fn stop_ends_only_this_attempts_groups() {
+        for sh in shells() {
+            let tmp = TempDir::new("stop");
+            let p = site(&tmp);
+            // nothing to stop on an empty site, and nothing is created
+            let out = ok(
+                &sh,
+                Script::for_attempt(&p, &Attempt::new("x")).stop().finish(),
+            );
+            assert_eq!(steps(&out), vec![("stop".to_string(), 0)]);
+            assert!(!Path::new(&p).exists());
+            let a = Attempt::new("ctl-a");
+            lease_as(&sh, &p, &a);
+            ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+            std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+            let pidf = tmp.path().join("pid");
+            let mut child = spawn_build(
+                &sh,
+                &p,
+                &a,
+                "r1",
+                &sleeper(&pidf, 30, "true"),
+                &tmp.path().join("out"),
+            );
+            let pid = read_pid(&pidf);
+            let record = format!("{}.{pid}", a.token);
+            assert!(
+                wait_for(Duration::from_secs(5), || run_records(&p)
+                    == [record.clone()]),
+                "[{}] {:?}",
+                sh.name,
+                run_records(&p)
+            );
+            // another attempt's stop leaves it running
+            let out = ok(
+                &sh,
+                Script::for_attempt(&p, &Attempt::new("ctl-a"))
+                    .stop()
+                    .finish(),
+            );
+            assert!(!facts(&out).iter().any(|(k, _)| k == "stopped"), "{out}");
+            assert!(group_alive(pid));
+            assert_eq!(run_records(&p), [record.clone()]);
+            // its own stop ends it
+            let start = Instant::now();
+            let out = ok(&sh, Script::for_attempt(&p, &a).stop().finish());
+            assert!(
+                out.contains(&format!("@@convoy stopped={pid} attempt={}\n", a.token)),
+                "[{}] {out}",
+                sh.name
+            );
+            assert!(!group_alive(pid));
+            assert!(start.elapsed() < Duration::from_secs(5));
+            assert_ne!(wait_child(&mut child, Duration::from_secs(10)), Some(0));
+            assert!(run_records(&p).is_empty(), "{:?}", run_records(&p));
+            assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+        }
+    }
+
+    #[test]
+    fn lease_renew_extends_only_the_same_attempt() {
+        for sh in shells() {
+            let tmp = TempDir::new("renew");
+            let p = site(&tmp);
+            let a = Attempt::new("ctl-a");
+            let f = lease_as(&sh, &p, &a);
+            let lock = format!("{p}/.convoy/lock");
+            let before = std::fs::read_to_string(&lock).unwrap();
+            let exp0: u64 = lock_field(&p, "expires").parse().unwrap();
+            for other in [
+                Attempt::new("ctl-a"),
+                Attempt {
+                    holder: "ctl-b".into(),
+                    token: a.token.clone(),
+                },
+            ] {
+                let o = sh.run(
+                    &Script::for_attempt(&p, &other)
+                        .lease_renew(&other.holder, 1000)
+                        .finish(),
+                );
+                assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
+                let line = fact_line(&stdout(&o), "lease").unwrap();
+                assert!(line.contains(&("lease".into(), "lost".into())));
+                assert!(line.contains(&("holder".into(), "ctl-a".into())));
+                assert_eq!(std::fs::read_to_string(&lock).unwrap(), before);
+            }
+            let t0 = now_secs();
+            let out = ok(
+                &sh,
+                Script::for_attempt(&p, &a)
+                    .lease_renew("ctl-a", 1000)
+                    .finish(),
+            );
+            assert_eq!(fact(&out, "lease").as_deref(), Some("renewed"));
+            let exp1: u64 = lock_field(&p, "expires").parse().unwrap();
+            assert!(exp1 > exp0 && exp1 >= t0 + 1000, "{exp0} {exp1}");
+            assert_eq!(lock_field(&p, "generation"), f.generation.to_string());
+            assert_eq!(lock_field(&p, "attempt"), a.token);
+            assert_eq!(lock_field(&p, "holder"), "ctl-a");
+            let renewed: u64 = lock_field(&p, "renewed").parse().unwrap();
+            assert!(renewed >= t0 && renewed <= now_secs());
+            // the fence still holds after a renewal
+            make_release_for(&sh, &p, &a, "r1");
+            ok(&sh, Script::new(&p).switch("r1", &f).finish());
+            // an expired lease is lost, not renewed
+            let expired = format!(
+                "holder=ctl-a expires=1 generation={} attempt={} renewed=1\n",
+                f.generation, a.token
+            );
+            std::fs::write(&lock, &expired).unwrap();
+            let o = sh.run(
+                &Script::for_attempt(&p, &a)
+                    .lease_renew("ctl-a", 1000)
+                    .finish(),
+            );
+            assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
+            assert_eq!(std::fs::read_to_string(&lock).unwrap(), expired);
+        }
+    }
+
+    /// Prepare, build and publish `id` as `attempt`, which holds the lease.
+    fn make_release_for(sh: &Shell, p: &str, attempt: &Attempt, id: &str) {
+        ok(sh, Script::for_attempt(p, attempt).prepare(id).finish());
+        std::fs::create_dir_all(attempt_dir(p, id, attempt)).unwrap();
+        let out = ok(
+            sh,
+            Script::for_attempt(p, attempt)
+                .build(id, &s(&["echo x > id.txt"]), &Env::default())
+                .finish(),
+        );
+        assert_eq!(fact(&out, "build").as_deref(), Some("done"), "{out}");
+    }
+
+    #[test]
+    fn lease_break_spares_a_renewing_holder_unless_forced() {
+        for sh in shells() {
+            let tmp = TempDir::new("break");
+            let p = site(&tmp);
+            // no site at all: free, and nothing is created
+            let out = ok(&sh, Script::new(&p).lease_break(60, false).finish());
+            assert_eq!(fact(&out, "lease").as_deref(), Some("free"));
+            assert!(!Path::new(&p).exists());
+            let a = Attempt::new("ctl-a");
+            let f = lease_as(&sh, &p, &a);
+            make_release_for(&sh, &p, &a, "r1");
+            ok(&sh, Script::new(&p).switch("r1", &f).finish());
+            // recently renewed: refused without force
+            let lock = format!("{p}/.convoy/lock");
+            let before = std::fs::read_to_string(&lock).unwrap();
+            let o = sh.run(&Script::new(&p).lease_break(60, false).finish());
+            assert_eq!(
+                o.status.code(),
+                Some(EXIT_LEASE_HELD),
+                "{}",
+                explain(&sh, &o)
+            );
+            let line = fact_line(&stdout(&o), "lease").unwrap();
+            assert!(line.contains(&("lease".into(), "renewing".into())));
+            assert!(line.contains(&("holder".into(), "ctl-a".into())));
+            assert_eq!(std::fs::read_to_string(&lock).unwrap(), before);
+            // forced: broken, generation bumped, the holder's running build ended
+            ok(&sh, Script::for_attempt(&p, &a).prepare("r2").finish());
+            std::fs::create_dir_all(attempt_dir(&p, "r2", &a)).unwrap();
+            let pidf = tmp.path().join("pid");
+            let mut child = spawn_build(
+                &sh,
+                &p,
+                &a,
+                "r2",
+                &sleeper(&pidf, 30, "true"),
+                &tmp.path().join("out"),
+            );
+            let pid = read_pid(&pidf);
+            assert!(wait_for(Duration::from_secs(5), || !run_records(&p).is_empty()));
+            let out = ok(&sh, Script::new(&p).lease_break(60, true).finish());
+            let line = fact_line(&out, "lease").unwrap();
+            assert!(line.contains(&("lease".into(), "broken".into())), "{out}");
+            assert!(line.contains(&("holder".into(), "ctl-a".into())), "{out}");
+            assert!(
+                out.contains(&format!("@@convoy stopped={pid} attempt={}\n", a.token)),
+                "[{}] {out}",
+                sh.name
+            );
+            assert!(!group_alive(pid));
+            assert_ne!(wait_child(&mut child, Duration::from_secs(10)), Some(0));
+            assert!(!Path::new(&format!("{p}/releases/r2")).exists());
+            assert_eq!(lock_field(&p, "holder"), "");
+            assert_eq!(lock_field(&p, "generation"), (f.generation + 1).to_string());
+            // the old fence no longer switches
+            let o = sh.run(&Script::new(&p).switch("r1", &f).finish());
+            assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
+            // nothing left to break
+            let out = ok(&sh, Script::new(&p).lease_break(60, false).finish());
+            assert_eq!(fact(&out, "lease").as_deref(), Some("free"));
+            assert_eq!(lock_field(&p, "generation"), (f.generation + 1).to_string());
+            // a lease nobody renewed lately (its holder is gone) breaks without force
+            let b = Attempt::new("ctl-b");
+            let g = lease_as(&sh, &p, &b);
+            assert_eq!(g.generation, f.generation + 2);
+            let stale = format!(
+                "holder=ctl-b expires={} generation={} attempt={} renewed={}\n",
+                now_secs() + 600,
+                g.generation,
+                b.token,
+                now_secs() - 120
+            );
+            std::fs::write(&lock, stale).unwrap();
+            let out = ok(&sh, Script::new(&p).lease_break(60, false).finish());
+            let line = fact_line(&out, "lease").unwrap();
+            assert!(line.contains(&("lease".into(), "broken".into())), "{out}");
+            assert!(line.contains(&("holder".into(), "ctl-b".into())), "{out}");
+            assert_eq!(lock_field(&p, "generation"), (g.generation + 1).to_string());
+            let o = sh.run(&Script::new(&p).switch("r1", &g).finish());
+            assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
+            assert_eq!(read_link(&p), "releases/r1");
+        }
+    }
+
+    #[test]
+    fn lease_release_needs_the_same_attempt() {
+        for sh in shells() {
+            let tmp = TempDir::new("release");
+            let p = site(&tmp);
+            let a = Attempt::new("ctl-a");
+            let f = lease_as(&sh, &p, &a);
+            let lock = format!("{p}/.convoy/lock");
+            let before = std::fs::read_to_string(&lock).unwrap();
+            for other in [
+                Script::for_attempt(&p, &Attempt::new("ctl-a")),
+                Script::new(&p),
+            ] {
+                let out = ok(&sh, other.lease_release("ctl-a").finish());
+                assert_eq!(fact(&out, "lease").as_deref(), Some("notheld"), "{out}");
+                assert_eq!(std::fs::read_to_string(&lock).unwrap(), before);
+            }
+            let o = sh.run(
+                &Script::for_attempt(&p, &Attempt::new("ctl-b"))
+                    .lease_acquire("ctl-b", 60)
+                    .finish(),
+            );
+            assert_eq!(
+                o.status.code(),
+                Some(EXIT_LEASE_HELD),
+                "{}",
+                explain(&sh, &o)
+            );
+            let out = ok(
+                &sh,
+                Script::for_attempt(&p, &a).lease_release("ctl-a").finish(),
+            );
+            assert_eq!(fact(&out, "lease").as_deref(), Some("released"));
+            assert_eq!(lock_field(&p, "expires"), "0");
+            assert_eq!(lock_field(&p, "generation"), f.generation.to_string());
+        }
+    }
+
+    #[test]
+    fn link_shared_refuses_symlinked_parents() {
+        for sh in shells() {
+            let tmp = TempDir::new("sharedlink");
+            let p = site(&tmp);
+            let a = Attempt::new("ctl-a");
+            ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+            let d = attempt_dir(&p, "r1", &a);
+            std::fs::create_dir_all(&d).unwrap();
+            let outside = tmp.path().join("outside");
+            std::fs::create_dir_all(outside.join("sub")).unwrap();
+            std::fs::write(outside.join("secret.txt"), "s3cret").unwrap();
+            std::fs::write(outside.join("sub/more.txt"), "more").unwrap();
+            // release side: `config -> <outside>` (like `config -> /etc`), and deeper
+            std::os::unix::fs::symlink(&outside, format!("{d}/config")).unwrap();
+            std::fs::create_dir_all(format!("{d}/app")).unwrap();
+            std::os::unix::fs::symlink(&outside, format!("{d}/app/etc")).unwrap();
+            let before = snapshot(tmp.path());
+            for entry in [
+                "config/secret.txt",
+                "config/sub/",
+                "config/sub/more.txt",
+                "app/etc/secret.txt",
+            ] {
+                let o = fails(
+                    &sh,
+                    Script::for_attempt(&p, &a)
+                        .link_shared("r1", &s(&[entry]))
+                        .finish(),
+                );
+                assert_eq!(steps(&stdout(&o)), vec![("link_shared".to_string(), 1)]);
+                assert!(
+                    String::from_utf8_lossy(&o.stderr).contains("symlink"),
+                    "{}",
+                    explain(&sh, &o)
+                );
+                assert_eq!(snapshot(tmp.path()), before, "[{}] {entry}", sh.name);
+            }
+            // shared side: `shared/config -> <outside2>`, the release's own file stays put
+            std::fs::remove_file(format!("{d}/config")).unwrap();
+            std::fs::create_dir_all(format!("{d}/config")).unwrap();
+            std::fs::write(format!("{d}/config/secret.txt"), "mine").unwrap();
+            let outside2 = tmp.path().join("outside2");
+            std::fs::create_dir_all(&outside2).unwrap();
+            std::os::unix::fs::symlink(&outside2, format!("{p}/shared/config")).unwrap();
+            std::fs::create_dir_all(format!("{p}/shared/deep")).unwrap();
+            std::os::unix::fs::symlink(&outside2, format!("{p}/shared/deep/er")).unwrap();
+            std::fs::create_dir_all(format!("{d}/deep/er")).unwrap();
+            let before = snapshot(tmp.path());
+            for entry in ["config/secret.txt", "config/new/", "deep/er/x.txt"] {
+                let o = fails(
+                    &sh,
+                    Script::for_attempt(&p, &a)
+                        .link_shared("r1", &s(&[entry]))
+                        .finish(),
+                );
+                assert_eq!(steps(&stdout(&o)), vec![("link_shared".to_string(), 1)]);
+                assert_eq!(snapshot(tmp.path()), before, "[{}] {entry}", sh.name);
+            }
+            assert_eq!(std::fs::read_dir(&outside2).unwrap().count(), 0);
+            // a plain entry next to them still works
+            ok(
+                &sh,
+                Script::for_attempt(&p, &a)
+                    .link_shared("r1", &s(&["logs/"]))
+                    .finish(),
+            );
+            assert!(Path::new(&format!("{p}/shared/logs")).is_dir());
+        }
+    }
+
+    #[test]
+    fn failed_write_leaves_no_temp_file() {
+        for sh in shells() {
+            let tmp = TempDir::new("write");
+            let p = site(&tmp);
+            std::fs::create_dir_all(format!("{p}/w")).unwrap();
+            // the target is a directory holding a non-empty directory named like the
+            // temporary file: the final `mv` fails, even as root
+            let out = ok(
+                &sh,
+                raw(
+                    &p,
+                    None,
+                    r#"mkdir -p "$P/w/target/target.tmp.$$/sub" || exit 9
+cv_write "$P/w/target" hello; echo "moved=$?"
+cv_write "$P/nodir/x" hello 2>/dev/null; echo "created=$?"
+cv_write "$P/w/ok" hello; echo "ok=$?"
+echo "pid=$$""#,
+                ),
+            );
+            let get = |k: &str| {
+                out.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                    .unwrap_or_else(|| panic!("{k} missing: {out}"))
+                    .to_string()
+            };
+            assert_ne!(get("moved"), "0", "[{}] {out}", sh.name);
+            assert_ne!(get("created"), "0", "[{}] {out}", sh.name);
+            assert_eq!(get("ok"), "0", "[{}] {out}", sh.name);
+            let pid = get("pid");
+            let mut names: Vec<String> = std::fs::read_dir(format!("{p}/w"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["ok", "target"], "[{}]", sh.name);
+            let inside: Vec<String> = std::fs::read_dir(format!("{p}/w/target"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(inside, [format!("target.tmp.{pid}")]);
+            assert!(Path::new(&format!("{p}/w/target/target.tmp.{pid}/sub")).is_dir());
+            assert_eq!(
+                std::fs::read_to_string(format!("{p}/w/ok")).unwrap(),
+                "hello\n"
+            );
+            assert!(!Path::new(&format!("{p}/nodir")).exists());
+        }
+    }
+
+    #[test]
+    fn env_values_never_appear_in_argv() {
+        use crate::host::RemoteCommand;
+        use crate::host::local::LocalHost;
+        let secret = format!("s3cr3t-{}", Attempt::new("x").token);
+        // reads every process's arguments while the build runs, and this build's ancestry
+        let cmd = r#"printf '%s' "$SECRET" > secret.out
+for f in /proc/[0-9]*/cmdline; do tr '\000' ' ' < "$f" 2>/dev/null; echo; done > argv.txt
+i=$$; : > ancestry.txt
+while [ -n "$i" ] && [ "$i" -gt 1 ]; do
+  tr '\000' ' ' < /proc/$i/cmdline >> ancestry.txt; echo >> ancestry.txt
+  i=$(sed 's/.*) //' /proc/$i/stat | cut -d' ' -f2)
+done"#;
+        let env = Env(vec![
+            ("SECRET".into(), secret.clone()),
+            ("CONVOY_RELEASE".into(), "r1".into()),
+        ]);
+        // the script file the bootstrap ran, named in the build's ancestry
+        let script_file = |p: &str| -> String {
+            let anc = std::fs::read_to_string(format!("{p}/releases/r1/ancestry.txt")).unwrap();
+            anc.split_whitespace()
+                .find(|w| {
+                    Path::new(w)
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("convoy."))
+                })
+                .unwrap_or_else(|| panic!("no script file in the ancestry: {anc}"))
+                .to_string()
+        };
+        let check = |name: &str, p: &str, status: i32, out: &str| {
+            assert_eq!(status, 0, "[{name}] {out}");
+            assert_eq!(
+                fact(out, "build").as_deref(),
+                Some("done"),
+                "[{name}] {out}"
+            );
+            let d = format!("{p}/releases/r1");
+            assert_eq!(
+                std::fs::read_to_string(format!("{d}/secret.out")).unwrap(),
+                secret
+            );
+            let argv = std::fs::read_to_string(format!("{d}/argv.txt")).unwrap();
+            assert!(argv.contains("secret.out"), "[{name}] {argv}");
+            assert!(!argv.contains(&secret), "[{name}] the value is in argv");
+            let file = script_file(p);
+            assert!(
+                std::fs::symlink_metadata(&file).is_err(),
+                "[{name}] {file} left behind"
+            );
+        };
+        let build = |p: &str, a: &Attempt| {
+            let script = Script::for_attempt(p, a).build("r1", &[cmd.to_string()], &env);
+            assert!(script.is_private());
+            let rc = RemoteCommand::of(script, Duration::from_secs(30));
+            assert!(rc.private && rc.has_stdin());
+            let (words, prefix) = rc.invocation();
+            assert!(words.iter().all(|w| !w.contains(&secret)));
+            assert!(prefix.is_some_and(|b| String::from_utf8_lossy(b).contains(&secret)));
+            rc
+        };
+        for sh in shells() {
+            let tmp = TempDir::new("argv");
+            let p = site(&tmp);
+            let tmpdir = tmp.path().join("tmpdir");
+            std::fs::create_dir_all(&tmpdir).unwrap();
+            let a = Attempt::new("ctl-a");
+            lease_as(&sh, &p, &a);
+            ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+            std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+            let rc = build(&p, &a);
+            let (words, prefix) = rc.invocation();
+            let mut child = sh
+                .command(&words[0])
+                .args(&words[1..])
+                .env("TMPDIR", &tmpdir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(prefix.unwrap())
+                .unwrap();
+            let o = child.wait_with_output().unwrap();
+            check(sh.name, &p, o.status.code().unwrap_or(-1), &stdout(&o));
+            assert!(script_file(&p).starts_with(&*tmpdir.to_string_lossy()));
+            assert_eq!(
+                std::fs::read_dir(&tmpdir).unwrap().count(),
+                0,
+                "[{}] temp files left in TMPDIR",
+                sh.name
+            );
+        }
+        // the local transport itself (the system sh)
+        let tmp = TempDir::new("argv-local");
+        let p = site(&tmp);
+        let sh = &shells()[0];
+        let a = Attempt::new("ctl-a");
+        lease_as(sh, &p, &a);
+        ok(sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+        let host = LocalHost {
+            name: "local".into(),
+            root: None,
+        };
+        let rc = build(&p, &a);
+        let o = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(host.run(&rc))
+            .unwrap();
+        check("local", &p, o.status, &o.stdout_text());
     }
 }

@@ -211,6 +211,8 @@ async fn run_on(
         let stdin = child.stdin().take();
         let stdout = child.stdout().take().expect("piped");
         let stderr = child.stderr().take().expect("piped");
+        // stdin stays open until the command ends (the lifeline): it is dropped, and the
+        // host sees end of file, only when convoy is done with the command or gone.
         let feed = async {
             if let Some(mut pipe) = stdin {
                 for data in [prefix, command.stdin.as_deref()].into_iter().flatten() {
@@ -218,15 +220,19 @@ async fn run_on(
                         break;
                     }
                 }
-                let _ = pipe.shutdown().await;
+                let _ = pipe.flush().await;
+                Some(pipe)
+            } else {
+                None
             }
         };
-        let (_, out, err) = tokio::join!(
+        let (lifeline, out, err) = tokio::join!(
             feed,
             read_tail(stdout, OUTPUT_LIMIT),
             read_tail(stderr, OUTPUT_LIMIT)
         );
         let status = child.wait().await.map_err(lost)?;
+        drop(lifeline);
         let io = |source| {
             Retry::Final(HostError::Io {
                 host: host.name.clone(),

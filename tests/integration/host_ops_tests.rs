@@ -141,7 +141,7 @@ impl Rig {
         let tgz = tarball(&[("id.txt", &format!("{id}\n"))]);
         let script = Script::new(&site())
             .prepare(id)
-            .unpack_archive(id)
+            .unpack_archive(id, tgz.len() as u64)
             .link_shared(id, shared)
             .build(id, build, env);
         self.ok_with(i, script, Some(tgz)).await
@@ -356,7 +356,7 @@ async fn observe_unpack_build_then_switch() {
     let before = obs.now;
     let script = Script::new(&p)
         .prepare("r1")
-        .unpack_archive("r1")
+        .unpack_archive("r1", tgz.len() as u64)
         .link_shared("r1", &s(&[".env", "media/"]))
         .build(
             "r1",
@@ -567,7 +567,7 @@ async fn every_operation_twice_changes_nothing() {
         &rig,
         &d,
         "unpack",
-        Script::new(&p).unpack_archive("r1"),
+        Script::new(&p).unpack_archive("r1", tgz.len() as u64),
         Some(tgz.clone()),
         false,
     )
@@ -606,7 +606,7 @@ async fn every_operation_twice_changes_nothing() {
         &rig,
         &d,
         "unpack (complete)",
-        Script::new(&p).unpack_archive("r1"),
+        Script::new(&p).unpack_archive("r1", tgz.len() as u64),
         Some(tgz.clone()),
         true,
     )
@@ -849,7 +849,7 @@ async fn hostile_values_arrive_verbatim_and_never_run() {
     let tgz = tarball(&[("id.txt", "r1\n")]);
     let script = Script::new(&p)
         .prepare("r1")
-        .unpack_archive("r1")
+        .unpack_archive("r1", tgz.len() as u64)
         .link_shared("r1", &[file_entry.clone(), dir_entry.clone()])
         .build("r1", &build, &env);
     rig.ok_with(0, script, Some(tgz)).await;
@@ -1123,7 +1123,9 @@ async fn build_killed_by_power_off_is_half_built_then_rebuilt() {
     let tgz = tarball(&[("id.txt", "r1\n")]);
     rig.ok_with(
         0,
-        Script::new(&p).prepare("r1").unpack_archive("r1"),
+        Script::new(&p)
+            .prepare("r1")
+            .unpack_archive("r1", tgz.len() as u64),
         Some(tgz.clone()),
     )
     .await;
@@ -1184,11 +1186,10 @@ async fn build_killed_by_power_off_is_half_built_then_rebuilt() {
     assert!(rig.observe(0).await.release("r1").is_none());
     rig.ok_with(
         0,
-        Script::new(&p).prepare("r1").unpack_archive("r1").build(
-            "r1",
-            &s(&["touch finished"]),
-            &Env::default(),
-        ),
+        Script::new(&p)
+            .prepare("r1")
+            .unpack_archive("r1", tgz.len() as u64)
+            .build("r1", &s(&["touch finished"]), &Env::default()),
         Some(tgz),
     )
     .await;
@@ -1316,7 +1317,9 @@ async fn cleanup_keeps_newest_current_previous_and_protected() {
     for id in ["r6", "r7"] {
         rig.ok_with(
             0,
-            Script::new(&p).prepare(id).unpack_archive(id),
+            Script::new(&p)
+                .prepare(id)
+                .unpack_archive(id, tgz.len() as u64),
             Some(tgz.clone()),
         )
         .await;
@@ -1466,7 +1469,9 @@ async fn env_named_p_does_not_redirect_build() {
     for path in [&p, &other] {
         rig.ok_with(
             0,
-            Script::new(path).prepare("r1").unpack_archive("r1"),
+            Script::new(path)
+                .prepare("r1")
+                .unpack_archive("r1", tgz.len() as u64),
             Some(tgz.clone()),
         )
         .await;

@@ -6,6 +6,7 @@ mod dashboard_tests;
 mod engine_tests;
 mod fleet;
 mod host_ops_tests;
+mod integrity_tests;
 mod lab;
 mod lab_tests;
 mod local_reconcile_tests;
