@@ -454,8 +454,15 @@ cv_now() { date +%s; }
 cv_nap() { sleep 0.2 2>/dev/null || sleep 1; }
 cv_safe() { case $1 in ''|.|..|-*|*[!A-Za-z0-9._-]*) return 1;; esac; return 0; }
 cv_num() { case $1 in ''|*[!0-9]*) return 1;; esac; return 0; }
-# A failed write (disk full) leaves no temporary file behind and names the error.
-cv_write() { { printf '%s\n' "$2" >"$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"; } || { rm -f "$1.tmp.$$"; return 1; }; }
+# A failed write (disk full) leaves no temporary file behind and names the error: dash's
+# printf only says "I/O error", so the write is tried once more through cat, which names it.
+cv_write() {
+  { printf '%s\n' "$2" >"$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"; } 2>/dev/null && return 0
+  _we=$(printf '%s\n' "$2" | cat 2>&1 >"$1.tmp.$$") && mv -f "$1.tmp.$$" "$1" 2>/dev/null && return 0
+  rm -f "$1.tmp.$$"
+  cv_err "failed to write $1: ${_we#cat: }"
+  return 1
+}
 cv_complete() { [ -f "$P/releases/$1/.convoy-complete" ]; }
 cv_rename() {
   if mv --help 2>&1 | grep -q -e '-T'; then mv -T "$1" "$2"; return; fi
@@ -3133,7 +3140,7 @@ echo "pid=$$""#,
         let secret = format!("s3cr3t-{}", Attempt::new("x").token);
         // reads every process's arguments while the build runs, and this build's ancestry
         let cmd = r#"printf '%s' "$SECRET" > secret.out
-for f in /proc/[0-9]*/cmdline; do tr '\000' ' ' < "$f" 2>/dev/null; echo; done > argv.txt
+for f in /proc/[0-9]*/cmdline; do { tr '\000' ' ' < "$f"; } 2>/dev/null || :; echo; done > argv.txt
 i=$$; : > ancestry.txt
 while [ -n "$i" ] && [ "$i" -gt 1 ]; do
   tr '\000' ' ' < /proc/$i/cmdline >> ancestry.txt; echo >> ancestry.txt
@@ -3203,17 +3210,18 @@ done"#;
                 .env("TMPDIR", &tmpdir)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
+                .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(prefix.unwrap())
-                .unwrap();
-            let o = child.wait_with_output().unwrap();
-            check(sh.name, &p, o.status.code().unwrap_or(-1), &stdout(&o));
+            // as the transports do: stdin (the lifeline) stays open until the script ends
+            let mut lifeline = child.stdin.take().unwrap();
+            lifeline.write_all(prefix.unwrap()).unwrap();
+            lifeline.flush().unwrap();
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+            let status = wait_child(&mut child, Duration::from_secs(30));
+            drop(lifeline);
+            check(sh.name, &p, status.unwrap_or(-1), &out);
             assert!(script_file(&p).starts_with(&*tmpdir.to_string_lossy()));
             assert_eq!(
                 std::fs::read_dir(&tmpdir).unwrap().count(),

@@ -410,3 +410,90 @@ fn env_values_never_show_in_the_hosts_process_list() {
     assert_exit(&out, 0);
     assert!(samples > 0, "the build was never seen running");
 }
+
+/// Every release directory a host removes is named in the output and in the history.
+#[test]
+fn every_clean_up_deletion_is_reported_in_the_output_and_the_history() {
+    let fleet = Fleet::new(1);
+    for version in 1..=4 {
+        deploy(&fleet, &[0], version, "0");
+        let out = fleet.reconcile(&[]);
+        assert_exit(&out, 0);
+        if version == 4 {
+            // keepReleases: 3 — the oldest goes, and the run says so.
+            assert!(
+                stdout(&out).contains("CleanedUp app.r4: removed app.r1"),
+                "{}",
+                stdout(&out)
+            );
+        }
+    }
+    assert!(!release_dir(&fleet, 0, "app.r1").exists());
+    let history = stdout(&fleet.convoy(&["history", "app"]));
+    assert!(history.contains("CleanedUp"), "{history}");
+    assert!(history.contains("removed app.r1"), "{history}");
+}
+
+/// A full disk on a host is a failed attempt that names the host's error, never a silent
+/// "no progress" stall, and leaves no temporary lock files behind. The host's site path
+/// is a tiny tmpfs mounted in that host's own mount namespace.
+#[test]
+fn a_full_disk_is_a_failed_attempt_with_the_hosts_error() {
+    let fleet = Fleet::new(1);
+    let pid = fleet.lab.hosts()[0].pid().expect("h0 runs");
+    let site = format!("{}/sites/app", crate::lab::LAB_MOUNT);
+    let mount = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "sh", "-c"])
+        .arg(format!(
+            "mkdir -p {site} && mount -t tmpfs -o size=2m tmpfs {site}"
+        ))
+        .output()
+        .unwrap();
+    assert!(mount.status.success(), "{}", stderr(&mount));
+    for version in [1, 2] {
+        deploy(&fleet, &[0], version, "0");
+        assert_exit(&fleet.reconcile(&[]), 0);
+    }
+    // The disk fills up; then a rollback to r1 (already built) needs only a lease and a
+    // switch: both must write on the host.
+    let fill = fleet.lab.ssh(
+        0,
+        &format!("dd if=/dev/zero of={site}/fill bs=64k 2>/dev/null; df {site} | tail -1"),
+    );
+    assert!(stdout(&fill).contains("100%"), "{}", stdout(&fill));
+    deploy(&fleet, &[0], 1, "0");
+    let out = fleet.reconcile(&[]);
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(text.contains("No space left on device"), "{text}");
+    assert!(!text.contains("no progress"), "{text}");
+    let status = fleet.status_json();
+    let item = &status["items"][0]["status"];
+    assert_eq!(item["phase"], "Failed", "{status}");
+    assert_eq!(item["attempts"], 1, "counted as a failed attempt: {status}");
+    assert!(
+        item["hosts"][0]["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("No space left on device"),
+        "{status}"
+    );
+    let leftovers = fleet.lab.ssh(0, &format!("ls -a {site}/.convoy"));
+    assert!(
+        !stdout(&leftovers).contains(".tmp."),
+        "{}",
+        stdout(&leftovers)
+    );
+    // Space again: the next pass converges.
+    fleet.lab.ssh(0, &format!("rm -f {site}/fill"));
+    let out = fleet.convoy(&["retry", "app"]);
+    assert_exit(&out, 0);
+    assert_exit(&fleet.reconcile(&[]), 0);
+    assert_eq!(
+        fleet.current(0, "app"),
+        None,
+        "tmpfs is not visible outside h0"
+    );
+    let live = fleet.lab.ssh(0, &format!("readlink {site}/current"));
+    assert_eq!(stdout(&live).trim(), "releases/app.r1");
+}
