@@ -42,6 +42,13 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// How long running passes may take to finish their current steps at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(120);
 
+/// How long the loop may go without turning before `/healthz` reports it stalled: twice the
+/// resync interval, between 5 s and 60 s. The probe timer turns it every 0.5 s, and every
+/// step it takes is bounded in seconds, so a longer silence means it is stuck.
+fn stale_after(resync: Duration) -> Duration {
+    (resync * 2).clamp(Duration::from_secs(5), Duration::from_secs(60))
+}
+
 /// Per-site scheduling: queued, running, dirty (changed while running), retry timers.
 #[derive(Default)]
 struct Queue {
@@ -109,10 +116,13 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
             return exit_code::FAILED;
         }
     };
+    let heartbeat = Arc::new(super::http::Heartbeat::new(stale_after(options.resync)));
+    heartbeat.beat();
     tokio::spawn(super::http::serve(
         listener,
         shared.metrics.clone(),
         ready.clone(),
+        heartbeat.clone(),
     ));
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let _watch = match super::watch::start(&options.manifests, reload_tx) {
@@ -162,6 +172,7 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
     let mut resyncing: BTreeSet<String> = BTreeSet::new();
 
     loop {
+        heartbeat.beat();
         daemon.start_queued(&mut running, &mut resyncing);
         tokio::select! {
             _ = sigterm.recv() => { log("SIGTERM: finishing the host steps under way, starting no new ones"); break; }

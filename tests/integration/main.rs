@@ -1,6 +1,7 @@
 //! One integration-test binary (faster links): every file here is a module.
 mod cli_tests;
 mod crd_tests;
+mod daemon_guard_tests;
 mod daemon_tests;
 mod dashboard_tests;
 mod engine_tests;
