@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::daemon_tests::wait_until;
+use crate::util::repo_root;
 
 /// The daemon's file-descriptor limit in these tests: the common default soft limit.
 const FD_LIMIT: u64 = 1024;
@@ -300,4 +301,67 @@ fn an_idle_connection_flood_neither_exhausts_fds_nor_delays_metrics() {
     }
     drop(idle);
     assert_eq!(daemon.get("/healthz").0, 200);
+}
+
+/// The bundled example on local hosts under `root`, with `releases.yaml` a dangling link
+/// into a hidden folder (which the watcher ignores): reading it fails with an I/O error.
+fn example_with_dangling_releases(root: &Path) {
+    let dir = root.join("m");
+    fs::create_dir_all(dir.join(".pending")).unwrap();
+    for file in ["jobs-manager.yaml", "releases.yaml"] {
+        let text = fs::read_to_string(repo_root().join("manifests").join(file))
+            .unwrap()
+            .replace(
+                "/tmp/convoy-demo",
+                &root.join("hosts").display().to_string(),
+            )
+            .replace(
+                "demo/jobs-manager",
+                &repo_root().join("demo/jobs-manager").display().to_string(),
+            );
+        let target = if file == "releases.yaml" {
+            root.join("releases.yaml.later")
+        } else {
+            dir.join(file)
+        };
+        fs::write(target, text).unwrap();
+    }
+    std::os::unix::fs::symlink(".pending/releases.yaml", dir.join("releases.yaml")).unwrap();
+}
+
+#[test]
+fn a_reload_that_failed_to_read_is_retried_until_it_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    example_with_dangling_releases(tmp.path());
+    let daemon = LocalDaemon::start(tmp.path(), "5m");
+    wait_until(
+        Duration::from_secs(10),
+        "the read failure is reported",
+        || {
+            daemon
+                .log_text()
+                .contains("reading them failed, retrying in")
+        },
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("m/releases.yaml: failed to read manifest: No such file or directory"),
+        "{}",
+        daemon.log_text()
+    );
+    // The cure is invisible to the watcher (a hidden folder): only a retry can see it.
+    fs::rename(
+        tmp.path().join("releases.yaml.later"),
+        tmp.path().join("m/.pending/releases.yaml"),
+    )
+    .unwrap();
+    let current = tmp.path().join("hosts/sched1/srv/jobs-manager/current");
+    wait_until(Duration::from_secs(60), "the release is deployed", || {
+        fs::read_link(&current).is_ok()
+    });
+    wait_until(Duration::from_secs(5), "ready", || {
+        daemon.get("/readyz").0 == 200
+    });
+    assert!(daemon.log_text().contains("manifests loaded"));
 }
