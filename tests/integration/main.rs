@@ -11,6 +11,7 @@ mod lab;
 mod lab_tests;
 mod local_reconcile_tests;
 mod manifest_read_tests;
+mod once_interrupted_tests;
 mod prom;
 mod transport_tests;
 mod util;
