@@ -110,6 +110,14 @@ pub enum Command {
     Retry {
         /// The site.
         site: String,
+        /// Also clear the site's interrupted `once` records (started, end never recorded,
+        /// e.g. the host lost power) on its hosts, so the next pass runs them again. Check
+        /// first whether they completed. Lists the records and asks for confirmation.
+        #[arg(long)]
+        once_interrupted: bool,
+        /// With --once-interrupted: do not ask for confirmation (required without a terminal).
+        #[arg(long, short = 'y', requires = "once_interrupted")]
+        yes: bool,
     },
 
     /// Show the deployment history of a site: who did what, where and when.

@@ -1,7 +1,7 @@
 //! What each subcommand does, returning the process exit code. Output goes to the given
 //! writers so tests can capture it.
 
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -42,7 +42,16 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Plan { site, max_parallel } => plan(cli, site.as_deref(), *max_parallel, out, err),
         Command::Status { output } => status(&cli.state_dir, *output, out, err),
         Command::History { site } => history(&cli.state_dir, site, out),
-        Command::Retry { site } => retry(&cli.state_dir, site, out),
+        Command::Retry {
+            site,
+            once_interrupted: false,
+            ..
+        } => retry(&cli.state_dir, site, out),
+        Command::Retry {
+            site,
+            once_interrupted: true,
+            yes,
+        } => retry_once_interrupted(cli, site, *yes, out, err),
         Command::Unlock { site, hosts, force } => unlock(cli, site, hosts, *force, out, err),
     };
     result.unwrap_or_else(|e| {
@@ -388,6 +397,110 @@ fn unlock(
         }
     }
     Ok(code)
+}
+
+/// `retry SITE --once-interrupted`: lists the site's interrupted `once` records, asks,
+/// clears those still interrupted over the normal transport, and lifts the Failed hold.
+fn retry_once_interrupted(
+    cli: &Cli,
+    site: &str,
+    yes: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    use controller::once_record;
+    let desired = match desired(cli, Some(site), err)? {
+        Ok(desired) => desired,
+        Err(code) => return Ok(code),
+    };
+    // Held for the whole command: no pass of this state dir can start `once` meanwhile.
+    let state = StateDir::lock(&cli.state_dir)?;
+    let options = RunOptions {
+        site: Some(site.to_string()),
+        timeout: Duration::from_secs(60),
+        max_parallel: 32,
+        known_hosts: cli.known_hosts.clone(),
+        metrics_textfile: None,
+    };
+    let shared = controller::Shared::new(&options, &state)
+        .context("failed to create a private directory for SSH control sockets")?;
+    let ctx = controller::context(&desired, &options, &shared, None);
+    let runtime = runtime()?;
+    let target = &desired.sites[site];
+    let (found, errors) = runtime.block_on(once_record::find(&ctx, target));
+    let code = (|| -> anyhow::Result<u8> {
+        for e in &errors {
+            writeln!(err, "error: cannot check the `once` record: {e}")?;
+        }
+        if found.is_empty() {
+            writeln!(
+                out,
+                "{site}: no interrupted `once` record of release {} on any host{}; nothing cleared",
+                target.release,
+                if errors.is_empty() {
+                    ""
+                } else {
+                    " that answered"
+                }
+            )?;
+            return Ok(if errors.is_empty() {
+                exit_code::OK
+            } else {
+                exit_code::FAILED
+            });
+        }
+        writeln!(
+            out,
+            "{site}: interrupted `once` records to clear (their commands will run again on the next pass):"
+        )?;
+        for record in &found {
+            writeln!(out, "  {}", record.describe())?;
+        }
+        if !yes {
+            if !std::io::stdin().is_terminal() {
+                writeln!(
+                    err,
+                    "error: refusing to clear without confirmation: stdin is not a terminal; check the records, then pass --yes"
+                )?;
+                return Ok(exit_code::INVALID);
+            }
+            write!(out, "Clear these records? [y/N] ")?;
+            out.flush()?;
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                writeln!(out, "nothing cleared")?;
+                return Ok(exit_code::FAILED);
+            }
+        }
+        let mut failed = false;
+        for record in &found {
+            match runtime.block_on(once_record::clear(&ctx, target, record)) {
+                Ok(None) => writeln!(
+                    out,
+                    "  host {}: cleared ({}/started moved aside; the log is kept)",
+                    record.host, record.dir
+                )?,
+                Ok(Some(why)) => writeln!(out, "  host {}: left alone: {why}", record.host)?,
+                Err(e) => {
+                    failed = true;
+                    writeln!(err, "error: host {}: failed to clear: {e}", record.host)?;
+                }
+            }
+        }
+        state.reset_attempts(site)?;
+        writeln!(
+            out,
+            "{site}: failed attempts cleared; the next pass runs the `once` commands again"
+        )?;
+        Ok(if failed || !errors.is_empty() {
+            exit_code::FAILED
+        } else {
+            exit_code::OK
+        })
+    })();
+    runtime.block_on(shared.close());
+    code
 }
 
 fn history(state_dir: &Path, site: &str, out: &mut dyn Write) -> anyhow::Result<u8> {

@@ -42,6 +42,13 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// How long running passes may take to finish their current steps at shutdown.
 const SHUTDOWN_GRACE: Duration = super::STOP_GRACE;
 
+/// How long the loop may go without turning before `/healthz` reports it stalled: twice the
+/// resync interval, between 5 s and 60 s. The probe timer turns it every 0.5 s, and every
+/// step it takes is bounded in seconds, so a longer silence means it is stuck.
+fn stale_after(resync: Duration) -> Duration {
+    (resync * 2).clamp(Duration::from_secs(5), Duration::from_secs(60))
+}
+
 /// Per-site scheduling: queued, running, dirty (changed while running), retry timers.
 #[derive(Default)]
 struct Queue {
@@ -109,10 +116,13 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
             return exit_code::FAILED;
         }
     };
+    let heartbeat = Arc::new(super::http::Heartbeat::new(stale_after(options.resync)));
+    heartbeat.beat();
     tokio::spawn(super::http::serve(
         listener,
         shared.metrics.clone(),
         ready.clone(),
+        heartbeat.clone(),
     ));
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let _watch = match super::watch::start(&options.manifests, reload_tx) {
@@ -153,6 +163,7 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         ctx: None,
         queue: Queue::default(),
         converged: BTreeMap::new(),
+        reload_retry: None,
     };
     daemon.reload();
     let mut running: JoinSet<(String, SiteReport, bool)> = JoinSet::new();
@@ -162,6 +173,7 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
     let mut resyncing: BTreeSet<String> = BTreeSet::new();
 
     loop {
+        heartbeat.beat();
         daemon.start_queued(&mut running, &mut resyncing);
         tokio::select! {
             _ = sigterm.recv() => { log("SIGTERM: stopping the host steps under way, releasing leases"); break; }
@@ -179,7 +191,12 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
                     daemon.queue.enqueue(&site);
                 }
             }
-            _ = probe.tick() => daemon.probe().await,
+            _ = probe.tick() => {
+                if daemon.reload_retry.as_ref().is_some_and(|r| r.at <= Instant::now()) {
+                    daemon.reload();
+                }
+                daemon.probe().await;
+            }
             Some(joined) = running.join_next() => {
                 if let Ok((site, report, resync_pass)) = joined {
                     daemon.finished(&site, report, resync_pass);
@@ -218,25 +235,52 @@ struct Daemon {
     /// Desired key of each site's last Converged/Degraded pass: a later pass of the same key
     /// that had to change a host corrected drift.
     converged: BTreeMap<String, String>,
+    /// Set while the manifests could not be read (an I/O error, not invalid content): no
+    /// file event may ever announce the cure (descriptors freed, a mount back), so the
+    /// reload is retried on backoff until one succeeds.
+    reload_retry: Option<ReloadRetry>,
+}
+
+struct ReloadRetry {
+    at: Instant,
+    delays: Box<dyn Iterator<Item = Duration> + Send>,
 }
 
 impl Daemon {
     /// Loads and validates the manifests; if valid, queues the sites whose desired state
     /// changed. If not, keeps acting on the last valid state and reports the errors.
     fn reload(&mut self) {
-        let catalog = match manifest::load(&self.options.manifests) {
+        let catalog = match manifest::load_classified(&self.options.manifests) {
             Ok(catalog) => catalog,
-            Err(diagnostics) => {
+            Err(failure) => {
+                let diagnostics = failure.diagnostics;
                 self.shared.metrics.manifests_loaded(false);
                 let errors: Vec<String> = diagnostics.0.iter().map(ToString::to_string).collect();
                 let _ = self.state.save_manifests(false, &errors);
                 self.ready.store(false, Ordering::SeqCst);
+                let retry = if failure.read_failed {
+                    let retry = self.reload_retry.get_or_insert_with(|| ReloadRetry {
+                        at: Instant::now(),
+                        delays: Box::new(backoff()),
+                    });
+                    let delay = retry.delays.next().unwrap_or(Duration::from_secs(30));
+                    retry.at = Instant::now() + delay;
+                    format!(
+                        "; reading them failed, retrying in {:.1}s",
+                        delay.as_secs_f64()
+                    )
+                } else {
+                    // Invalid content is fixed by an edit, which the watcher reports.
+                    self.reload_retry = None;
+                    String::new()
+                };
                 log(&format!(
-                    "manifests invalid; still acting on the last valid state:\n{diagnostics}"
+                    "manifests invalid; still acting on the last valid state{retry}:\n{diagnostics}"
                 ));
                 return;
             }
         };
+        self.reload_retry = None;
         self.shared.metrics.manifests_loaded(true);
         let _ = self.state.save_manifests(true, &[]);
         self.ready.store(true, Ordering::SeqCst);

@@ -5,6 +5,7 @@
 
 pub mod daemon;
 mod http;
+pub mod once_record;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -199,7 +200,8 @@ pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> S
             .or(Some(commit));
     }
     let started = Instant::now();
-    let report = execute::reconcile_site(ctx, site, pass, revision).await;
+    let mut report = execute::reconcile_site(ctx, site, pass, revision).await;
+    once_record::explain(ctx, site, &mut report).await;
     ctx.metrics
         .reconciled(&site.name, &report.outcome, started.elapsed());
     let rollbacks = report

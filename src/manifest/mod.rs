@@ -18,5 +18,24 @@ pub use validate::Catalog;
 
 /// Loads and validates every manifest under `path` (a directory or one file).
 pub fn load(path: &Path) -> Result<Catalog, Diagnostics> {
-    validate::validate(load::load_path(path))
+    load_classified(path).map_err(|e| e.diagnostics)
+}
+
+/// Why the manifests could not be loaded.
+#[derive(Debug)]
+pub struct LoadFailure {
+    pub diagnostics: Diagnostics,
+    /// Some file or folder could not be read (an I/O error such as "Too many open files",
+    /// not wrong content): the same manifests may load when read again.
+    pub read_failed: bool,
+}
+
+/// [`load`], telling read failures (worth retrying) from invalid content.
+pub fn load_classified(path: &Path) -> Result<Catalog, LoadFailure> {
+    let loaded = load::load_path(path);
+    let read_failed = loaded.unreadable > 0;
+    validate::validate(loaded).map_err(|diagnostics| LoadFailure {
+        diagnostics,
+        read_failed,
+    })
 }

@@ -54,6 +54,20 @@ pub enum OnceState {
     Done { status: i32 },
 }
 
+/// The status the host layer gives a `once` record whose commands were started but whose
+/// end was never recorded (the wrapper died with its host). The planner sees it as
+/// `Done { status }`; a user command that itself exits with this status reads the same,
+/// which is why the controller verifies the record on the host before explaining it.
+pub const ONCE_INTERRUPTED: i32 = crate::host::script::EXIT_ONCE_INTERRUPTED;
+
+/// The reason a site stops at an interrupted `once` record: the controller recognises it
+/// (exactly) to add when and where the commands started.
+pub fn once_interrupted_reason(stage: &str) -> String {
+    format!(
+        "`once` commands of stage `{stage}` were interrupted: they were started but their end was never recorded"
+    )
+}
+
 /// Every host of the site, by name.
 pub type Observed = BTreeMap<String, Reach>;
 
@@ -305,6 +319,12 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
             .find(|(_, s)| matches!(s, OnceState::Done { .. }))
         {
             Some((_, OnceState::Done { status: 0 })) => continue,
+            Some((host, OnceState::Done { status })) if *status == ONCE_INTERRUPTED => {
+                return Plan::done(Outcome::Failed {
+                    reason: once_interrupted_reason(&stage.name),
+                    host: Some(host.to_string()),
+                });
+            }
             Some((host, _)) => {
                 return Plan::done(Outcome::Failed {
                     reason: format!(

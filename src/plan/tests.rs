@@ -182,6 +182,28 @@ fn a_failed_once_record_fails_the_site() {
 }
 
 #[test]
+fn an_interrupted_once_record_is_reported_as_interrupted_not_failed() {
+    let s = site("r1", &[("scheduler", false, &["s1"], true)]);
+    let mut o = observed(&[("s1", live("r0", &["r0", "r1"]))]);
+    view_mut(&mut o, "s1").once.insert(
+        "r1".into(),
+        OnceState::Done {
+            status: super::ONCE_INTERRUPTED,
+        },
+    );
+    let p = plan(&s, &o, &PassState::default());
+    assert!(p.steps.is_empty(), "never run again by itself: {p:?}");
+    match p.outcome {
+        Outcome::Failed { reason, host } => {
+            assert_eq!(reason, super::once_interrupted_reason("scheduler"));
+            assert!(reason.contains("interrupted") && !reason.contains("failed"));
+            assert_eq!(host.as_deref(), Some("s1"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn once_in_an_optional_stage_waits_when_a_host_that_may_hold_the_record_is_offline() {
     let s = site("r1", &[("web", true, &["w1", "w2"], true)]);
     let o = observed(&[("w1", down()), ("w2", live("r0", &["r0", "r1"]))]);

@@ -1,6 +1,7 @@
 //! One integration-test binary (faster links): every file here is a module.
 mod cli_tests;
 mod crd_tests;
+mod daemon_guard_tests;
 mod daemon_tests;
 mod dashboard_tests;
 mod engine_tests;
@@ -10,6 +11,8 @@ mod integrity_tests;
 mod lab;
 mod lab_tests;
 mod local_reconcile_tests;
+mod manifest_read_tests;
+mod once_interrupted_tests;
 mod prom;
 mod transport_tests;
 mod util;
