@@ -287,12 +287,15 @@ impl<'a> SiteRun<'a> {
             permits = self.permits(host) => permits,
             () = self.ctx.cancel.cancelled() => return Err(cancelled()),
         };
-        if leased {
-            self.leased
-                .lock()
-                .expect("not poisoned")
-                .insert(host.to_string());
-        }
+        // Held before this round trip (a lease taken earlier in the pass)?
+        let held_before = {
+            let mut leases = self.leased.lock().expect("not poisoned");
+            let before = leases.contains(host);
+            if leased {
+                leases.insert(host.to_string());
+            }
+            before
+        };
         let started = Instant::now();
         let work = self.host(host).run(&self.ctx.pool, &command);
         tokio::pin!(work);
@@ -309,15 +312,21 @@ impl<'a> SiteRun<'a> {
         match &result {
             Ok(out) => {
                 let text = out.stdout_text();
-                // The last word on the lease in this round trip: held or not any more.
-                let held = observe::facts(&text)
+                // The last word on the lease in this round trip decides; without one (e.g. a
+                // build skipped because the release was there) nothing changed.
+                let last = observe::facts(&text)
                     .into_iter()
                     .filter(|(key, _)| key == "lease")
                     .next_back()
-                    .is_some_and(|(_, v)| v == "acquired" || v == "renewed");
-                if !held {
-                    self.leased.lock().expect("not poisoned").remove(host);
+                    .map(|(_, v)| v);
+                let mut leases = self.leased.lock().expect("not poisoned");
+                match last.as_deref() {
+                    Some("acquired" | "renewed") => drop(leases.insert(host.to_string())),
+                    Some(_) => drop(leases.remove(host)),
+                    None if !held_before => drop(leases.remove(host)),
+                    None => {}
                 }
+                drop(leases);
                 for (step, seconds) in observe::step_timings(&text) {
                     metrics.operation(&step, Duration::from_secs_f64(seconds));
                 }

@@ -150,6 +150,10 @@ fn a_sigkilled_controllers_builds_end_and_can_never_complete_a_later_attempt() {
     let out = fleet.reconcile(&[]);
     assert_exit(&out, 1);
     assert!(stdout(&out).contains("build failed"), "{}", stdout(&out));
+    // A failed build is an exit path too: the lease is given back.
+    for i in hosts {
+        assert!(lock_line(&fleet, i).contains("expires=0"), "h{i}: {}", lock_line(&fleet, i));
+    }
     // Past the moment the killed builds would have finished (6s after they started).
     while killed_at.elapsed() < Duration::from_secs(8) {
         std::thread::sleep(Duration::from_millis(200));
