@@ -54,6 +54,8 @@ impl HostError {
 }
 
 /// A shell script to run on a host with `sh -c`, optionally fed `stdin` (e.g. an archive).
+/// stdin stays open after the payload until the command ends (the lifeline: end of file on
+/// the host means convoy is gone), so a script reads exactly the payload's length.
 #[derive(Debug, Clone)]
 pub struct RemoteCommand {
     pub script: String,

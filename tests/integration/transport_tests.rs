@@ -95,7 +95,11 @@ async fn stdin_is_streamed_to_the_host() {
     let lab = Lab::start(1);
     let pool = pool(&lab, 8);
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
-    let script = format!("cat > {LAB_MOUNT}/upload && wc -c < {LAB_MOUNT}/upload");
+    // Exactly the payload's bytes: stdin stays open until the command ends (the lifeline).
+    let script = format!(
+        "head -c {} > {LAB_MOUNT}/upload && wc -c < {LAB_MOUNT}/upload",
+        data.len()
+    );
     let out = ssh_host(&lab, 0)
         .run(&pool, &cmd(&script).with_stdin(data.clone()))
         .await
