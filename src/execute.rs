@@ -316,8 +316,7 @@ impl<'a> SiteRun<'a> {
                 // build skipped because the release was there) nothing changed.
                 let last = observe::facts(&text)
                     .into_iter()
-                    .filter(|(key, _)| key == "lease")
-                    .next_back()
+                    .rfind(|(key, _)| key == "lease")
                     .map(|(_, v)| v);
                 let mut leases = self.leased.lock().expect("not poisoned");
                 match last.as_deref() {

@@ -323,6 +323,13 @@ mod tests {
                 std::fs::create_dir_all(format!("{p}/releases/{bad}")).unwrap();
             }
             std::fs::create_dir_all(format!("{p}/.convoy/once/r2/x y")).unwrap();
+            // an attempt's build dir is not a release
+            std::fs::create_dir_all(format!("{p}/releases/.r4.a0123456789abcdef")).unwrap();
+            std::fs::write(
+                format!("{p}/releases/.r4.a0123456789abcdef/.convoy-revision"),
+                "abc123\n",
+            )
+            .unwrap();
             let out = ok(&sh, Script::new(&p).observe().finish());
             let obs = parse(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
             assert_eq!(obs.current.as_deref(), Some("r2"), "{out}");

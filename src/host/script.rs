@@ -739,10 +739,10 @@ cv_fetch_git() {
 cv_unpack() {
   cv_safe "$1" || cv_die "invalid release id: $1"
   _ud="$P/releases/.$1.$T"
-  if cv_complete "$1"; then cat >/dev/null; cv_say "unpack=skipped release=$1"; return 0; fi
+  cv_num "$2" || cv_die "invalid archive size: $2"
+  if cv_complete "$1"; then head -c "$2" >/dev/null; cv_say "unpack=skipped release=$1"; return 0; fi
   mkdir -p "$P/releases" "$P/.convoy" || return 1
   _ua="$P/.convoy/upload.tmp.$$"
-  cv_num "$2" || cv_die "invalid archive size: $2"
   # Exactly the archive's bytes: stdin stays open after it (the lifeline).
   head -c "$2" >"$_ua.gz" || { rm -f "$_ua.gz"; return 1; }
   [ -s "$_ua.gz" ] || { rm -f "$_ua.gz"; cv_die "no archive on stdin"; }
@@ -2083,8 +2083,12 @@ pub(crate) mod tests {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(100));
+            // once the wrapper runs (it records its pid; a loaded machine may take a while),
             // kill the whole process group of the caller, as a dying ssh session would
+            let rec = format!("{p}/.convoy/once/r1/migrate");
+            wait_for(Duration::from_secs(10), || {
+                Path::new(&format!("{rec}/pid")).exists()
+            });
             let pgid = child.id();
             let killed = Command::new("kill")
                 .args(["-KILL", "--", &format!("-{pgid}")])
@@ -2093,7 +2097,6 @@ pub(crate) mod tests {
             assert!(killed.success());
             let _ = child.wait();
             // the caller died mid-run: the wrapper had started and had not finished
-            let rec = format!("{p}/.convoy/once/r1/migrate");
             assert!(
                 Path::new(&format!("{rec}/pid")).exists(),
                 "[{}] wrapper not started",
@@ -2797,7 +2800,7 @@ pub(crate) mod tests {
             );
             assert!(!facts(&out).iter().any(|(k, _)| k == "stopped"), "{out}");
             assert!(group_alive(pid));
-            assert_eq!(run_records(&p), [record.clone()]);
+            assert_eq!(run_records(&p), std::slice::from_ref(&record));
             // its own stop ends it
             let start = Instant::now();
             let out = ok(&sh, Script::for_attempt(&p, &a).stop().finish());

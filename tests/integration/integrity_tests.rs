@@ -53,7 +53,7 @@ fn user_processes(site: &str) -> Vec<(u32, String)> {
             continue;
         };
         let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        let has = |v: &str| vars.iter().any(|x| *x == v.as_bytes());
+        let has = |v: &str| vars.contains(&v.as_bytes());
         let attempt = vars.iter().any(|x| x.starts_with(b"CONVOY_ATTEMPT="));
         if !(has(&want) && attempt) {
             continue;
@@ -152,7 +152,11 @@ fn a_sigkilled_controllers_builds_end_and_can_never_complete_a_later_attempt() {
     assert!(stdout(&out).contains("build failed"), "{}", stdout(&out));
     // A failed build is an exit path too: the lease is given back.
     for i in hosts {
-        assert!(lock_line(&fleet, i).contains("expires=0"), "h{i}: {}", lock_line(&fleet, i));
+        assert!(
+            lock_line(&fleet, i).contains("expires=0"),
+            "h{i}: {}",
+            lock_line(&fleet, i)
+        );
     }
     // Past the moment the killed builds would have finished (6s after they started).
     while killed_at.elapsed() < Duration::from_secs(8) {
