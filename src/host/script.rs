@@ -617,7 +617,10 @@ cv_lease_read() {
 }
 cv_fence() {
   cv_lease_read
-  if [ "$L_HOLDER" != "$1" ] || [ "$L_GEN" != "$2" ] || [ "$L_EXPIRES" -le "$(cv_now)" ]; then
+  # The attempt too: a stale attempt of the same holder (a killed run's script still on
+  # the host) keeps the generation but lost the lease to the next attempt.
+  if [ "$L_HOLDER" != "$1" ] || [ "$L_GEN" != "$2" ] || [ "$L_EXPIRES" -le "$(cv_now)" ] \
+      || { [ -n "$T" ] && [ "$L_ATTEMPT" != "$T" ]; }; then
     cv_say "fenced holder=$L_HOLDER generation=$L_GEN expires=$L_EXPIRES"
     cv_err "fenced: the lease is no longer held by $1 generation $2"
     return 75
@@ -756,8 +759,15 @@ cv_unpack() {
 }
 cv_link_shared() {
   cv_safe "$1" || cv_die "invalid release id: $1"
-  cv_complete "$1" && return 0
-  _ld="$P/releases/.$1.$T"; shift
+  _lid=$1; shift
+  # Entries are checked even when there is nothing to do: a bad one is always an error.
+  for _le in "$@"; do
+    _lnm=$_le
+    while :; do case $_lnm in */) _lnm=${_lnm%/};; *) break;; esac; done
+    case $_lnm in ''|/*|.|..|./*|../*|*/.|*/..|*/./*|*/../*) cv_die "invalid shared entry: $_le";; esac
+  done
+  cv_complete "$_lid" && return 0
+  _ld="$P/releases/.$_lid.$T"
   [ -d "$_ld" ] && [ ! -L "$_ld" ] || cv_die "release dir $_ld does not exist"
   for _le in "$@"; do
     case $_le in */) _lk=dir;; *) _lk=file;; esac

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use convoy::host::observe::{self, Observed, OnceRecord, OnceState};
-use convoy::host::script::{self, Env, Fence, Script};
+use convoy::host::script::{self, Attempt, Env, Fence, Script};
 use convoy::host::ssh::{SshHost, SshPool};
 use convoy::host::{CommandOutput, Host, RemoteCommand};
 use convoy::manifest::types::HostKeyChecking;
@@ -74,7 +74,9 @@ impl Rig {
             .unwrap_or_else(|e| panic!("transport error on h{i}: {e}\n--- script\n{}", cmd.script))
     }
 
-    /// Runs `script` (fed `stdin`), returns its planned steps and the output.
+    /// Runs `script` (fed `stdin`), returns its planned steps and the output. Sent as the
+    /// controller sends it: a private script (one with user environment) travels on stdin
+    /// through the bootstrap, ahead of `stdin`, and stdin stays open until it ends.
     async fn exec(
         &self,
         i: usize,
@@ -86,7 +88,7 @@ impl Rig {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let mut cmd = RemoteCommand::new(script.finish(), OP_TIMEOUT);
+        let mut cmd = RemoteCommand::of(script, OP_TIMEOUT);
         if let Some(data) = stdin {
             cmd = cmd.with_stdin(data);
         }
@@ -122,35 +124,139 @@ impl Rig {
         observe::parse(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
-    async fn lease(&self, i: usize, holder: &str, ttl: u64) -> Fence {
+    /// Takes (or refreshes) the lease as `attempt`.
+    async fn lease(&self, i: usize, attempt: &Attempt, ttl: u64) -> Fence {
         let out = self
-            .ok(i, Script::new(&site()).lease_acquire(holder, ttl))
+            .ok(
+                i,
+                Script::for_attempt(&site(), attempt).lease_acquire(&attempt.holder, ttl),
+            )
             .await;
-        fence_of(&out, holder)
+        fence_of(&out, &attempt.holder)
     }
 
-    /// prepare + unpack (a tarball with `id.txt`) + link_shared + build.
+    /// As `attempt`: lease (taken or refreshed) + prepare + unpack (a tarball with
+    /// `id.txt`) + link_shared + build, which publishes `releases/<id>`.
     async fn make_release(
         &self,
         i: usize,
+        attempt: &Attempt,
         id: &str,
         shared: &[String],
         build: &[String],
         env: &Env,
     ) -> String {
         let tgz = tarball(&[("id.txt", &format!("{id}\n"))]);
-        let script = Script::new(&site())
+        let script = Script::for_attempt(&site(), attempt)
+            .lease_acquire(&attempt.holder, 600)
             .prepare(id)
             .unpack_archive(id, tgz.len() as u64)
             .link_shared(id, shared)
             .build(id, build, env);
-        self.ok_with(i, script, Some(tgz)).await
+        let out = self.ok_with(i, script, Some(tgz)).await;
+        assert_eq!(
+            observe::fact(&out, "build").as_deref(),
+            Some("done"),
+            "{out}"
+        );
+        assert!(
+            !attempt_dir(&self.site_dir(i), id, attempt).exists(),
+            "the attempt's build dir was not published"
+        );
+        out
     }
 
+    /// A complete release built by a fresh attempt of `builder`, which then lets the lease go.
     async fn simple_release(&self, i: usize, id: &str) {
-        self.make_release(i, id, &[], &s(&["true"]), &Env::default())
+        let a = Attempt::new("builder");
+        self.make_release(i, &a, id, &[], &s(&["true"]), &Env::default())
             .await;
+        let out = self
+            .ok(i, Script::for_attempt(&site(), &a).lease_release("builder"))
+            .await;
+        assert_eq!(observe::fact(&out, "lease").as_deref(), Some("released"));
     }
+}
+
+/// The build dir of `attempt` for release `id` (`releases/.<id>.<token>`) under site dir `d`.
+fn attempt_dir(d: &Path, id: &str, attempt: &Attempt) -> PathBuf {
+    d.join(format!("releases/.{id}.{}", attempt.token))
+}
+
+/// Whether `pid` runs (a zombie is dead: PID 1 here does not reap orphans).
+fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    !(state.is_empty() || state.starts_with('Z') || state.starts_with('X'))
+}
+
+/// Whether process group `pgid` has a live (not zombie) member.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.filter_map(Result::ok).any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            return false;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.len() > 2 && f[2] == pgid.to_string() && f[0] != "Z" && f[0] != "X"
+    })
+}
+
+/// Live processes started as user commands of `attempt` (`CONVOY_ATTEMPT=<token>` in their
+/// environment): the lab hosts share this machine's process table (host-side evidence).
+fn attempt_processes(attempt: &Attempt) -> Vec<(u32, String)> {
+    let want = format!("CONVOY_ATTEMPT={}", attempt.token);
+    let mut found = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in rd.filter_map(Result::ok) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == want.as_bytes()) && pid_alive(pid) {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+/// Waits up to `bound` for `cond`; whether it became true.
+async fn wait_until(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cond()
+}
+
+/// The pid a command wrote into `file` (waits up to 10 s for it).
+async fn read_pid(file: &Path) -> u32 {
+    let mut pid = None;
+    let found = wait_until(Duration::from_secs(10), || {
+        pid = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        pid.is_some()
+    })
+    .await;
+    assert!(found, "no pid in {}", file.display());
+    pid.unwrap()
 }
 
 fn explain(out: &CommandOutput) -> String {
@@ -180,6 +286,11 @@ fn fence_of(stdout: &str, holder: &str) -> Fence {
 
 /// A real `.tar.gz` made with `tar -czf` in a temp dir.
 fn tarball(files: &[(&str, &str)]) -> Vec<u8> {
+    tarball_with_links(files, &[])
+}
+
+/// [`tarball`] with symlinks `(name, target)` in it as well.
+fn tarball_with_links(files: &[(&str, &str)], links: &[(&str, &str)]) -> Vec<u8> {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -187,6 +298,11 @@ fn tarball(files: &[(&str, &str)]) -> Vec<u8> {
         let path = src.join(name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, content).unwrap();
+    }
+    for (name, target) in links {
+        let path = src.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, path).unwrap();
     }
     let archive = tmp.path().join("app.tar.gz");
     let o = Command::new("tar")
@@ -354,22 +470,34 @@ async fn observe_unpack_build_then_switch() {
         ("media/logo.txt", "logo"),
     ]);
     let before = obs.now;
-    let script = Script::new(&p)
+    let a = Attempt::new("ctl-a");
+    let script = Script::for_attempt(&p, &a)
+        .lease_acquire("ctl-a", 600)
         .prepare("r1")
         .unpack_archive("r1", tgz.len() as u64)
         .link_shared("r1", &s(&[".env", "media/"]))
         .build(
             "r1",
-            &s(&["printf '%s' \"$GREETING\" > built.txt", "test -L .env"]),
+            &s(&[
+                "printf '%s' \"$GREETING\" > built.txt",
+                "test -L .env",
+                "pwd > built_in",
+            ]),
             &env,
         );
     let out = rig.ok_with(0, script, Some(tgz)).await;
     assert_eq!(observe::fact(&out, "build").as_deref(), Some("done"));
+    let f = fence_of(&out, "ctl-a");
 
     let obs = rig.observe(0).await;
     assert_eq!(obs.current, None, "current must not exist before a switch");
     assert_eq!(obs.previous, None);
-    assert_eq!(obs.lease, None);
+    // the build needed the lease: held by the attempt that built
+    let lease = obs.lease.clone().expect("lease observed");
+    assert_eq!(
+        (lease.holder.as_str(), lease.generation),
+        ("ctl-a", f.generation)
+    );
     let r1 = obs.release("r1").unwrap_or_else(|| panic!("{obs:?}"));
     assert!(r1.complete, "{obs:?}");
     let built = r1.built_at.expect("built_at");
@@ -377,8 +505,18 @@ async fn observe_unpack_build_then_switch() {
     assert_eq!(r1.revision.as_deref(), Some(rev));
     assert_eq!(obs.releases.len(), 1);
     assert!(std::fs::symlink_metadata(d.join("current")).is_err());
+    // built in the attempt's own dir, then renamed into place: nothing else in releases/
+    let entries: Vec<String> = std::fs::read_dir(d.join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries, vec!["r1"]);
 
     let r = d.join("releases/r1");
+    assert_eq!(
+        read(&r.join("built_in")),
+        format!("{p}/releases/.r1.{}\n", a.token)
+    );
     assert_eq!(read(&r.join("app.txt")), "v1\n");
     assert_eq!(read(&r.join("built.txt")), "hello there");
     assert_eq!(read(&d.join("shared/.env")), "FROM_ARCHIVE=1\n");
@@ -387,7 +525,8 @@ async fn observe_unpack_build_then_switch() {
     assert_eq!(read_link(&r.join("media")), format!("{p}/shared/media"));
     assert!(read(&r.join(".convoy-complete")).contains(&format!("revision={rev}\n")));
 
-    let f = rig.lease(0, "ctl-a", 600).await;
+    // the same attempt refreshes its lease: same generation
+    assert_eq!(rig.lease(0, &a, 600).await, f);
     let out = rig.ok(0, Script::new(&p).switch("r1", &f)).await;
     assert_eq!(observe::fact(&out, "switch").as_deref(), Some("done"));
     let obs = rig.observe(0).await;
@@ -429,23 +568,29 @@ async fn fetch_git_by_tag_branch_and_sha_through_one_mirror() {
         let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         (m.mtime(), m.mtime_nsec())
     };
-    let fetch = |id: &str, rev: &str| Script::new(&p).prepare(id).fetch_git(id, &url, rev);
+    // one attempt holding the lease fetches into its own build dirs
+    let a = Attempt::new("ctl-a");
+    rig.lease(0, &a, 600).await;
+    let fetch = |id: &str, rev: &str| {
+        Script::for_attempt(&p, &a)
+            .prepare(id)
+            .fetch_git(id, &url, rev)
+    };
+    let dir = |id: &str| attempt_dir(&d, id, &a);
 
     // by tag: clones the mirror
     let out = rig.ok(0, fetch("r1", "v1")).await;
     assert_eq!(observe::fact(&out, "revision"), Some(c1.clone()), "{out}");
-    assert_eq!(read(&d.join("releases/r1/app.txt")), "one");
-    assert_eq!(
-        read(&d.join("releases/r1/.convoy-revision")),
-        format!("{c1}\n")
-    );
+    assert_eq!(read(&dir("r1").join("app.txt")), "one");
+    assert_eq!(read(&dir("r1").join(".convoy-revision")), format!("{c1}\n"));
     let mirror_ino = std::fs::metadata(&mirror).unwrap().ino();
     let fetched = mtime(&fetch_head);
 
     // by branch: a name is always fetched, in the same mirror
     let out = rig.ok(0, fetch("r2", "feature")).await;
     assert_eq!(observe::fact(&out, "revision"), Some(c2.clone()), "{out}");
-    assert_eq!(read(&d.join("releases/r2/app.txt")), "two");
+    assert_eq!(read(&dir("r2").join("app.txt")), "two");
+    assert_eq!(read(&dir("r2").join(".convoy-revision")), format!("{c2}\n"));
     assert_eq!(
         std::fs::metadata(&mirror).unwrap().ino(),
         mirror_ino,
@@ -460,7 +605,8 @@ async fn fetch_git_by_tag_branch_and_sha_through_one_mirror() {
     let fetched = mtime(&fetch_head);
     let out = rig.ok(0, fetch("r3", &c2)).await;
     assert_eq!(observe::fact(&out, "revision"), Some(c2.clone()), "{out}");
-    assert_eq!(read(&d.join("releases/r3/app.txt")), "two");
+    assert_eq!(read(&dir("r3").join("app.txt")), "two");
+    assert_eq!(read(&dir("r3").join(".convoy-revision")), format!("{c2}\n"));
     assert_eq!(mtime(&fetch_head), fetched, "a known sha must not fetch");
     assert_eq!(
         git(&mirror, &["rev-parse", "refs/heads/main"]),
@@ -471,32 +617,40 @@ async fn fetch_git_by_tag_branch_and_sha_through_one_mirror() {
     // by full sha not yet in the mirror: fetched, same mirror
     let out = rig.ok(0, fetch("r4", &c3)).await;
     assert_eq!(observe::fact(&out, "revision"), Some(c3.clone()), "{out}");
-    assert_eq!(read(&d.join("releases/r4/app.txt")), "three");
+    assert_eq!(read(&dir("r4").join("app.txt")), "three");
+    assert_eq!(read(&dir("r4").join(".convoy-revision")), format!("{c3}\n"));
     assert_eq!(
         std::fs::metadata(&mirror).unwrap().ino(),
         mirror_ino,
         "re-cloned"
     );
-    for (id, want) in [("r1", &c1), ("r2", &c2), ("r3", &c2), ("r4", &c3)] {
-        assert_eq!(
-            git(&repo, &["rev-parse", &format!("{want}^{{commit}}")]),
-            *want
-        );
-        let obs = rig.observe(0).await;
-        assert_eq!(obs.release(id).unwrap().revision.as_ref(), Some(want));
-        assert!(!obs.is_complete(id));
+    // build dirs are not releases: nothing is reported, nothing is published
+    let obs = rig.observe(0).await;
+    assert!(obs.releases.is_empty(), "{obs:?}");
+    for id in ["r1", "r2", "r3", "r4"] {
+        assert!(!d.join("releases").join(id).exists());
     }
 
     // fetching an incomplete release again: same state
+    rig.ok(0, fetch("r1", "v1")).await;
+    let snap = snapshot(&d.join("releases"), false);
     let obs = norm(rig.observe(0).await);
     rig.ok(0, fetch("r1", "v1")).await;
+    assert_same(
+        &snap,
+        &snapshot(&d.join("releases"), false),
+        "fetch of an incomplete release",
+    );
     assert_eq!(norm(rig.observe(0).await), obs);
     // built: the revision lands in the marker, and a later fetch leaves it alone
-    rig.ok(
-        0,
-        Script::new(&p).build("r1", &s(&["true"]), &Env::default()),
-    )
-    .await;
+    let out = rig
+        .ok(
+            0,
+            Script::for_attempt(&p, &a).build("r1", &s(&["true"]), &Env::default()),
+        )
+        .await;
+    assert_eq!(observe::fact(&out, "build").as_deref(), Some("done"));
+    assert!(!dir("r1").exists());
     let snap = snapshot(&d.join("releases"), true);
     let out = rig.ok(0, fetch("r1", "v1")).await;
     assert_eq!(observe::fact(&out, "fetch").as_deref(), Some("skipped"));
@@ -535,6 +689,8 @@ async fn every_operation_twice_changes_nothing() {
     let shared = s(&["counter.log", "media/", "conf/app.ini"]);
     let build = s(&["echo run >> counter.log"]);
     let env = Env::default();
+    let a = Attempt::new("ctl-a");
+    let at = || Script::for_attempt(&p, &a);
 
     // Runs `script` twice; the second run must change nothing. Returns its stdout.
     async fn twice(
@@ -554,29 +710,46 @@ async fn every_operation_twice_changes_nothing() {
         out
     }
 
+    // the lease (builds publish only under it): refreshed by its attempt, same generation
+    let f = rig.lease(0, &a, 600).await;
     twice(
         &rig,
         &d,
-        "prepare",
-        Script::new(&p).prepare("r1"),
+        "lease_acquire",
+        at().lease_acquire("ctl-a", 600),
         None,
         true,
     )
     .await;
+    assert_eq!(rig.lease(0, &a, 600).await, f);
+    let out = twice(
+        &rig,
+        &d,
+        "lease_renew",
+        at().lease_renew("ctl-a", 600),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(observe::fact(&out, "lease").as_deref(), Some("renewed"));
+
+    twice(&rig, &d, "prepare", at().prepare("r1"), None, true).await;
+    assert!(!d.join("releases/r1").exists());
     twice(
         &rig,
         &d,
         "unpack",
-        Script::new(&p).unpack_archive("r1", tgz.len() as u64),
+        at().unpack_archive("r1", tgz.len() as u64),
         Some(tgz.clone()),
         false,
     )
     .await;
+    assert_eq!(read(&attempt_dir(&d, "r1", &a).join("id.txt")), "r1\n");
     twice(
         &rig,
         &d,
         "link_shared",
-        Script::new(&p).link_shared("r1", &shared),
+        at().link_shared("r1", &shared),
         None,
         true,
     )
@@ -585,39 +758,60 @@ async fn every_operation_twice_changes_nothing() {
         &rig,
         &d,
         "build",
-        Script::new(&p).build("r1", &build, &env),
+        at().build("r1", &build, &env),
         None,
         true,
     )
     .await;
     assert_eq!(observe::fact(&out, "build").as_deref(), Some("skipped"));
     assert_eq!(read(&d.join("shared/counter.log")), "run\n", "built once");
-    // with the release complete, prepare and unpack leave it alone
+    assert!(d.join("releases/r1/.convoy-complete").exists());
+    assert!(!attempt_dir(&d, "r1", &a).exists());
+    // with the release complete, prepare, unpack and link_shared leave it alone
     twice(
         &rig,
         &d,
         "prepare (complete)",
-        Script::new(&p).prepare("r1"),
+        at().prepare("r1"),
         None,
         true,
     )
     .await;
+    // Bounded first (regression of a hang): for a complete release `cv_unpack` must read
+    // just the archive's bytes, never up to end of file: the transports keep stdin open until
+    // the command ends (the lifeline), so `cat >/dev/null` there waited for the timeout.
+    let probe = RemoteCommand::of(
+        at().unpack_archive("r1", tgz.len() as u64),
+        Duration::from_secs(10),
+    )
+    .with_stdin(tgz.clone());
+    match rig.host(0).run(&rig.pool, &probe).await {
+        Ok(out) => assert!(out.success(), "{}", explain(&out)),
+        Err(e) => panic!(
+            "unpack of a complete release did not return ({e}): it waits for the end of \
+             stdin, which the transport keeps open until the command ends"
+        ),
+    }
     let out = twice(
         &rig,
         &d,
         "unpack (complete)",
-        Script::new(&p).unpack_archive("r1", tgz.len() as u64),
+        at().unpack_archive("r1", tgz.len() as u64),
         Some(tgz.clone()),
         true,
     )
     .await;
     assert_eq!(observe::fact(&out, "unpack").as_deref(), Some("skipped"));
+    twice(
+        &rig,
+        &d,
+        "link_shared (complete)",
+        at().link_shared("r1", &shared),
+        None,
+        true,
+    )
+    .await;
     assert_eq!(read(&d.join("shared/counter.log")), "run\n");
-
-    // the lease: refreshed by its holder, same generation
-    let f = rig.lease(0, "ctl-a", 600).await;
-    let g = rig.lease(0, "ctl-a", 600).await;
-    assert_eq!(f, g);
 
     // switch: the second one does not touch `current`
     let cur = d.join("current");
@@ -645,16 +839,17 @@ async fn every_operation_twice_changes_nothing() {
         &rig,
         &d,
         "activate+health",
-        Script::new(&p)
-            .activate("r1", &s(&["true"]), &env)
+        at().activate("r1", &s(&["true"]), &env)
             .health("test -f id.txt", &env, 5, 0, 0),
         None,
         true,
     )
     .await;
+    // stop: nothing of this attempt runs any more
+    twice(&rig, &d, "stop", at().stop(), None, true).await;
 
     // rollback
-    rig.make_release(0, "r2", &shared, &build, &env).await;
+    rig.make_release(0, &a, "r2", &shared, &build, &env).await;
     assert_eq!(read(&d.join("shared/counter.log")), "run\nrun\n");
     rig.ok(0, Script::new(&p).switch("r2", &f)).await;
     let out = twice(
@@ -692,8 +887,9 @@ async fn every_operation_twice_changes_nothing() {
     assert_eq!(observe::fact(&out, "once").as_deref(), Some("done"));
     assert_eq!(read(&d.join("shared/once-idem.log")), "x\n");
 
-    // cleanup (prepare r3 as a half build, so the first run has work)
-    rig.ok(0, Script::new(&p).prepare("r3")).await;
+    // cleanup (r3 a half build, as an interrupted cleanup leaves one, so the first run has
+    // work)
+    rig.ok(0, at().prepare("r3")).await;
     std::fs::create_dir_all(d.join("releases/r3")).unwrap();
     twice(
         &rig,
@@ -708,13 +904,14 @@ async fn every_operation_twice_changes_nothing() {
     assert!(d.join("releases/r1").exists() && d.join("releases/r2").exists());
 
     // lease release: the lock file itself is unchanged by the second one
-    rig.ok(0, Script::new(&p).lease_release("ctl-a")).await;
+    let out = rig.ok(0, at().lease_release("ctl-a")).await;
+    assert_eq!(observe::fact(&out, "lease").as_deref(), Some("released"));
     let lock = read(&d.join(".convoy/lock"));
     let out = twice(
         &rig,
         &d,
         "lease_release",
-        Script::new(&p).lease_release("ctl-a"),
+        at().lease_release("ctl-a"),
         None,
         true,
     )
@@ -737,7 +934,7 @@ async fn switch_is_atomic_for_a_concurrent_reader() {
     let d = rig.site_dir(0);
     rig.simple_release(0, "r1").await;
     rig.simple_release(0, "r2").await;
-    let f = rig.lease(0, "ctl-a", 600).await;
+    let f = rig.lease(0, &Attempt::new("ctl-a"), 600).await;
     rig.ok(0, Script::new(&p).switch("r1", &f)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -847,12 +1044,15 @@ async fn hostile_values_arrive_verbatim_and_never_run() {
         &format!("printf '%s' 'it'\\''s $(touch {pwn}-cmd)' > cmd_out"),
     ]);
     let tgz = tarball(&[("id.txt", "r1\n")]);
-    let script = Script::new(&p)
+    let a = Attempt::new("ctl-a");
+    let at = || Script::for_attempt(&p, &a);
+    let script = at()
+        .lease_acquire("ctl-a", 600)
         .prepare("r1")
         .unpack_archive("r1", tgz.len() as u64)
         .link_shared("r1", &[file_entry.clone(), dir_entry.clone()])
         .build("r1", &build, &env);
-    rig.ok_with(0, script, Some(tgz)).await;
+    rig.ok_with(0, script, Some(tgz.clone())).await;
     let r = d.join("releases/r1");
     assert_eq!(std::fs::read(r.join("out")).unwrap(), weird.as_bytes());
     assert_eq!(read(&r.join("cmd_out")), format!("it's $(touch {pwn}-cmd)"));
@@ -875,17 +1075,16 @@ async fn hostile_values_arrive_verbatim_and_never_run() {
     let snap = snapshot(&d, true);
     rig.ok(
         0,
-        Script::new(&p).link_shared("r1", &[file_entry.clone(), dir_entry.clone()]),
+        at().link_shared("r1", &[file_entry.clone(), dir_entry.clone()]),
     )
     .await;
     assert_same(&snap, &snapshot(&d, true), "link_shared of hostile entries");
 
     // activate, health and once with the same values
-    let f = rig.lease(0, "ctl-a", 600).await;
+    let f = rig.lease(0, &a, 600).await;
     rig.ok(
         0,
-        Script::new(&p)
-            .switch("r1", &f)
+        at().switch("r1", &f)
             .activate("r1", &s(&["printf '%s' \"$WEIRD\" > act_out"]), &env)
             .health("printf '%s' \"$WEIRD\" | cmp -s - act_out", &env, 5, 0, 0)
             .once(
@@ -902,7 +1101,7 @@ async fn hostile_values_arrive_verbatim_and_never_run() {
 
     // hostile ids, entries, revisions and repositories are refused, not run
     let bad_id = format!("$(touch {pwn}-id)");
-    let o = rig.fails(0, Script::new(&p).prepare(&bad_id)).await;
+    let o = rig.fails(0, at().prepare(&bad_id)).await;
     assert_eq!(
         observe::steps(&o.stdout_text()),
         vec![("prepare".to_string(), 1)]
@@ -912,17 +1111,28 @@ async fn hostile_values_arrive_verbatim_and_never_run() {
         observe::steps(&o.stdout_text()),
         vec![("switch".to_string(), 1)]
     );
-    let o = rig
-        .fails(0, Script::new(&p).link_shared("r1", &s(&["../escape"])))
+    // (checked on a release still being built: a complete one is never linked again)
+    let (_, o) = rig
+        .exec(
+            0,
+            at().prepare("r6")
+                .unpack_archive("r6", tgz.len() as u64)
+                .link_shared("r6", &s(&["../escape"])),
+            Some(tgz.clone()),
+        )
         .await;
+    assert!(!o.success(), "{}", explain(&o));
     assert_eq!(
-        observe::steps(&o.stdout_text()),
-        vec![("link_shared".to_string(), 1)]
+        observe::steps(&o.stdout_text()).last(),
+        Some(&("link_shared".to_string(), 1)),
+        "{}",
+        explain(&o)
     );
+    assert!(!d.join("escape").exists() && !d.join("releases/escape").exists());
     let o = rig
         .fails(
             0,
-            Script::new(&p).fetch_git(
+            at().fetch_git(
                 "r5",
                 "/nonexistent",
                 &format!("--upload-pack=touch {pwn}-rev"),
@@ -936,7 +1146,7 @@ async fn hostile_values_arrive_verbatim_and_never_run() {
     let o = rig
         .fails(
             0,
-            Script::new(&p).fetch_git("r5", &format!("ext::sh -c touch% {pwn}-ext"), "main"),
+            at().fetch_git("r5", &format!("ext::sh -c touch% {pwn}-ext"), "main"),
         )
         .await;
     assert_eq!(
@@ -1001,15 +1211,21 @@ async fn lease_has_one_winner_and_fences_the_loser() {
     let mut wins = [0u32; 2];
     for round in 0..20 {
         let (rig_ref, p_ref) = (&rig, &p);
+        // every round, a fresh attempt of each holder
         let acquire = move |h: &'static str| async move {
+            let attempt = Attempt::new(h);
             let (_, out) = rig_ref
-                .exec(0, Script::new(p_ref).lease_acquire(h, 60), None)
+                .exec(
+                    0,
+                    Script::for_attempt(p_ref, &attempt).lease_acquire(h, 60),
+                    None,
+                )
                 .await;
-            (h, out)
+            (h, attempt, out)
         };
-        let ((ha, a), (hb, b)) = tokio::join!(acquire("ctl-a"), acquire("ctl-b"));
+        let ((ha, aa, a), (hb, ab, b)) = tokio::join!(acquire("ctl-a"), acquire("ctl-b"));
         let mut winner = None;
-        for (h, out) in [(ha, &a), (hb, &b)] {
+        for (h, attempt, out) in [(ha, &aa, &a), (hb, &ab, &b)] {
             let stdout = out.stdout_text();
             match observe::fact(&stdout, "lease").as_deref() {
                 Some("acquired") => {
@@ -1020,7 +1236,7 @@ async fn lease_has_one_winner_and_fences_the_loser() {
                         explain(&a),
                         explain(&b)
                     );
-                    winner = Some((h, fence_of(&stdout, h)));
+                    winner = Some((h, attempt, fence_of(&stdout, h)));
                 }
                 Some("held") => {
                     assert_eq!(out.status, script::EXIT_LEASE_HELD, "{}", explain(out));
@@ -1034,7 +1250,7 @@ async fn lease_has_one_winner_and_fences_the_loser() {
                 _ => panic!("round {round}: {h}: no lease fact\n{}", explain(out)),
             }
         }
-        let (h, f) = winner.unwrap_or_else(|| {
+        let (h, attempt, f) = winner.unwrap_or_else(|| {
             panic!(
                 "round {round}: nobody won\n{}\n{}",
                 explain(&a),
@@ -1048,23 +1264,84 @@ async fn lease_has_one_winner_and_fences_the_loser() {
             assert_eq!(f.generation, want, "round {round}: {h} after {prev_h}");
         }
         last = Some((h.to_string(), f.generation));
-        let out = rig.ok(0, Script::new(&p).lease_release(h)).await;
+        // the loser holds nothing: it can neither renew nor release the winner's lease
+        let (loser, lh) = if h == "ctl-a" {
+            (&ab, "ctl-b")
+        } else {
+            (&aa, "ctl-a")
+        };
+        let lock = read(&d.join(".convoy/lock"));
+        let o = rig
+            .fails(0, Script::for_attempt(&p, loser).lease_renew(lh, 60))
+            .await;
+        assert_eq!(o.status, script::EXIT_FENCED, "{}", explain(&o));
+        assert_eq!(
+            observe::fact(&o.stdout_text(), "lease").as_deref(),
+            Some("lost")
+        );
+        let out = rig
+            .ok(0, Script::for_attempt(&p, loser).lease_release(lh))
+            .await;
+        assert_eq!(observe::fact(&out, "lease").as_deref(), Some("notheld"));
+        assert_eq!(read(&d.join(".convoy/lock")), lock);
+        let out = rig
+            .ok(0, Script::for_attempt(&p, attempt).lease_release(h))
+            .await;
         assert_eq!(observe::fact(&out, "lease").as_deref(), Some("released"));
     }
     eprintln!("lease rounds: ctl-a won {}, ctl-b won {}", wins[0], wins[1]);
 
     // an expired lease is taken over by the other holder, generation + 1
-    let fa = rig.lease(0, "ctl-a", 600).await;
+    let aa = Attempt::new("ctl-a");
+    let fa = rig.lease(0, &aa, 600).await;
     rig.ok(0, Script::new(&p).switch("r1", &fa)).await;
-    let fa = rig.lease(0, "ctl-a", 1).await; // refresh with a 1 s ttl
+    // ctl-a starts a build of r3 under its lease...
+    let tgz = tarball(&[("id.txt", "r3\n")]);
+    rig.ok_with(
+        0,
+        Script::for_attempt(&p, &aa)
+            .prepare("r3")
+            .unpack_archive("r3", tgz.len() as u64),
+        Some(tgz),
+    )
+    .await;
+    let fa = rig.lease(0, &aa, 1).await; // refresh with a 1 s ttl
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cur = d.join("current");
     let before = std::fs::symlink_metadata(&cur).unwrap();
     // expired: even its own holder may no longer switch
     let o = rig.fails(0, Script::new(&p).switch("r2", &fa)).await;
     assert_eq!(o.status, script::EXIT_FENCED, "{}", explain(&o));
-    let fb = rig.lease(0, "ctl-b", 600).await;
+    let ab = Attempt::new("ctl-b");
+    let fb = rig.lease(0, &ab, 600).await;
     assert_eq!(fb.generation, fa.generation + 1);
+    // ...which can never be published now: its commands run, the publish is fenced and the
+    // build dir removed
+    let o = rig
+        .fails(
+            0,
+            Script::for_attempt(&p, &aa).build("r3", &s(&["touch ran"]), &Env::default()),
+        )
+        .await;
+    assert_eq!(o.status, script::EXIT_FENCED, "{}", explain(&o));
+    assert_eq!(
+        observe::steps(&o.stdout_text()),
+        vec![("build".to_string(), script::EXIT_FENCED)]
+    );
+    assert!(
+        observe::facts(&o.stdout_text())
+            .iter()
+            .any(|(k, _)| k == "fenced"),
+        "{}",
+        explain(&o)
+    );
+    assert!(!d.join("releases/r3").exists());
+    assert!(!attempt_dir(&d, "r3", &aa).exists());
+    // nor can it renew the lease
+    let o = rig
+        .fails(0, Script::for_attempt(&p, &aa).lease_renew("ctl-a", 600))
+        .await;
+    assert_eq!(o.status, script::EXIT_FENCED, "{}", explain(&o));
     let o = rig.fails(0, Script::new(&p).switch("r2", &fa)).await;
     assert_eq!(o.status, script::EXIT_FENCED, "{}", explain(&o));
     let stdout = o.stdout_text();
@@ -1099,10 +1376,16 @@ async fn lease_has_one_winner_and_fences_the_loser() {
         (after.ino(), after.mtime_nsec())
     );
     // the old holder cannot take it back while it is valid; the new one switches
-    let (_, o) = rig
-        .exec(0, Script::new(&p).lease_acquire("ctl-a", 60), None)
-        .await;
-    assert_eq!(o.status, script::EXIT_LEASE_HELD, "{}", explain(&o));
+    for attempt in [&aa, &Attempt::new("ctl-a")] {
+        let (_, o) = rig
+            .exec(
+                0,
+                Script::for_attempt(&p, attempt).lease_acquire("ctl-a", 60),
+                None,
+            )
+            .await;
+        assert_eq!(o.status, script::EXIT_LEASE_HELD, "{}", explain(&o));
+    }
     rig.ok(0, Script::new(&p).switch("r2", &fb)).await;
     assert_eq!(read_link(&cur), "releases/r2");
     let obs = rig.observe(0).await;
@@ -1114,16 +1397,19 @@ async fn lease_has_one_winner_and_fences_the_loser() {
     rig.pool.close_all().await;
 }
 
-/// 7. A build killed by powering the host off leaves a half build that prepare removes.
+/// 7. A build killed by powering the host off leaves a half-built attempt dir that the next
+/// attempt's prepare removes before building again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_killed_by_power_off_is_half_built_then_rebuilt() {
     let mut rig = Rig::start(1);
     let p = site();
     let d = rig.site_dir(0);
     let tgz = tarball(&[("id.txt", "r1\n")]);
+    let a = Attempt::new("ctl-a");
     rig.ok_with(
         0,
-        Script::new(&p)
+        Script::for_attempt(&p, &a)
+            .lease_acquire("ctl-a", 600)
             .prepare("r1")
             .unpack_archive("r1", tgz.len() as u64),
         Some(tgz.clone()),
@@ -1132,23 +1418,19 @@ async fn build_killed_by_power_off_is_half_built_then_rebuilt() {
 
     let host = rig.host(0);
     let pool = rig.pool.clone();
-    let script = Script::new(&p)
-        .build(
-            "r1",
-            &s(&["echo started > started", "sleep 5", "touch finished"]),
-            &Env::default(),
-        )
-        .finish();
+    let script = Script::for_attempt(&p, &a).build(
+        "r1",
+        &s(&["echo started > started", "sleep 5", "touch finished"]),
+        &Env::default(),
+    );
+    let half = attempt_dir(&d, "r1", &a);
     let started = Instant::now();
     let task = tokio::spawn(async move {
-        host.run(&pool, &RemoteCommand::new(script, OP_TIMEOUT))
+        host.run(&pool, &RemoteCommand::of(script, OP_TIMEOUT))
             .await
     });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        d.join("releases/r1/started").exists(),
-        "the build did not start within 1 s"
-    );
+    let began = wait_until(Duration::from_secs(5), || half.join("started").exists()).await;
+    assert!(began, "the build did not start within 5 s");
     tokio::task::block_in_place(|| rig.lab.stop_host(0));
     let result = tokio::time::timeout(Duration::from_secs(20), task)
         .await
@@ -1171,22 +1453,35 @@ async fn build_killed_by_power_off_is_half_built_then_rebuilt() {
     }
     tokio::task::block_in_place(|| rig.lab.start_host(0));
 
+    // half built: the attempt's dir, never published, never reported as a release
     let obs = rig.observe(0).await;
-    let r1 = obs.release("r1").unwrap_or_else(|| panic!("{obs:?}"));
-    assert!(!r1.complete && r1.built_at.is_none(), "{obs:?}");
-    assert!(!d.join("releases/r1/finished").exists());
-    assert!(!d.join("releases/r1/.convoy-complete").exists());
+    assert!(obs.release("r1").is_none(), "{obs:?}");
+    assert!(!d.join("releases/r1").exists());
+    assert!(half.join("started").exists());
+    assert!(!half.join("finished").exists());
+    assert!(!half.join(".convoy-complete").exists());
 
-    let out = rig.ok(0, Script::new(&p).prepare("r1")).await;
-    assert_eq!(
-        observe::fact(&out, "removed").as_deref(),
-        Some("r1"),
+    // the controller comes back as a new attempt of the same holder
+    let b = Attempt::new("ctl-a");
+    let out = rig
+        .ok(
+            0,
+            Script::for_attempt(&p, &b)
+                .lease_acquire("ctl-a", 600)
+                .prepare("r1"),
+        )
+        .await;
+    assert!(
+        out.contains(&format!(
+            "@@convoy removed=r1.{} reason=abandoned\n",
+            a.token
+        )),
         "{out}"
     );
-    assert!(rig.observe(0).await.release("r1").is_none());
+    assert!(!half.exists(), "the half build was not removed");
     rig.ok_with(
         0,
-        Script::new(&p)
+        Script::for_attempt(&p, &b)
             .prepare("r1")
             .unpack_archive("r1", tgz.len() as u64)
             .build("r1", &s(&["touch finished"]), &Env::default()),
@@ -1210,25 +1505,26 @@ async fn once_survives_a_dropped_session_and_never_reruns() {
     let p = site();
     let d = rig.site_dir(0);
     rig.simple_release(0, "r1").await;
-    let f = rig.lease(0, "ctl-a", 600).await;
+    let a = Attempt::new("ctl-a");
+    let f = rig.lease(0, &a, 600).await;
     // `$P` is the script's own variable, not exported to commands: pass the path explicitly
     let env = Env(vec![("SITE_PATH".into(), p.clone())]);
+    // private (it carries env): sent on stdin with the lifeline, as the controller sends it
     let once = || {
-        Script::new(&p)
-            .once(
-                "r1",
-                "migrate",
-                &s(&["echo x >> \"$SITE_PATH/shared/once.log\"; sleep 2"]),
-                &env,
-                &f,
-            )
-            .finish()
+        let script = Script::for_attempt(&p, &a).once(
+            "r1",
+            "migrate",
+            &s(&["echo x >> \"$SITE_PATH/shared/once.log\"; sleep 2"]),
+            &env,
+            &f,
+        );
+        assert!(script.is_private());
+        RemoteCommand::of(script, OP_TIMEOUT)
     };
     let started = Instant::now();
     let dropped = tokio::time::timeout(
         Duration::from_millis(500),
-        rig.host(0)
-            .run(&rig.pool, &RemoteCommand::new(once(), OP_TIMEOUT)),
+        rig.host(0).run(&rig.pool, &once()),
     )
     .await;
     assert!(dropped.is_err(), "once returned within 500 ms: {dropped:?}");
@@ -1253,9 +1549,7 @@ async fn once_survives_a_dropped_session_and_never_reruns() {
         );
     }
 
-    let out = rig
-        .run_cmd(0, &RemoteCommand::new(once(), OP_TIMEOUT))
-        .await;
+    let out = rig.run_cmd(0, &once()).await;
     let waited = started.elapsed();
     assert_eq!(out.status, 0, "{}", explain(&out));
     let stdout = out.stdout_text();
@@ -1280,9 +1574,7 @@ async fn once_survives_a_dropped_session_and_never_reruns() {
 
     // and a third call reports the record at once
     let t = Instant::now();
-    let out = rig
-        .run_cmd(0, &RemoteCommand::new(once(), OP_TIMEOUT))
-        .await;
+    let out = rig.run_cmd(0, &once()).await;
     assert_eq!(out.status, 0, "{}", explain(&out));
     assert!(t.elapsed() < Duration::from_secs(2));
     assert_eq!(read(&d.join("shared/once.log")), "x\n");
@@ -1313,18 +1605,14 @@ async fn cleanup_keeps_newest_current_previous_and_protected() {
         )
         .unwrap();
     }
-    let tgz = tarball(&[("id.txt", "half\n")]);
+    // half builds in releases/ (builds happen in attempt dirs now; an interrupted cleanup,
+    // which removes the marker first, or an older convoy leaves these)
     for id in ["r6", "r7"] {
-        rig.ok_with(
-            0,
-            Script::new(&p)
-                .prepare(id)
-                .unpack_archive(id, tgz.len() as u64),
-            Some(tgz.clone()),
-        )
-        .await;
+        let dir = d.join("releases").join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("id.txt"), "half\n").unwrap();
     }
-    let f = rig.lease(0, "ctl-a", 600).await;
+    let f = rig.lease(0, &Attempt::new("ctl-a"), 600).await;
     rig.ok(0, Script::new(&p).switch("r1", &f).switch("r4", &f))
         .await; // current r4, previous r1
     let protect = s(&["r2", "r7"]);
@@ -1359,7 +1647,8 @@ async fn rollback_returns_to_previous_and_activate_runs_there() {
     let d = rig.site_dir(0);
     rig.simple_release(0, "r1").await;
     rig.simple_release(0, "r2").await;
-    let f = rig.lease(0, "ctl-a", 600).await;
+    let a = Attempt::new("ctl-a");
+    let f = rig.lease(0, &a, 600).await;
     // rollback with nothing recorded fails
     let o = rig.fails(0, Script::new(&p).rollback(&f)).await;
     assert_eq!(
@@ -1386,7 +1675,7 @@ async fn rollback_returns_to_previous_and_activate_runs_there() {
     let env = Env(vec![("CONVOY_RELEASE".into(), "r1".into())]);
     rig.ok(
         0,
-        Script::new(&p).activate(
+        Script::for_attempt(&p, &a).activate(
             "r1",
             &s(&["pwd -P > activated_in; printf '%s\\n' \"$CONVOY_RELEASE\" >> activated_in"]),
             &env,
@@ -1400,7 +1689,10 @@ async fn rollback_returns_to_previous_and_activate_runs_there() {
     assert!(!d.join("releases/r2/activated_in").exists());
     // activating the release rolled away from is refused
     let o = rig
-        .fails(0, Script::new(&p).activate("r2", &s(&["touch x"]), &env))
+        .fails(
+            0,
+            Script::for_attempt(&p, &a).activate("r2", &s(&["touch x"]), &env),
+        )
         .await;
     assert_eq!(
         observe::steps(&o.stdout_text()),
@@ -1417,7 +1709,8 @@ async fn round_trip_timings() {
     let p = site();
     rig.simple_release(0, "r1").await;
     rig.simple_release(0, "r2").await;
-    let f = rig.lease(0, "ctl-a", 600).await;
+    let a = Attempt::new("ctl-a");
+    let f = rig.lease(0, &a, 600).await;
     rig.observe(0).await; // warm
     let mut observes = Vec::new();
     for _ in 0..20 {
@@ -1432,7 +1725,7 @@ async fn round_trip_timings() {
         let t = Instant::now();
         rig.ok(
             0,
-            Script::new(&p)
+            Script::for_attempt(&p, &a)
                 .switch(id, &f)
                 .activate(id, &s(&["true"]), &env)
                 .health("true", &env, 5, 0, 0)
@@ -1455,60 +1748,356 @@ async fn round_trip_timings() {
     rig.pool.close_all().await;
 }
 
-/// BUG in `src/host/script.rs` (`Script::step` + `Env::exports`): the user's environment is
-/// exported inside the operation's own subshell, BEFORE the `cv_*` function runs, so a
-/// `spec.env` variable named like one of the script's own variables replaces it. `P` (the
+/// Regression (was a bug in `Script::step` + `Env::exports`): the user's environment was
+/// exported inside the operation's own subshell, BEFORE the `cv_*` function ran, so a
+/// `spec.env` variable named like one of the script's own variables replaced it. `P` (the
 /// site path) passes manifest validation (only `CONVOY_*` is reserved), and with it a build
-/// runs in, and marks complete, the release of whatever path `P` names.
+/// ran in, and marked complete, the release of whatever path `P` named. Now the values
+/// reach only the user's commands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_named_p_does_not_redirect_build() {
     let rig = Rig::start(1);
     let p = site();
     let other = format!("{LAB_MOUNT}/sites/other");
     let tgz = tarball(&[("id.txt", "r1\n")]);
+    let a = Attempt::new("ctl-a");
     for path in [&p, &other] {
         rig.ok_with(
             0,
-            Script::new(path)
+            Script::for_attempt(path, &a)
+                .lease_acquire("ctl-a", 600)
                 .prepare("r1")
                 .unpack_archive("r1", tgz.len() as u64),
             Some(tgz.clone()),
         )
         .await;
     }
+    let there_dir = rig.lab.host_dir(0).join("sites/other");
+    let there_before = snapshot(&there_dir, true);
     let env = Env(vec![("P".into(), other.clone())]);
     let out = rig
         .ok(
             0,
-            Script::new(&p).build("r1", &s(&["pwd -P > built_in"]), &env),
+            Script::for_attempt(&p, &a).build("r1", &s(&["pwd -P > built_in"]), &env),
         )
         .await;
     let here = rig.site_dir(0).join("releases/r1");
-    let there = rig.lab.host_dir(0).join("sites/other/releases/r1");
     assert!(
-        !there.join(".convoy-complete").exists(),
-        "the build of {p} marked {other}/releases/r1 complete\n{out}"
+        !there_dir.join("releases/r1").exists(),
+        "the build of {p} published {other}/releases/r1\n{out}"
+    );
+    assert_same(
+        &there_before,
+        &snapshot(&there_dir, true),
+        "a build of another site",
     );
     assert!(here.join(".convoy-complete").exists(), "{out}");
-    assert_eq!(read(&here.join("built_in")), format!("{p}/releases/r1\n"));
+    assert_eq!(
+        read(&here.join("built_in")),
+        format!("{p}/releases/.r1.{}\n", a.token)
+    );
+    rig.pool.close_all().await;
 }
 
-/// BUG in `src/host/script.rs`, same cause: a `spec.env` `IFS` (e.g. `","`, as a CSV tool
-/// might want) changes how `cv_lease_read` splits the lock file, so `once` under a valid
-/// lease is refused as fenced (status 75, `@@convoy fenced holder=ctl-a expires=...`).
+/// Regression (same cause): a `spec.env` `IFS` (e.g. `","`, as a CSV tool might want)
+/// changed how `cv_lease_read` splits the lock file, so `once` under a valid lease was
+/// refused as fenced (status 75, `@@convoy fenced holder=ctl-a expires=...`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_named_ifs_does_not_break_once_fence() {
     let rig = Rig::start(1);
     let p = site();
     rig.simple_release(0, "r1").await;
-    let f = rig.lease(0, "ctl-a", 600).await;
+    let a = Attempt::new("ctl-a");
+    let f = rig.lease(0, &a, 600).await;
     let env = Env(vec![("IFS".into(), ",".into())]);
     let (_, out) = rig
         .exec(
             0,
-            Script::new(&p).once("r1", "web", &s(&["true"]), &env, &f),
+            Script::for_attempt(&p, &a).once("r1", "web", &s(&["true"]), &env, &f),
             None,
         )
         .await;
     assert_eq!(out.status, 0, "{}", explain(&out));
+    // and a build under it publishes (the lease check before the publish splits it too)
+    let out = rig
+        .make_release(0, &a, "r2", &[], &s(&["true"]), &env)
+        .await;
+    assert_eq!(observe::fact(&out, "build").as_deref(), Some("done"));
+    rig.pool.close_all().await;
+}
+
+/// 11. A release whose `config` is a symlink out of the site (like `config -> /etc`) cannot
+/// make a shared entry below it move, create or expose anything outside the site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_entry_never_follows_a_symlink_out_of_the_release() {
+    let rig = Rig::start(1);
+    let p = site();
+    let d = rig.site_dir(0);
+    let root = rig.lab.host_dir(0);
+    // outside the site, on the host: `{LAB_MOUNT}/outside/secret.txt`
+    let outside = root.join("outside");
+    std::fs::create_dir_all(outside.join("sub")).unwrap();
+    std::fs::write(outside.join("secret.txt"), "s3cret\n").unwrap();
+    std::fs::write(outside.join("sub/more.txt"), "more\n").unwrap();
+    let target = format!("{LAB_MOUNT}/outside");
+    let tgz = tarball_with_links(&[("id.txt", "r1\n")], &[("config", &target)]);
+    let a = Attempt::new("ctl-a");
+    rig.ok_with(
+        0,
+        Script::for_attempt(&p, &a)
+            .lease_acquire("ctl-a", 600)
+            .prepare("r1")
+            .unpack_archive("r1", tgz.len() as u64),
+        Some(tgz),
+    )
+    .await;
+    let build_dir = attempt_dir(&d, "r1", &a);
+    assert_eq!(read_link(&build_dir.join("config")), target);
+
+    let outside_before = snapshot(&outside, true);
+    let site_before = snapshot(&d, true);
+    let mut top: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    for entry in [
+        "config/secret.txt",
+        "config/new.txt",
+        "config/sub/",
+        "config/sub/more.txt",
+        "config/newdir/",
+    ] {
+        let o = rig
+            .fails(
+                0,
+                Script::for_attempt(&p, &a)
+                    .link_shared("r1", &s(&[entry]))
+                    .build("r1", &s(&["true"]), &Env::default()),
+            )
+            .await;
+        assert_eq!(
+            observe::steps(&o.stdout_text()),
+            vec![("link_shared".to_string(), 1)],
+            "{entry}: {}",
+            explain(&o)
+        );
+        assert!(o.stderr_text().contains("symlink"), "{}", explain(&o));
+        // nothing moved, created or changed outside the site, nor in it
+        assert_same(
+            &outside_before,
+            &snapshot(&outside, true),
+            &format!("link_shared {entry} (outside the site)"),
+        );
+        assert_same(
+            &site_before,
+            &snapshot(&d, true),
+            &format!("link_shared {entry} (the site)"),
+        );
+        let mut now: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        now.sort();
+        assert_eq!(now, top, "{entry}: something was created next to the site");
+    }
+    let secret = std::fs::symlink_metadata(outside.join("secret.txt")).unwrap();
+    assert!(
+        secret.file_type().is_file(),
+        "the outside file was replaced"
+    );
+    assert_eq!(read(&outside.join("secret.txt")), "s3cret\n");
+    assert_eq!(std::fs::read_dir(d.join("shared")).unwrap().count(), 0);
+    assert!(!d.join("releases/r1").exists(), "published anyway");
+    rig.pool.close_all().await;
+}
+
+/// 12. Attempt A's slow build is abandoned when attempt B of the same holder takes the lease
+/// and prepares: A's process group ends at once, A never publishes, and B builds normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_abandoned_by_its_attempt_never_publishes() {
+    let rig = Rig::start(1);
+    let p = site();
+    let d = rig.site_dir(0);
+    let root = rig.lab.host_dir(0);
+    let tgz = tarball(&[("id.txt", "r1\n")]);
+    let a = Attempt::new("ctl-a");
+    let env = Env(vec![
+        ("PIDF".into(), format!("{LAB_MOUNT}/a.pid")),
+        ("MARK".into(), format!("{LAB_MOUNT}/a.marker")),
+    ]);
+    let script = Script::for_attempt(&p, &a)
+        .lease_acquire("ctl-a", 600)
+        .prepare("r1")
+        .unpack_archive("r1", tgz.len() as u64)
+        .build(
+            "r1",
+            &s(&["echo $$ > \"$PIDF\"; sleep 3; touch \"$MARK\""]),
+            &env,
+        );
+    let (host, pool) = (rig.host(0), rig.pool.clone());
+    let started = Instant::now();
+    let cmd = RemoteCommand::of(script, OP_TIMEOUT).with_stdin(tgz.clone());
+    let task = tokio::spawn(async move { host.run(&pool, &cmd).await });
+    let pgid = read_pid(&root.join("a.pid")).await;
+    assert!(group_alive(pgid), "A's build is not running");
+    assert!(
+        wait_until(Duration::from_secs(5), || !attempt_processes(&a).is_empty()).await,
+        "A's commands do not carry its attempt"
+    );
+    // the group is recorded under A's attempt (written just after the group starts)
+    let record = d.join(format!(".convoy/run/{}.{pgid}", a.token));
+    assert!(
+        wait_until(Duration::from_secs(5), || record.is_file()).await,
+        "no run record {}",
+        record.display()
+    );
+
+    // B, a new attempt of the same holder (the controller restarted), takes over
+    let b = Attempt::new("ctl-a");
+    let out = rig
+        .ok(
+            0,
+            Script::for_attempt(&p, &b)
+                .lease_acquire("ctl-a", 600)
+                .prepare("r1"),
+        )
+        .await;
+    let took = started.elapsed();
+    assert!(
+        out.contains(&format!("@@convoy stopped={pgid} attempt={}\n", a.token)),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "@@convoy removed=r1.{} reason=abandoned\n",
+            a.token
+        )),
+        "{out}"
+    );
+    assert!(!group_alive(pgid), "A's group survived B's prepare");
+    assert!(
+        attempt_processes(&a).is_empty(),
+        "{:?}",
+        attempt_processes(&a)
+    );
+    assert!(!attempt_dir(&d, "r1", &a).exists());
+
+    // A's round trip ends, its build failed (ended) or fenced, never done
+    let out_a = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("A's round trip did not end")
+        .unwrap()
+        .expect("A's transport");
+    let stdout_a = out_a.stdout_text();
+    assert!(!out_a.success(), "{}", explain(&out_a));
+    let last = observe::steps(&stdout_a).last().cloned();
+    assert!(
+        matches!(&last, Some((step, status)) if step == "build" && *status != 0),
+        "{}",
+        explain(&out_a)
+    );
+    assert_ne!(
+        observe::fact(&stdout_a, "build").as_deref(),
+        Some("done"),
+        "{}",
+        explain(&out_a)
+    );
+    // well past the end of A's `sleep 3`: its marker never appears, nothing was published
+    let past = Duration::from_secs(5).saturating_sub(started.elapsed());
+    tokio::time::sleep(past).await;
+    assert!(!root.join("a.marker").exists(), "A's commands went on");
+    assert!(!d.join("releases/r1").exists());
+    assert!(rig.observe(0).await.release("r1").is_none());
+    eprintln!("abandoned build: B's prepare ended A's group after {took:?}");
+
+    // B builds and publishes normally
+    let out = rig
+        .ok_with(
+            0,
+            Script::for_attempt(&p, &b)
+                .unpack_archive("r1", tgz.len() as u64)
+                .build("r1", &s(&["touch built_by_b"]), &Env::default()),
+            Some(tgz),
+        )
+        .await;
+    assert_eq!(observe::fact(&out, "build").as_deref(), Some("done"));
+    let obs = rig.observe(0).await;
+    assert!(obs.is_complete("r1"), "{obs:?}");
+    assert!(d.join("releases/r1/built_by_b").exists());
+    assert!(!root.join("a.marker").exists());
+    assert!(
+        std::fs::read_dir(d.join(".convoy/run"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "run records left behind"
+    );
+    rig.pool.close_all().await;
+}
+
+/// 13. A round trip dropped by the controller (its future dropped, e.g. by a timeout or a
+/// cancelled pass) ends the commands it started on the host: the lifeline's end of file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_round_trip_ends_its_commands_on_the_host() {
+    let rig = Rig::start(1);
+    let p = site();
+    let d = rig.site_dir(0);
+    let root = rig.lab.host_dir(0);
+    let tgz = tarball(&[("id.txt", "r1\n")]);
+    let a = Attempt::new("ctl-a");
+    rig.ok_with(
+        0,
+        Script::for_attempt(&p, &a)
+            .lease_acquire("ctl-a", 600)
+            .prepare("r1")
+            .unpack_archive("r1", tgz.len() as u64),
+        Some(tgz),
+    )
+    .await;
+    let env = Env(vec![
+        ("PIDF".into(), format!("{LAB_MOUNT}/sleep.pid")),
+        (
+            "CONVOY_RELEASE_DIR".into(),
+            format!("{p}/releases/.r1.{}", a.token),
+        ),
+    ]);
+    let script = Script::for_attempt(&p, &a).build(
+        "r1",
+        &s(&["echo $$ > \"$PIDF\"; sleep 30; touch finished"]),
+        &env,
+    );
+    assert!(script.is_private());
+    let cmd = RemoteCommand::of(script, OP_TIMEOUT);
+    let dropped =
+        tokio::time::timeout(Duration::from_secs(1), rig.host(0).run(&rig.pool, &cmd)).await;
+    assert!(dropped.is_err(), "the build returned early: {dropped:?}");
+    let dropped_at = Instant::now();
+    let pgid = read_pid(&root.join("sleep.pid")).await;
+    let gone = wait_until(Duration::from_secs(3), || {
+        !group_alive(pgid) && attempt_processes(&a).is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "the dropped round trip's commands still run 3 s later: {:?}",
+        attempt_processes(&a)
+    );
+    eprintln!(
+        "dropped round trip: its process group {pgid} was gone {:?} after the drop",
+        dropped_at.elapsed()
+    );
+    // its record goes with it, and nothing was published
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            std::fs::read_dir(d.join(".convoy/run"))
+                .map(|mut rd| rd.next().is_none())
+                .unwrap_or(true)
+        })
+        .await,
+        "run records left behind"
+    );
+    assert!(!attempt_dir(&d, "r1", &a).join("finished").exists());
+    assert!(!d.join("releases/r1").exists());
+    rig.pool.close_all().await;
 }
