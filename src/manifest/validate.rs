@@ -177,8 +177,10 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
         check_revision(&mut r, &file, &id, &release.spec.revision);
     }
 
-    // (host, path) -> the site deploying there: two sites must not share a directory.
-    let mut claimed: BTreeMap<(String, String), String> = BTreeMap::new();
+    // host -> (path, site) of every site deploying there: two sites must neither share a
+    // directory nor nest one inside the other (one site's clean-up would delete the other's
+    // files).
+    let mut claimed: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for (name, site) in &catalog.sites {
         let file = file_of(Kind::Site, name);
         let id = format!("Site/{name}");
@@ -260,13 +262,19 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
                         {
                             r.at(&file, &id, stage.group.pos, format!("{field}.group"), format!("host `{host}` is in stage `{other}` and in stage `{}`; a host can belong to only one stage of a site", stage.name.value));
                         }
-                        let key = (host.clone(), spec.path.value.clone());
-                        if let Some(other) = claimed.get(&key)
-                            && other != name
-                        {
-                            r.at(&file, &id, spec.path.pos, "spec.path", format!("Site `{other}` already deploys to `{}` on host `{host}`; two sites cannot share a path on one host", spec.path.value));
+                        let on_host = claimed.entry(host.clone()).or_default();
+                        for (other_path, other) in on_host.iter().filter(|(_, o)| o != name) {
+                            if let Some(message) = path_overlap(&spec.path, other_path, other, host)
+                            {
+                                r.at(&file, &id, spec.path.pos, "spec.path", message);
+                            }
                         }
-                        claimed.insert(key, name.clone());
+                        if !on_host
+                            .iter()
+                            .any(|(p, o)| o == name && *p == spec.path.value)
+                        {
+                            on_host.push((spec.path.value.clone(), name.clone()));
+                        }
                     }
                 }
                 None if exists(Kind::ServerGroup, &stage.group) => {}
@@ -288,6 +296,27 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
     diagnostics.sort();
     diagnostics.dedup();
     Err(Diagnostics(diagnostics))
+}
+
+/// Why `path` cannot be used on `host` next to site `other` at `other_path`: equal or
+/// nested paths, compared by components (`/srv/app` and `/srv/app2` do not overlap).
+fn path_overlap(path: &str, other_path: &str, other: &str, host: &str) -> Option<String> {
+    let (mine, theirs) = (std::path::Path::new(path), std::path::Path::new(other_path));
+    if mine == theirs {
+        Some(format!(
+            "Site `{other}` already deploys to `{path}` on host `{host}`; two sites cannot share a path on one host"
+        ))
+    } else if mine.starts_with(theirs) {
+        Some(format!(
+            "`{path}` is inside `{other_path}`, where Site `{other}` deploys on host `{host}`; site paths on one host may not be nested (one site's clean-up would delete the other's files)"
+        ))
+    } else if theirs.starts_with(mine) {
+        Some(format!(
+            "`{path}` contains `{other_path}`, where Site `{other}` deploys on host `{host}`; site paths on one host may not be nested (one site's clean-up would delete the other's files)"
+        ))
+    } else {
+        None
+    }
 }
 
 /// Position of the first object with the same kind and name (for duplicate messages).
@@ -837,6 +866,16 @@ mod tests {
         assert!(is_dns_subdomain("r2026-11-24.1"));
         assert!(!is_dns_subdomain("r1..2"));
         assert!(!is_dns_subdomain(".r1"));
+    }
+
+    #[test]
+    fn site_paths_overlap_by_components_not_by_text() {
+        assert!(path_overlap("/srv/app", "/srv/app", "a", "h").is_some());
+        assert!(path_overlap("/srv/app/releases/legacy", "/srv/app", "a", "h").is_some());
+        assert!(path_overlap("/srv/app", "/srv/app/releases/legacy", "a", "h").is_some());
+        assert_eq!(path_overlap("/srv/app2", "/srv/app", "a", "h"), None);
+        assert_eq!(path_overlap("/srv/app", "/srv/app2", "a", "h"), None);
+        assert_eq!(path_overlap("/srv/a", "/srv/b", "a", "h"), None);
     }
 
     #[test]
