@@ -541,16 +541,18 @@ impl<'a> SiteRun<'a> {
 
     async fn build_all(&mut self, hosts: Vec<String>) {
         let archive = match &self.site.fetch {
-            FetchSpec::Archive { path } => match pack_archive(path, &self.site.release).await {
-                Ok(bytes) => Some(bytes),
-                Err(e) => {
-                    for host in &hosts {
-                        self.pass.build_failed.insert(host.clone(), e.clone());
+            FetchSpec::Archive { path, roots } => {
+                match pack_archive(path, roots, &self.site.release).await {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) => {
+                        for host in &hosts {
+                            self.pass.build_failed.insert(host.clone(), e.clone());
+                        }
+                        self.failed_attempt = true;
+                        return;
                     }
-                    self.failed_attempt = true;
-                    return;
                 }
-            },
+            }
             FetchSpec::Git { .. } => None,
         };
         let commands: Vec<(String, RemoteCommand)> = hosts
@@ -1048,9 +1050,21 @@ pub fn tail(out: &CommandOutput) -> String {
 }
 
 /// Reads the archive to upload: a `.tar.gz` file as is, or a directory packed with `tar`.
-/// `{release}` in the path is replaced by the release id.
-async fn pack_archive(path: &str, release: &str) -> Result<Vec<u8>, String> {
+/// `{release}` in the path is replaced by the release id. The path must still resolve inside
+/// one of `roots` (a link made after validation must not ship the controller's own files).
+async fn pack_archive(
+    path: &str,
+    roots: &[std::path::PathBuf],
+    release: &str,
+) -> Result<Vec<u8>, String> {
     let path = path.replace("{release}", release);
+    let target = crate::manifest::validate::resolve_existing(std::path::Path::new(&path));
+    if !roots.iter().any(|root| target.starts_with(root)) {
+        return Err(format!(
+            "refused to upload archive `{path}`: it resolves to `{}`, outside the directories archives may come from",
+            target.display()
+        ));
+    }
     let meta = tokio::fs::metadata(&path)
         .await
         .map_err(|e| format!("failed to read archive `{path}`: {e}"))?;

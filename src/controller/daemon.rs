@@ -30,6 +30,8 @@ use crate::state::{self, HistoryEvent, StateDir};
 /// Settings of the daemon.
 pub struct DaemonOptions {
     pub manifests: PathBuf,
+    /// `--archive-root`s and the like, applied at every reload.
+    pub load: manifest::LoadOptions,
     pub resync: Duration,
     pub metrics_addr: SocketAddr,
     pub run: RunOptions,
@@ -224,7 +226,7 @@ impl Daemon {
     /// Loads and validates the manifests; if valid, queues the sites whose desired state
     /// changed. If not, keeps acting on the last valid state and reports the errors.
     fn reload(&mut self) {
-        let catalog = match manifest::load(&self.options.manifests) {
+        let catalog = match manifest::load_with(&self.options.manifests, &self.options.load) {
             Ok(catalog) => catalog,
             Err(diagnostics) => {
                 self.shared.metrics.manifests_loaded(false);
@@ -438,7 +440,9 @@ fn probe_target(host: &Host) -> Option<(String, u16)> {
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_string(),
-            ssh.port,
+            // Unset: ssh_config decides, which convoy does not parse; 22 is its default and
+            // a probe only hastens a retry that backoff would make anyway.
+            ssh.port.unwrap_or(crate::manifest::types::DEFAULT_SSH_PORT),
         )),
         Host::Local(_) => None,
     }

@@ -22,7 +22,8 @@ use crate::manifest::types::HostKeyChecking;
 pub struct SshHost {
     pub name: String,
     pub address: String,
-    pub port: u16,
+    /// Only what the manifest sets is passed to ssh; the rest is ssh_config's to decide.
+    pub port: Option<u16>,
     pub user: Option<String>,
     pub identity_file: Option<PathBuf>,
     pub config_file: Option<PathBuf>,
@@ -126,13 +127,15 @@ impl SshPool {
                 HostKeyChecking::Strict => KnownHosts::Strict,
                 HostKeyChecking::AcceptNew => KnownHosts::Add,
             })
-            .port(host.port)
             .connect_timeout(host.connect_timeout.max(Duration::from_secs(1)))
             .server_alive_interval(Duration::from_secs(15))
             .control_directory(&self.control_dir)
             .control_persist(ControlPersist::IdleFor(
                 NonZeroUsize::new(self.idle.as_secs().max(1) as usize).expect("at least 1"),
             ));
+        if let Some(port) = host.port {
+            builder.port(port);
+        }
         if let Some(user) = &host.user {
             builder.user(user.clone());
         }

@@ -9,14 +9,28 @@ pub mod located;
 pub mod types;
 pub mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::Duration;
 pub use located::{Located, Pos};
 pub use validate::Catalog;
 
+/// What the operator allows beyond the manifests themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Directories an absolute `fetch.archive.path` may lie under (`--archive-root`). A
+    /// relative one must stay inside the manifest directory; anything else could ship
+    /// controller files (the state dir, SSH keys) to the hosts.
+    pub archive_roots: Vec<PathBuf>,
+}
+
 /// Loads and validates every manifest under `path` (a directory or one file).
 pub fn load(path: &Path) -> Result<Catalog, Diagnostics> {
-    validate::validate(load::load_path(path))
+    load_with(path, &LoadOptions::default())
+}
+
+/// [`load`] with the operator's allowances.
+pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Catalog, Diagnostics> {
+    validate::validate(load::load_path(path), options)
 }

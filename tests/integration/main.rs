@@ -9,6 +9,7 @@ mod host_ops_tests;
 mod lab;
 mod lab_tests;
 mod local_reconcile_tests;
+mod paths_tests;
 mod prom;
 mod transport_tests;
 mod util;
