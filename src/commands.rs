@@ -120,6 +120,13 @@ fn desired(
     let Some(catalog) = load(&cli.manifests, options, err)? else {
         return Ok(Err(exit_code::INVALID));
     };
+    let state = StateDir::open_read_only(&cli.state_dir);
+    if let Err(diagnostics) = manifest::validate::check_immutable(&catalog, |site, release| {
+        state.applied_revision(site, release)
+    }) {
+        writeln!(err, "{diagnostics}")?;
+        return Ok(Err(exit_code::INVALID));
+    }
     let desired = DesiredState::from_catalog(&catalog);
     if let Some(site) = site
         && !desired.sites.contains_key(site)

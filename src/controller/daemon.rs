@@ -226,7 +226,15 @@ impl Daemon {
     /// Loads and validates the manifests; if valid, queues the sites whose desired state
     /// changed. If not, keeps acting on the last valid state and reports the errors.
     fn reload(&mut self) {
-        let catalog = match manifest::load_with(&self.options.manifests, &self.options.load) {
+        let state = &self.state;
+        let loaded =
+            manifest::load_with(&self.options.manifests, &self.options.load).and_then(|catalog| {
+                manifest::validate::check_immutable(&catalog, |site, release| {
+                    state.applied_revision(site, release)
+                })
+                .map(|()| catalog)
+            });
+        let catalog = match loaded {
             Ok(catalog) => catalog,
             Err(diagnostics) => {
                 self.shared.metrics.manifests_loaded(false);

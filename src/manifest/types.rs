@@ -189,6 +189,7 @@ pub struct ReleaseSpec {
     /// The Site this release belongs to.
     pub site: Located<String>,
     /// What the fetch step checks out: a commit, tag or branch (a branch is resolved once).
+    /// Immutable once applied: to ship other code, make a new Release.
     pub revision: Located<String>,
 }
 

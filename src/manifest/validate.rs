@@ -23,6 +23,8 @@ pub struct Catalog {
     /// Per Site with an archive: the directories its archive must resolve inside (the
     /// manifest directory, or the `--archive-root`s), checked again when it is packed.
     pub archive_roots: BTreeMap<String, Vec<PathBuf>>,
+    /// The file each object came from, for errors found after validation.
+    pub files: BTreeMap<(Kind, String), Arc<str>>,
 }
 
 impl Catalog {
@@ -318,11 +320,43 @@ pub fn validate(loaded: Loaded, options: &LoadOptions) -> Result<Catalog, Diagno
     let mut diagnostics = r.diagnostics;
     if diagnostics.is_empty() {
         anchor_paths(&mut catalog, &files);
+        catalog.files = files;
         return Ok(catalog);
     }
     diagnostics.sort();
     diagnostics.dedup();
     Err(Diagnostics(diagnostics))
+}
+
+/// Kubernetes-style immutability of `Release.spec.revision`: a release already applied with
+/// one revision cannot silently change to another (hosts would keep the old build while
+/// status said Converged). `applied(site, release)`: the revision it was first applied with.
+pub fn check_immutable(
+    catalog: &Catalog,
+    applied: impl Fn(&str, &str) -> Option<String>,
+) -> Result<(), Diagnostics> {
+    let mut r = Reporter {
+        diagnostics: vec![],
+    };
+    for (name, release) in &catalog.releases {
+        let site = &release.spec.site.value;
+        let revision = &release.spec.revision;
+        if let Some(before) = applied(site, name)
+            && before != revision.value
+        {
+            let file = &catalog.files[&(Kind::Release, name.clone())];
+            r.at(file, &format!("Release/{name}"), revision.pos, "spec.revision", format!(
+                "field is immutable: release {name} of site {site} was applied with revision {before}; make a new Release"
+            ));
+        }
+    }
+    match r.diagnostics {
+        d if d.is_empty() => Ok(()),
+        mut d => {
+            d.sort();
+            Err(Diagnostics(d))
+        }
+    }
 }
 
 /// Why `path` cannot be used on `host` next to site `other` at `other_path`: equal or

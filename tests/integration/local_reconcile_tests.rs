@@ -31,7 +31,7 @@ fn example_in(root: &Path) -> std::path::PathBuf {
 }
 
 /// Every path under `dir` with its modification time (symlinks not followed).
-fn mtimes(dir: &Path) -> Vec<(String, SystemTime)> {
+pub fn mtimes(dir: &Path) -> Vec<(String, SystemTime)> {
     let mut out = vec![];
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -11,6 +11,7 @@ mod lab_tests;
 mod local_reconcile_tests;
 mod paths_tests;
 mod prom;
+mod revision_tests;
 mod transport_tests;
 mod util;
 mod validate_tests;

@@ -11,7 +11,7 @@ use crate::util::{convoy_in, stderr, stdout};
 
 /// A group of one local host rooted in `<tmp>/hosts/h1`, a Release and a Site fetching
 /// `archive`.
-fn manifests(tmp: &Path, archive: &str) -> String {
+pub fn manifests(tmp: &Path, archive: &str) -> String {
     format!(
         "apiVersion: convoy.dev/v1alpha1\nkind: ServerGroup\nmetadata: {{name: local}}\nspec:\n  hosts:\n    - {{name: h1, address: local, root: {root}}}\n---\n\
          apiVersion: convoy.dev/v1alpha1\nkind: Release\nmetadata: {{name: r1}}\nspec: {{site: app, revision: v1}}\n---\n\
