@@ -3,7 +3,6 @@
 
 use std::process::Stdio;
 
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::output::{OUTPUT_LIMIT, read_tail};
@@ -46,9 +45,9 @@ impl LocalHost {
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let feed = async {
-            if let (Some(mut pipe), Some(data)) = (stdin, &command.stdin) {
+            if let (Some(mut pipe), Some(input)) = (stdin, &command.stdin) {
                 // A script that stops reading early is not an error of ours.
-                let _ = pipe.write_all(data).await;
+                let _ = input.feed(&mut pipe).await;
             }
         };
         let work = async {

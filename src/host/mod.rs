@@ -9,7 +9,10 @@ pub mod script;
 pub mod ssh;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 pub use output::CommandOutput;
 
@@ -49,11 +52,34 @@ impl HostError {
     }
 }
 
+/// What a command reads on stdin.
+#[derive(Debug, Clone)]
+pub enum Stdin {
+    /// A small input held in memory, shared (never copied) between hosts.
+    Bytes(Arc<[u8]>),
+    /// A file on the controller, opened afresh for each host and streamed from disk: an
+    /// archive is never held in memory, however large and however many hosts receive it.
+    File(PathBuf),
+}
+
+impl Stdin {
+    /// Writes the whole input to `pipe`.
+    pub async fn feed(&self, pipe: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
+        match self {
+            Stdin::Bytes(bytes) => pipe.write_all(bytes).await,
+            Stdin::File(path) => {
+                let mut file = tokio::fs::File::open(path).await?;
+                tokio::io::copy(&mut file, pipe).await.map(drop)
+            }
+        }
+    }
+}
+
 /// A shell script to run on a host with `sh -c`, optionally fed `stdin` (e.g. an archive).
 #[derive(Debug, Clone)]
 pub struct RemoteCommand {
     pub script: String,
-    pub stdin: Option<Vec<u8>>,
+    pub stdin: Option<Stdin>,
     pub timeout: Duration,
 }
 
@@ -67,7 +93,13 @@ impl RemoteCommand {
     }
 
     pub fn with_stdin(mut self, stdin: Vec<u8>) -> Self {
-        self.stdin = Some(stdin);
+        self.stdin = Some(Stdin::Bytes(stdin.into()));
+        self
+    }
+
+    /// Streams the file at `path` to the command's stdin (opened when the command runs).
+    pub fn with_stdin_file(mut self, path: PathBuf) -> Self {
+        self.stdin = Some(Stdin::File(path));
         self
     }
 }

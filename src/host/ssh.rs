@@ -213,8 +213,9 @@ async fn run_on(
         let stdout = child.stdout().take().expect("piped");
         let stderr = child.stderr().take().expect("piped");
         let feed = async {
-            if let (Some(mut pipe), Some(data)) = (stdin, &command.stdin) {
-                let _ = pipe.write_all(data).await;
+            if let (Some(mut pipe), Some(input)) = (stdin, &command.stdin) {
+                // A script that stops reading early is not an error of ours.
+                let _ = input.feed(&mut pipe).await;
                 let _ = pipe.shutdown().await;
             }
         };

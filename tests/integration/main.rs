@@ -1,4 +1,5 @@
 //! One integration-test binary (faster links): every file here is a module.
+mod archive_rss_tests;
 mod cli_tests;
 mod crd_tests;
 mod daemon_tests;
