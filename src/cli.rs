@@ -49,7 +49,12 @@ pub enum Command {
     /// Check the manifests and report every problem with file:line:column; touches no host.
     ///
     /// Exit 0 when valid (with a one-line summary), 2 when invalid.
-    Validate,
+    Validate {
+        /// A directory an absolute `fetch.archive.path` may lie under (repeatable). Relative
+        /// archive paths must stay inside the manifest directory; nothing else is uploaded.
+        #[arg(long = "archive-root", value_name = "DIR")]
+        archive_roots: Vec<PathBuf>,
+    },
 
     /// Print the CustomResourceDefinitions of every kind (apiextensions.k8s.io/v1).
     Crds {
@@ -86,6 +91,10 @@ pub enum Command {
         /// With --once: also write the metrics to this file (node_exporter textfile collector).
         #[arg(long, value_name = "PATH")]
         metrics_textfile: Option<PathBuf>,
+        /// A directory an absolute `fetch.archive.path` may lie under (repeatable). Relative
+        /// archive paths must stay inside the manifest directory; nothing else is uploaded.
+        #[arg(long = "archive-root", value_name = "DIR")]
+        archive_roots: Vec<PathBuf>,
     },
 
     /// Observe the hosts and print what a reconcile pass would do; changes nothing.
@@ -96,6 +105,10 @@ pub enum Command {
         /// Global cap on hosts observed at once.
         #[arg(long, value_name = "N", default_value_t = 32)]
         max_parallel: usize,
+        /// A directory an absolute `fetch.archive.path` may lie under (repeatable). Relative
+        /// archive paths must stay inside the manifest directory; nothing else is uploaded.
+        #[arg(long = "archive-root", value_name = "DIR")]
+        archive_roots: Vec<PathBuf>,
     },
 
     /// Show each site's phase and the release live on each host.

@@ -11,13 +11,13 @@ use crate::cli::{Cli, Command, OutputFormat};
 use crate::controller::{self, RunOptions};
 use crate::desired::DesiredState;
 use crate::exit_code;
-use crate::manifest::{self, Catalog, crd, types::Kind};
+use crate::manifest::{self, Catalog, LoadOptions, crd, types::Kind};
 use crate::plan::{self, PassState, Step};
 use crate::state::{self, StateDir};
 
 pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let result = match &cli.command {
-        Command::Validate => validate(&cli.manifests, out, err),
+        Command::Validate { archive_roots } => validate(&cli.manifests, archive_roots, out, err),
         Command::Crds { out_dir } => crds(out_dir.as_deref(), out),
         Command::Reconcile {
             once,
@@ -27,6 +27,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             resync,
             metrics_addr,
             metrics_textfile,
+            archive_roots,
         } => {
             let args = ReconcileArgs {
                 once: *once,
@@ -36,10 +37,22 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 resync,
                 metrics_addr,
                 metrics_textfile: metrics_textfile.clone(),
+                load: LoadOptions {
+                    archive_roots: archive_roots.clone(),
+                },
             };
             reconcile(cli, args, out, err)
         }
-        Command::Plan { site, max_parallel } => plan(cli, site.as_deref(), *max_parallel, out, err),
+        Command::Plan {
+            site,
+            max_parallel,
+            archive_roots,
+        } => {
+            let load = LoadOptions {
+                archive_roots: archive_roots.clone(),
+            };
+            plan(cli, site.as_deref(), *max_parallel, &load, out, err)
+        }
         Command::Status { output } => status(&cli.state_dir, *output, out, err),
         Command::History { site } => history(&cli.state_dir, site, out),
         Command::Retry {
@@ -61,8 +74,12 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 }
 
 /// Loads and validates, printing every problem; `None` means invalid (exit 2).
-fn load(path: &Path, err: &mut dyn Write) -> anyhow::Result<Option<Catalog>> {
-    match manifest::load(path) {
+fn load(
+    path: &Path,
+    options: &LoadOptions,
+    err: &mut dyn Write,
+) -> anyhow::Result<Option<Catalog>> {
+    match manifest::load_with(path, options) {
         Ok(catalog) => Ok(Some(catalog)),
         Err(diagnostics) => {
             writeln!(err, "{diagnostics}")?;
@@ -71,8 +88,16 @@ fn load(path: &Path, err: &mut dyn Write) -> anyhow::Result<Option<Catalog>> {
     }
 }
 
-fn validate(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<u8> {
-    let Some(catalog) = load(path, err)? else {
+fn validate(
+    path: &Path,
+    archive_roots: &[std::path::PathBuf],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let options = LoadOptions {
+        archive_roots: archive_roots.to_vec(),
+    };
+    let Some(catalog) = load(path, &options, err)? else {
         return Ok(exit_code::INVALID);
     };
     writeln!(out, "{}: valid", catalog.summary())?;
@@ -99,11 +124,19 @@ fn crds(out_dir: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<u8> {
 fn desired(
     cli: &Cli,
     site: Option<&str>,
+    options: &LoadOptions,
     err: &mut dyn Write,
 ) -> anyhow::Result<Result<DesiredState, u8>> {
-    let Some(catalog) = load(&cli.manifests, err)? else {
+    let Some(catalog) = load(&cli.manifests, options, err)? else {
         return Ok(Err(exit_code::INVALID));
     };
+    let state = StateDir::open_read_only(&cli.state_dir);
+    if let Err(diagnostics) = manifest::validate::check_immutable(&catalog, |site, release| {
+        state.applied_revision(site, release)
+    }) {
+        writeln!(err, "{diagnostics}")?;
+        return Ok(Err(exit_code::INVALID));
+    }
     let desired = DesiredState::from_catalog(&catalog);
     if let Some(site) = site
         && !desired.sites.contains_key(site)
@@ -134,6 +167,7 @@ struct ReconcileArgs<'a> {
     resync: &'a str,
     metrics_addr: &'a str,
     metrics_textfile: Option<std::path::PathBuf>,
+    load: LoadOptions,
 }
 
 /// A positive duration from the command line, or the usage error to print.
@@ -184,13 +218,14 @@ fn reconcile(
         let state = StateDir::lock(&cli.state_dir)?;
         let daemon = controller::daemon::DaemonOptions {
             manifests: cli.manifests.clone(),
+            load: args.load.clone(),
             resync,
             metrics_addr: addr,
             run: options,
         };
         return Ok(runtime()?.block_on(controller::daemon::run(daemon, state, err)));
     }
-    let desired = match desired(cli, args.site.as_deref(), err)? {
+    let desired = match desired(cli, args.site.as_deref(), &args.load, err)? {
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
@@ -206,10 +241,11 @@ fn plan(
     cli: &Cli,
     site: Option<&str>,
     max_parallel: usize,
+    load: &LoadOptions,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<u8> {
-    let desired = match desired(cli, site, err)? {
+    let desired = match desired(cli, site, load, err)? {
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
@@ -338,7 +374,11 @@ fn unlock(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<u8> {
-    let desired = match desired(cli, Some(site), err)? {
+    // Nothing is uploaded here: where an archive may come from does not matter.
+    let anywhere = LoadOptions {
+        archive_roots: vec![std::path::PathBuf::from("/")],
+    };
+    let desired = match desired(cli, Some(site), &anywhere, err)? {
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
@@ -409,7 +449,11 @@ fn retry_once_interrupted(
     err: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     use controller::once_record;
-    let desired = match desired(cli, Some(site), err)? {
+    // Nothing is uploaded here: where an archive may come from does not matter.
+    let anywhere = LoadOptions {
+        archive_roots: vec![std::path::PathBuf::from("/")],
+    };
+    let desired = match desired(cli, Some(site), &anywhere, err)? {
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };

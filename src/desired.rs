@@ -43,8 +43,15 @@ pub struct DesiredStage {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum FetchSpec {
-    Git { repository: String },
-    Archive { path: String },
+    Git {
+        repository: String,
+    },
+    /// `path`: absolute, `{release}` still in it. `roots`: where it must resolve inside,
+    /// checked when packed (validation saw only the desired release's path).
+    Archive {
+        path: String,
+        roots: Vec<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +122,7 @@ impl DesiredState {
                 },
                 (None, Some(archive)) => FetchSpec::Archive {
                     path: archive.path.value.clone(),
+                    roots: catalog.archive_roots.get(name).cloned().unwrap_or_default(),
                 },
                 (None, None) => unreachable!("validation requires exactly one fetch source"),
             };

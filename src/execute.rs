@@ -722,16 +722,27 @@ impl<'a> SiteRun<'a> {
 
     async fn build_all(&mut self, hosts: Vec<String>) {
         let archive = match &self.site.fetch {
-            FetchSpec::Archive { path } => match pack_archive(path, &self.site.release).await {
-                Ok(bytes) => Some(bytes),
-                Err(e) => {
-                    for host in &hosts {
-                        self.pass.build_failed.insert(host.clone(), e.clone());
+            FetchSpec::Archive { path, roots } => {
+                // Its exact size goes to the hosts, which read just that much of stdin.
+                let packed = pack_archive(path, roots, &self.site.release)
+                    .await
+                    .and_then(|archive| {
+                        let len = std::fs::metadata(archive.path())
+                            .map_err(|e| format!("failed to read the archive to upload: {e}"))?
+                            .len();
+                        Ok((archive, len))
+                    });
+                match packed {
+                    Ok(archive) => Some(archive),
+                    Err(e) => {
+                        for host in &hosts {
+                            self.pass.build_failed.insert(host.clone(), e.clone());
+                        }
+                        self.failed_attempt = true;
+                        return;
                     }
-                    self.failed_attempt = true;
-                    return;
                 }
-            },
+            }
             FetchSpec::Git { .. } => None,
         };
         let commands: Vec<(String, RemoteCommand)> = hosts
@@ -752,15 +763,15 @@ impl<'a> SiteRun<'a> {
         }
     }
 
-    fn build_command(&self, host: &str, archive: Option<&Vec<u8>>) -> RemoteCommand {
+    fn build_command(&self, host: &str, archive: Option<&(Archive, u64)>) -> RemoteCommand {
         let script = self.build_ops(
             Script::for_attempt(&self.path_on(host), &self.attempt),
             host,
-            archive.map_or(0, |a| a.len() as u64),
+            archive.map_or(0, |(_, len)| *len),
         );
         let command = RemoteCommand::of(script, self.ctx.command_timeout);
         match archive {
-            Some(bytes) => command.with_stdin(bytes.clone()),
+            Some((archive, len)) => command.with_stdin_file(archive.path().to_path_buf(), *len),
             None => command,
         }
     }
@@ -1336,21 +1347,90 @@ pub fn tail(out: &CommandOutput) -> String {
     }
 }
 
-/// Reads the archive to upload: a `.tar.gz` file as is, or a directory packed with `tar`.
-/// `{release}` in the path is replaced by the release id.
-async fn pack_archive(path: &str, release: &str) -> Result<Vec<u8>, String> {
+/// An archive ready to upload, on disk: each host's upload streams it from the file, so
+/// memory stays flat whatever its size and however many hosts receive it.
+enum Archive {
+    /// The operator's `.tar.gz`, as is.
+    Given(std::path::PathBuf),
+    /// A directory packed once for this build round; removed when dropped.
+    Packed(std::path::PathBuf),
+}
+
+impl Archive {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Archive::Given(path) | Archive::Packed(path) => path,
+        }
+    }
+}
+
+impl Drop for Archive {
+    fn drop(&mut self) {
+        if let Archive::Packed(path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The archive to upload: a `.tar.gz` file as is, or a directory packed with `tar` into a
+/// private temporary file (`$TMPDIR`), once for all hosts.
+/// `{release}` in the path is replaced by the release id. The path must still resolve inside
+/// one of `roots` (a link made after validation must not ship the controller's own files).
+async fn pack_archive(
+    path: &str,
+    roots: &[std::path::PathBuf],
+    release: &str,
+) -> Result<Archive, String> {
     let path = path.replace("{release}", release);
-    let meta = tokio::fs::metadata(&path)
+    let target = crate::manifest::validate::resolve_existing(std::path::Path::new(&path));
+    if !roots.iter().any(|root| target.starts_with(root)) {
+        return Err(format!(
+            "refused to upload archive `{path}`: it resolves to `{}`, outside the directories archives may come from",
+            target.display()
+        ));
+    }
+    let meta = tokio::fs::metadata(&target)
         .await
         .map_err(|e| format!("failed to read archive `{path}`: {e}"))?;
     if meta.is_file() {
-        return tokio::fs::read(&path)
-            .await
-            .map_err(|e| format!("failed to read archive `{path}`: {e}"));
+        // The resolved path, so a link swapped after the check cannot redirect the upload.
+        return Ok(Archive::Given(target));
     }
+    use std::os::unix::fs::OpenOptionsExt;
+    static PACKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let file_name = format!(
+        "convoy-archive-{}-{}-{}.tar.gz",
+        std::process::id(),
+        PACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let temp = std::env::temp_dir().join(file_name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(|e| {
+            format!(
+                "failed to create `{}` to pack `{path}`: {e}",
+                temp.display()
+            )
+        })?;
+    // From here on, the guard removes the file whatever happens.
+    let archive = Archive::Packed(temp);
     let out = tokio::process::Command::new("tar")
-        .args(["-C", &path, "-czf", "-", "."])
-        .output()
+        .arg("-C")
+        .arg(&target)
+        .args(["-czf", "-", "."])
+        .stdout(file)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        // Not `output()`: tokio's would replace the file with a pipe on stdout.
+        .spawn()
+        .map_err(|e| format!("failed to run tar on `{path}`: {e}"))?
+        .wait_with_output()
         .await
         .map_err(|e| format!("failed to run tar on `{path}`: {e}"))?;
     if !out.status.success() {
@@ -1359,7 +1439,7 @@ async fn pack_archive(path: &str, release: &str) -> Result<Vec<u8>, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    Ok(out.stdout)
+    Ok(archive)
 }
 
 #[cfg(test)]

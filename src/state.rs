@@ -7,6 +7,7 @@
 //! <dir>/sites/<site>/status.json      the last SiteStatus written (atomic replace)
 //! <dir>/sites/<site>/attempts.json    failed attempts of the desired state (the Failed hold)
 //! <dir>/sites/<site>/revisions.json   release -> commit, a branch resolved once per release
+//! <dir>/sites/<site>/applied.json     release -> `spec.revision` as first applied (immutable)
 //! <dir>/sites/<site>/history.jsonl    append-only log of what convoy did, one event a line
 //! ```
 //! Every whole-file write goes to a temporary file in the same directory, is fsynced, then
@@ -39,6 +40,7 @@ const SITES_DIR: &str = "sites";
 const STATUS_FILE: &str = "status.json";
 const ATTEMPTS_FILE: &str = "attempts.json";
 const REVISIONS_FILE: &str = "revisions.json";
+const APPLIED_FILE: &str = "applied.json";
 const HISTORY_FILE: &str = "history.jsonl";
 const MANIFESTS_FILE: &str = "manifests.json";
 const INSTANCE_FILE: &str = "instance-id";
@@ -520,6 +522,35 @@ impl StateDir {
 
     fn revisions(&self, site: &str) -> BTreeMap<String, String> {
         self.read_or_warn(site, REVISIONS_FILE).unwrap_or_default()
+    }
+
+    // ---- applied revisions: a Release's `spec.revision` is immutable once applied ----
+
+    /// Records `revision` (as written in the Release) for `release` of `site`, unless one is
+    /// recorded already: the first applied revision stays, so a later edit can be refused.
+    pub fn record_applied_revision(
+        &self,
+        site: &str,
+        release: &str,
+        revision: &str,
+    ) -> Result<(), StateError> {
+        let path = self.site_file(site, APPLIED_FILE)?;
+        let _guard = lock(&self.write);
+        let mut applied = self.applied_revisions(site);
+        if applied.contains_key(release) {
+            return Ok(());
+        }
+        applied.insert(release.to_owned(), revision.to_owned());
+        write_json_atomic(&path, &applied)
+    }
+
+    /// The `spec.revision` `release` of `site` was first applied with, if it was.
+    pub fn applied_revision(&self, site: &str, release: &str) -> Option<String> {
+        self.applied_revisions(site).remove(release)
+    }
+
+    fn applied_revisions(&self, site: &str) -> BTreeMap<String, String> {
+        self.read_or_warn(site, APPLIED_FILE).unwrap_or_default()
     }
 
     // ---- history ----
@@ -1219,6 +1250,19 @@ mod tests {
         assert_eq!(state.revision("web", "r1").as_deref(), Some("aaa"));
         assert_eq!(state.revision("web", "r2").as_deref(), Some("ccc"));
         assert_eq!(files_in(&tmp.path().join("sites/web")), ["revisions.json"]);
+    }
+
+    #[test]
+    fn the_first_applied_revision_of_a_release_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::lock(tmp.path()).unwrap();
+        assert_eq!(state.applied_revision("web", "r1"), None);
+        state.record_applied_revision("web", "r1", "v1").unwrap();
+        state.record_applied_revision("web", "r1", "v2").unwrap();
+        state.record_applied_revision("web", "r2", "main").unwrap();
+        assert_eq!(state.applied_revision("web", "r1").as_deref(), Some("v1"));
+        assert_eq!(state.applied_revision("web", "r2").as_deref(), Some("main"));
+        assert_eq!(files_in(&tmp.path().join("sites/web")), ["applied.json"]);
     }
 
     #[test]

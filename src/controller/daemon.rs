@@ -30,6 +30,8 @@ use crate::state::{self, HistoryEvent, StateDir};
 /// Settings of the daemon.
 pub struct DaemonOptions {
     pub manifests: PathBuf,
+    /// `--archive-root`s and the like, applied at every reload.
+    pub load: manifest::LoadOptions,
     pub resync: Duration,
     pub metrics_addr: SocketAddr,
     pub run: RunOptions,
@@ -250,7 +252,19 @@ impl Daemon {
     /// Loads and validates the manifests; if valid, queues the sites whose desired state
     /// changed. If not, keeps acting on the last valid state and reports the errors.
     fn reload(&mut self) {
-        let catalog = match manifest::load_classified(&self.options.manifests) {
+        let state = &self.state;
+        let loaded = manifest::load_classified(&self.options.manifests, &self.options.load)
+            .and_then(|catalog| {
+                manifest::validate::check_immutable(&catalog, |site, release| {
+                    state.applied_revision(site, release)
+                })
+                .map(|()| catalog)
+                .map_err(|diagnostics| manifest::LoadFailure {
+                    diagnostics,
+                    read_failed: false,
+                })
+            });
+        let catalog = match loaded {
             Ok(catalog) => catalog,
             Err(failure) => {
                 let diagnostics = failure.diagnostics;
@@ -482,7 +496,9 @@ fn probe_target(host: &Host) -> Option<(String, u16)> {
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_string(),
-            ssh.port,
+            // Unset: ssh_config decides, which convoy does not parse; 22 is its default and
+            // a probe only hastens a retry that backoff would make anyway.
+            ssh.port.unwrap_or(crate::manifest::types::DEFAULT_SSH_PORT),
         )),
         Host::Local(_) => None,
     }

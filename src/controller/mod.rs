@@ -188,6 +188,8 @@ pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> S
         once_done,
         ..PassState::default()
     };
+    // From now on this Release's revision is fixed: a later edit is a validation error.
+    let _ = state.record_applied_revision(&site.name, &site.release, &site.revision);
     let mut revision = state.revision(&site.name, &site.release);
     if revision.is_none()
         && let FetchSpec::Git { repository } = &site.fetch

@@ -3,7 +3,7 @@
 
 use std::process::Stdio;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 
 use super::output::{OUTPUT_LIMIT, read_tail};
@@ -50,10 +50,12 @@ impl LocalHost {
         let feed = async {
             let mut pipe = stdin?;
             // A script that stops reading early is not an error of ours.
-            for data in [prefix, command.stdin.as_deref()].into_iter().flatten() {
-                if pipe.write_all(data).await.is_err() {
-                    break;
-                }
+            let prefixed = match prefix {
+                Some(prefix) => pipe.write_all(prefix).await.is_ok(),
+                None => true,
+            };
+            if let (true, Some(input)) = (prefixed, &command.stdin) {
+                let _ = input.feed(&mut pipe).await;
             }
             Some(pipe)
         };

@@ -9,7 +9,10 @@ pub mod script;
 pub mod ssh;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 pub use output::CommandOutput;
 
@@ -53,13 +56,38 @@ impl HostError {
     }
 }
 
+/// What a command reads on stdin.
+#[derive(Debug, Clone)]
+pub enum Stdin {
+    /// A small input held in memory, shared (never copied) between hosts.
+    Bytes(Arc<[u8]>),
+    /// A file on the controller, opened afresh for each host and streamed from disk: an
+    /// archive is never held in memory, however large and however many hosts receive it.
+    /// Exactly this many bytes of it: the host reads that much, then the lifeline.
+    File(PathBuf, u64),
+}
+
+impl Stdin {
+    /// Writes the whole input to `pipe`.
+    pub async fn feed(&self, pipe: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
+        match self {
+            Stdin::Bytes(bytes) => pipe.write_all(bytes).await,
+            Stdin::File(path, len) => {
+                use tokio::io::AsyncReadExt as _;
+                let file = tokio::fs::File::open(path).await?;
+                tokio::io::copy(&mut file.take(*len), pipe).await.map(drop)
+            }
+        }
+    }
+}
+
 /// A shell script to run on a host with `sh -c`, optionally fed `stdin` (e.g. an archive).
 /// stdin stays open after the payload until the command ends (the lifeline: end of file on
 /// the host means convoy is gone), so a script reads exactly the payload's length.
 #[derive(Debug, Clone)]
 pub struct RemoteCommand {
     pub script: String,
-    pub stdin: Option<Vec<u8>>,
+    pub stdin: Option<Stdin>,
     pub timeout: Duration,
     /// The script carries user environment values: it travels on stdin, not as an argument.
     pub private: bool,
@@ -111,7 +139,14 @@ impl RemoteCommand {
     }
 
     pub fn with_stdin(mut self, stdin: Vec<u8>) -> Self {
-        self.stdin = Some(stdin);
+        self.stdin = Some(Stdin::Bytes(stdin.into()));
+        self
+    }
+
+    /// Streams the first `len` bytes of the file at `path` to the command's stdin (opened
+    /// when the command runs).
+    pub fn with_stdin_file(mut self, path: PathBuf, len: u64) -> Self {
+        self.stdin = Some(Stdin::File(path, len));
         self
     }
 }

@@ -22,7 +22,8 @@ use crate::manifest::types::HostKeyChecking;
 pub struct SshHost {
     pub name: String,
     pub address: String,
-    pub port: u16,
+    /// Only what the manifest sets is passed to ssh; the rest is ssh_config's to decide.
+    pub port: Option<u16>,
     pub user: Option<String>,
     pub identity_file: Option<PathBuf>,
     pub config_file: Option<PathBuf>,
@@ -126,13 +127,15 @@ impl SshPool {
                 HostKeyChecking::Strict => KnownHosts::Strict,
                 HostKeyChecking::AcceptNew => KnownHosts::Add,
             })
-            .port(host.port)
             .connect_timeout(host.connect_timeout.max(Duration::from_secs(1)))
             .server_alive_interval(Duration::from_secs(15))
             .control_directory(&self.control_dir)
             .control_persist(ControlPersist::IdleFor(
                 NonZeroUsize::new(self.idle.as_secs().max(1) as usize).expect("at least 1"),
             ));
+        if let Some(port) = host.port {
+            builder.port(port);
+        }
         if let Some(user) = &host.user {
             builder.user(user.clone());
         }
@@ -214,17 +217,17 @@ async fn run_on(
         // stdin stays open until the command ends (the lifeline): it is dropped, and the
         // host sees end of file, only when convoy is done with the command or gone.
         let feed = async {
-            if let Some(mut pipe) = stdin {
-                for data in [prefix, command.stdin.as_deref()].into_iter().flatten() {
-                    if pipe.write_all(data).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = pipe.flush().await;
-                Some(pipe)
-            } else {
-                None
+            let mut pipe = stdin?;
+            // A script that stops reading early is not an error of ours.
+            let prefixed = match prefix {
+                Some(prefix) => pipe.write_all(prefix).await.is_ok(),
+                None => true,
+            };
+            if let (true, Some(input)) = (prefixed, &command.stdin) {
+                let _ = input.feed(&mut pipe).await;
             }
+            let _ = pipe.flush().await;
+            Some(pipe)
         };
         let (lifeline, out, err) = tokio::join!(
             feed,

@@ -61,6 +61,9 @@ pub struct Sourced {
 /// Everything read from a manifest directory, valid or not.
 #[derive(Debug, Default)]
 pub struct Loaded {
+    /// The manifest directory (`-f`, or the folder of a single `-f` file): relative paths
+    /// in manifests may not lead out of it. `None` when parsed from memory.
+    pub root: Option<PathBuf>,
     pub files: usize,
     pub objects: Vec<Sourced>,
     /// Objects whose header named them but whose body failed to parse: references to them
@@ -90,6 +93,14 @@ enum ReadError {
 pub fn load_path(root: &Path) -> Loaded {
     let mut loaded = Loaded::default();
     let shown = root.display().to_string();
+    loaded.root = Some(if root.is_file() {
+        match root.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    } else {
+        root.to_path_buf()
+    });
     let meta = match fs::metadata(root) {
         Ok(meta) => meta,
         Err(e) => {

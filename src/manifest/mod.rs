@@ -9,16 +9,30 @@ pub mod located;
 pub mod types;
 pub mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::Duration;
 pub use located::{Located, Pos};
 pub use validate::Catalog;
 
+/// What the operator allows beyond the manifests themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Directories an absolute `fetch.archive.path` may lie under (`--archive-root`). A
+    /// relative one must stay inside the manifest directory; anything else could ship
+    /// controller files (the state dir, SSH keys) to the hosts.
+    pub archive_roots: Vec<PathBuf>,
+}
+
 /// Loads and validates every manifest under `path` (a directory or one file).
 pub fn load(path: &Path) -> Result<Catalog, Diagnostics> {
-    load_classified(path).map_err(|e| e.diagnostics)
+    load_with(path, &LoadOptions::default())
+}
+
+/// [`load`] with the operator's allowances.
+pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Catalog, Diagnostics> {
+    load_classified(path, options).map_err(|e| e.diagnostics)
 }
 
 /// Why the manifests could not be loaded.
@@ -30,11 +44,11 @@ pub struct LoadFailure {
     pub read_failed: bool,
 }
 
-/// [`load`], telling read failures (worth retrying) from invalid content.
-pub fn load_classified(path: &Path) -> Result<Catalog, LoadFailure> {
+/// [`load_with`], telling read failures (worth retrying) from invalid content.
+pub fn load_classified(path: &Path, options: &LoadOptions) -> Result<Catalog, LoadFailure> {
     let loaded = load::load_path(path);
     let read_failed = loaded.unreadable > 0;
-    validate::validate(loaded).map_err(|diagnostics| LoadFailure {
+    validate::validate(loaded, options).map_err(|diagnostics| LoadFailure {
         diagnostics,
         read_failed,
     })

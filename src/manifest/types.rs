@@ -108,16 +108,18 @@ pub enum HostKeyChecking {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SshSettings {
-    /// Remote user (default: the ssh client's default).
+    /// Remote user (default: whatever ssh_config says, else the ssh client's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<Located<String>>,
-    /// SSH port (default 22).
+    /// SSH port (default: whatever ssh_config says, else 22).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<Located<u16>>,
-    /// Private key to authenticate with; `~/` is the controller user's home.
+    /// Private key to authenticate with (default: ssh_config's); `~/` is the controller user's
+    /// home, a relative path is relative to the directory of this manifest file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_file: Option<Located<String>>,
-    /// An ssh_config file to honour.
+    /// An ssh_config file to honour (`Host` aliases, `HostName`, `Port`...); `~/` is the
+    /// controller user's home, a relative path is relative to the directory of this manifest file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_file: Option<Located<String>>,
     /// How long to wait for a connection (default 10s; whole seconds).
@@ -134,7 +136,8 @@ pub struct SshSettings {
 pub struct HostSpec {
     /// Unique across the whole fleet; the `host` label in metrics.
     pub name: Located<String>,
-    /// SSH destination (hostname or IP), or `local` for this machine without SSH.
+    /// SSH destination (hostname, IP or ssh_config `Host` alias), or `local` for this machine
+    /// without SSH.
     pub address: Located<String>,
     /// Per-host override of `ssh.port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,7 +145,7 @@ pub struct HostSpec {
     /// Per-host override of `ssh.user`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<Located<String>>,
-    /// Per-host override of `ssh.identityFile`.
+    /// Per-host override of `ssh.identityFile` (relative to the directory of this manifest file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_file: Option<Located<String>>,
     /// Only for `address: local`: a directory prefixed to every path on this host.
@@ -154,12 +157,10 @@ pub struct HostSpec {
 }
 
 impl HostSpec {
-    /// The SSH port after the group default: host `port`, else `ssh.port`, else 22.
-    pub fn effective_port(&self, ssh: &SshSettings) -> u16 {
-        self.port
-            .as_ref()
-            .or(ssh.port.as_ref())
-            .map_or(DEFAULT_SSH_PORT, |p| p.value)
+    /// The SSH port after the group default: host `port`, else `ssh.port`; `None` leaves it
+    /// to ssh_config (`Port`), whose own default is 22.
+    pub fn effective_port(&self, ssh: &SshSettings) -> Option<u16> {
+        self.port.as_ref().or(ssh.port.as_ref()).map(|p| p.value)
     }
 
     /// The remote user after the group default, if any is set.
@@ -188,6 +189,7 @@ pub struct ReleaseSpec {
     /// The Site this release belongs to.
     pub site: Located<String>,
     /// What the fetch step checks out: a commit, tag or branch (a branch is resolved once).
+    /// Immutable once applied: to ship other code, make a new Release.
     pub revision: Located<String>,
 }
 
@@ -276,8 +278,10 @@ pub struct GitFetch {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArchiveFetch {
-    /// A .tar.gz (e.g. `./dist/{release}.tar.gz`) or a directory on the controller, relative to
-    /// convoy's working directory; a directory is packed by convoy.
+    /// A .tar.gz (e.g. `./dist/{release}.tar.gz`) or a directory on the controller; a directory
+    /// is packed by convoy. A relative path is relative to the directory of this manifest file
+    /// and may not lead out of the manifest directory (`-f`), symlinks included; an absolute
+    /// path must lie under a directory the operator allows with `--archive-root`.
     pub path: Located<String>,
 }
 

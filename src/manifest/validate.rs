@@ -3,8 +3,10 @@
 //! state that fails here is never acted on: nothing on any host is touched.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use super::LoadOptions;
 use super::diagnostic::{Diagnostic, Diagnostics};
 use super::load::{AnyObject, Loaded, sanitize};
 use super::located::{Located, Pos};
@@ -18,6 +20,11 @@ pub struct Catalog {
     pub releases: BTreeMap<String, Object<ReleaseSpec>>,
     /// Distinct host names across the fleet.
     pub hosts: BTreeSet<String>,
+    /// Per Site with an archive: the directories its archive must resolve inside (the
+    /// manifest directory, or the `--archive-root`s), checked again when it is packed.
+    pub archive_roots: BTreeMap<String, Vec<PathBuf>>,
+    /// The file each object came from, for errors found after validation.
+    pub files: BTreeMap<(Kind, String), Arc<str>>,
 }
 
 impl Catalog {
@@ -65,10 +72,19 @@ fn place(file: &str, pos: Pos) -> String {
     format!("{file}:{pos}")
 }
 
-pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
+/// Validates everything loaded. In the valid catalog, relative paths (`ssh.configFile`,
+/// `identityFile`, `fetch.archive.path`) are made absolute against the directory of the file
+/// that holds them: convoy's working directory (`/` under systemd) never matters.
+pub fn validate(loaded: Loaded, options: &LoadOptions) -> Result<Catalog, Diagnostics> {
     let mut r = Reporter {
         diagnostics: loaded.diagnostics,
     };
+    let manifest_root = loaded.root.as_deref().map(resolve_existing);
+    let archive_roots: Vec<PathBuf> = options
+        .archive_roots
+        .iter()
+        .map(|root| resolve_existing(root))
+        .collect();
     let mut catalog = Catalog::default();
     let mut files: BTreeMap<(Kind, String), Arc<str>> = BTreeMap::new();
 
@@ -138,7 +154,7 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
                 );
                 continue;
             }
-            let resolved = ResolvedHost::new(&group.spec.ssh, host);
+            let resolved = ResolvedHost::new(&group.spec.ssh, host, &file);
             match seen_hosts.get(&host.name.value) {
                 Some((first, first_file, first_pos, first_group)) if *first != resolved => r.at(
                     &file,
@@ -177,8 +193,10 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
         check_revision(&mut r, &file, &id, &release.spec.revision);
     }
 
-    // (host, path) -> the site deploying there: two sites must not share a directory.
-    let mut claimed: BTreeMap<(String, String), String> = BTreeMap::new();
+    // host -> (path, site) of every site deploying there: two sites must neither share a
+    // directory nor nest one inside the other (one site's clean-up would delete the other's
+    // files).
+    let mut claimed: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for (name, site) in &catalog.sites {
         let file = file_of(Kind::Site, name);
         let id = format!("Site/{name}");
@@ -208,6 +226,18 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
         }
         check_absolute_path(&mut r, &file, &id, "spec.path", &spec.path);
         check_site_settings(&mut r, &file, &id, spec);
+        if let (None, Some(archive)) = (&spec.fetch.git, &spec.fetch.archive) {
+            let allowed = check_archive_path(
+                &mut r,
+                &file,
+                &id,
+                &archive.path,
+                &spec.release,
+                manifest_root.as_deref(),
+                &archive_roots,
+            );
+            catalog.archive_roots.insert(name.clone(), allowed);
+        }
         if spec.stages.is_empty() {
             r.at(
                 &file,
@@ -260,13 +290,19 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
                         {
                             r.at(&file, &id, stage.group.pos, format!("{field}.group"), format!("host `{host}` is in stage `{other}` and in stage `{}`; a host can belong to only one stage of a site", stage.name.value));
                         }
-                        let key = (host.clone(), spec.path.value.clone());
-                        if let Some(other) = claimed.get(&key)
-                            && other != name
-                        {
-                            r.at(&file, &id, spec.path.pos, "spec.path", format!("Site `{other}` already deploys to `{}` on host `{host}`; two sites cannot share a path on one host", spec.path.value));
+                        let on_host = claimed.entry(host.clone()).or_default();
+                        for (other_path, other) in on_host.iter().filter(|(_, o)| o != name) {
+                            if let Some(message) = path_overlap(&spec.path, other_path, other, host)
+                            {
+                                r.at(&file, &id, spec.path.pos, "spec.path", message);
+                            }
                         }
-                        claimed.insert(key, name.clone());
+                        if !on_host
+                            .iter()
+                            .any(|(p, o)| o == name && *p == spec.path.value)
+                        {
+                            on_host.push((spec.path.value.clone(), name.clone()));
+                        }
                     }
                 }
                 None if exists(Kind::ServerGroup, &stage.group) => {}
@@ -283,11 +319,65 @@ pub fn validate(loaded: Loaded) -> Result<Catalog, Diagnostics> {
 
     let mut diagnostics = r.diagnostics;
     if diagnostics.is_empty() {
+        anchor_paths(&mut catalog, &files);
+        catalog.files = files;
         return Ok(catalog);
     }
     diagnostics.sort();
     diagnostics.dedup();
     Err(Diagnostics(diagnostics))
+}
+
+/// Kubernetes-style immutability of `Release.spec.revision`: a release already applied with
+/// one revision cannot silently change to another (hosts would keep the old build while
+/// status said Converged). `applied(site, release)`: the revision it was first applied with.
+pub fn check_immutable(
+    catalog: &Catalog,
+    applied: impl Fn(&str, &str) -> Option<String>,
+) -> Result<(), Diagnostics> {
+    let mut r = Reporter {
+        diagnostics: vec![],
+    };
+    for (name, release) in &catalog.releases {
+        let site = &release.spec.site.value;
+        let revision = &release.spec.revision;
+        if let Some(before) = applied(site, name)
+            && before != revision.value
+        {
+            let file = &catalog.files[&(Kind::Release, name.clone())];
+            r.at(file, &format!("Release/{name}"), revision.pos, "spec.revision", format!(
+                "field is immutable: release {name} of site {site} was applied with revision {before}; make a new Release"
+            ));
+        }
+    }
+    match r.diagnostics {
+        d if d.is_empty() => Ok(()),
+        mut d => {
+            d.sort();
+            Err(Diagnostics(d))
+        }
+    }
+}
+
+/// Why `path` cannot be used on `host` next to site `other` at `other_path`: equal or
+/// nested paths, compared by components (`/srv/app` and `/srv/app2` do not overlap).
+fn path_overlap(path: &str, other_path: &str, other: &str, host: &str) -> Option<String> {
+    let (mine, theirs) = (std::path::Path::new(path), std::path::Path::new(other_path));
+    if mine == theirs {
+        Some(format!(
+            "Site `{other}` already deploys to `{path}` on host `{host}`; two sites cannot share a path on one host"
+        ))
+    } else if mine.starts_with(theirs) {
+        Some(format!(
+            "`{path}` is inside `{other_path}`, where Site `{other}` deploys on host `{host}`; site paths on one host may not be nested (one site's clean-up would delete the other's files)"
+        ))
+    } else if theirs.starts_with(mine) {
+        Some(format!(
+            "`{path}` contains `{other_path}`, where Site `{other}` deploys on host `{host}`; site paths on one host may not be nested (one site's clean-up would delete the other's files)"
+        ))
+    } else {
+        None
+    }
 }
 
 /// Position of the first object with the same kind and name (for duplicate messages).
@@ -302,23 +392,140 @@ fn first_position(catalog: &Catalog, object: &AnyObject) -> Pos {
     .unwrap_or_default()
 }
 
+/// The directory of the manifest file `file`, absolute: what relative paths in it mean.
+fn file_dir(file: &str) -> PathBuf {
+    let dir = match Path::new(file).parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// A controller-side path as written in `file`: `~/` and absolute paths stay as they are,
+/// a relative one is taken from the file's directory.
+fn anchored(value: &str, file: &str) -> String {
+    if value.starts_with('/') || value.starts_with("~/") || value == "~" {
+        value.to_string()
+    } else {
+        file_dir(file).join(value).display().to_string()
+    }
+}
+
+/// Rewrites the relative controller-side paths of a valid catalog to absolute ones.
+fn anchor_paths(catalog: &mut Catalog, files: &BTreeMap<(Kind, String), Arc<str>>) {
+    for (name, group) in catalog.groups.iter_mut() {
+        let file = &files[&(Kind::ServerGroup, name.clone())];
+        let ssh = &mut group.spec.ssh;
+        for path in [&mut ssh.config_file, &mut ssh.identity_file]
+            .into_iter()
+            .flatten()
+        {
+            path.value = anchored(&path.value, file);
+        }
+        for host in group.spec.hosts.value.iter_mut() {
+            if let Some(path) = &mut host.identity_file {
+                path.value = anchored(&path.value, file);
+            }
+        }
+    }
+    for (name, site) in catalog.sites.iter_mut() {
+        let file = &files[&(Kind::Site, name.clone())];
+        if let Some(archive) = &mut site.spec.fetch.value.archive {
+            archive.path.value = anchored(&archive.path.value, file);
+        }
+    }
+}
+
+/// Where `path` really leads: the part that exists with its symlinks resolved, then the
+/// rest with `.` and `..` applied. Absolute (made so against the current directory).
+pub fn resolve_existing(path: &Path) -> PathBuf {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut resolved = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::Prefix(_) | Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::Normal(part) => {
+                let next = resolved.join(part);
+                resolved = std::fs::canonicalize(&next).unwrap_or(next);
+            }
+        }
+    }
+    resolved
+}
+
+/// The archive path rules: relative = inside the manifest directory, absolute = under an
+/// `--archive-root`, both after symlinks and `..` are resolved, with `{release}` replaced by
+/// the site's release. Returns the directories the archive must stay inside (checked again
+/// when it is packed, for other releases and for links created later).
+fn check_archive_path(
+    r: &mut Reporter,
+    file: &Arc<str>,
+    id: &str,
+    path: &Located<String>,
+    release: &str,
+    manifest_root: Option<&Path>,
+    archive_roots: &[PathBuf],
+) -> Vec<PathBuf> {
+    let field = "spec.fetch.archive.path";
+    let written = path.value.replace("{release}", release);
+    if path.starts_with('/') {
+        let target = resolve_existing(Path::new(&written));
+        if !archive_roots.iter().any(|root| target.starts_with(root)) {
+            let given = if archive_roots.is_empty() {
+                "none given".to_string()
+            } else {
+                let roots: Vec<String> = archive_roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect();
+                format!("given: {}", roots.join(", "))
+            };
+            r.at(file, id, path.pos, field, format!(
+                "invalid archive path `{}`: it resolves to `{}`, which is not under an archive root; an absolute archive path must lie under a directory given with --archive-root ({given})",
+                path.value,
+                target.display()
+            ));
+        }
+        return archive_roots.to_vec();
+    }
+    let Some(root) = manifest_root else {
+        return vec![];
+    };
+    let target = resolve_existing(&file_dir(file).join(&written));
+    if !target.starts_with(root) {
+        r.at(file, id, path.pos, field, format!(
+            "invalid archive path `{}`: it resolves to `{}`, outside the manifest directory `{}`; a relative archive path must stay inside it (use an absolute path under an --archive-root for anything else)",
+            path.value,
+            target.display(),
+            root.display()
+        ));
+    }
+    vec![root.to_path_buf()]
+}
+
 /// How convoy will connect to a host, after group defaults: what must agree fleet-wide.
 #[derive(Debug, PartialEq, Eq)]
 struct ResolvedHost {
     address: String,
-    port: u16,
+    port: Option<u16>,
     user: Option<String>,
     identity_file: Option<String>,
     root: Option<String>,
 }
 
 impl ResolvedHost {
-    fn new(ssh: &SshSettings, host: &HostSpec) -> Self {
+    /// `file`: the group's manifest, which relative identity files are taken from.
+    fn new(ssh: &SshSettings, host: &HostSpec, file: &str) -> Self {
         ResolvedHost {
             address: host.address.value.clone(),
             port: host.effective_port(ssh),
             user: host.effective_user(ssh),
-            identity_file: host.effective_identity_file(ssh),
+            identity_file: host
+                .effective_identity_file(ssh)
+                .map(|f| anchored(&f, file)),
             root: host.root.as_ref().map(|r| r.value.clone()),
         }
     }
@@ -328,7 +535,8 @@ impl ResolvedHost {
         if self.address != other.address {
             format!("address `{}` vs `{}`", self.address, other.address)
         } else if self.port != other.port {
-            format!("port {} vs {}", self.port, other.port)
+            let show = |p: Option<u16>| p.map_or("unset".into(), |p| p.to_string());
+            format!("port {} vs {}", show(self.port), show(other.port))
         } else if self.user != other.user {
             format!("user {} vs {}", show(&self.user), show(&other.user))
         } else if self.identity_file != other.identity_file {
@@ -837,6 +1045,16 @@ mod tests {
         assert!(is_dns_subdomain("r2026-11-24.1"));
         assert!(!is_dns_subdomain("r1..2"));
         assert!(!is_dns_subdomain(".r1"));
+    }
+
+    #[test]
+    fn site_paths_overlap_by_components_not_by_text() {
+        assert!(path_overlap("/srv/app", "/srv/app", "a", "h").is_some());
+        assert!(path_overlap("/srv/app/releases/legacy", "/srv/app", "a", "h").is_some());
+        assert!(path_overlap("/srv/app", "/srv/app/releases/legacy", "a", "h").is_some());
+        assert_eq!(path_overlap("/srv/app2", "/srv/app", "a", "h"), None);
+        assert_eq!(path_overlap("/srv/app", "/srv/app2", "a", "h"), None);
+        assert_eq!(path_overlap("/srv/a", "/srv/b", "a", "h"), None);
     }
 
     #[test]

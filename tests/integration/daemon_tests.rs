@@ -438,3 +438,41 @@ fn site_dir(fleet: &Fleet, i: usize) -> PathBuf {
 fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+#[test]
+fn an_edited_revision_of_an_applied_release_is_refused_and_the_last_valid_state_kept() {
+    let fleet = Fleet::new(1);
+    let mut docs = vec![fleet.group("web", &[0], None)];
+    docs.extend(fleet.site(&SiteDef {
+        stages: &[("web", "web", false, false)],
+        ..SiteDef::default()
+    }));
+    fleet.write(&docs);
+    let daemon = Daemon::start(&fleet, "5m");
+    wait_until(Duration::from_secs(30), "r1 live", || {
+        all_on(&fleet, &[0], "app.r1")
+    });
+    let version = || fs::read_to_string(site_dir(&fleet, 0).join("current/VERSION")).unwrap();
+    assert_eq!(version(), "1\n");
+    assert_eq!(daemon.get("/readyz").0, 200);
+
+    let edited: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            d.replace(
+                "{name: app.r1}\nspec: {site: app, revision: v1}",
+                "{name: app.r1}\nspec: {site: app, revision: v2}",
+            )
+        })
+        .collect();
+    assert_ne!(edited, docs);
+    fleet.write(&edited);
+    wait_until(Duration::from_secs(10), "the edit is refused", || {
+        daemon.log_text().contains(
+            "spec.revision: field is immutable: release app.r1 of site app was applied with revision v1; make a new Release",
+        )
+    });
+    assert_eq!(daemon.get("/readyz").0, 503);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(version(), "1\n", "the last valid state is kept");
+}

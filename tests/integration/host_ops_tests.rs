@@ -53,7 +53,7 @@ impl Rig {
         Host::Ssh(SshHost {
             name: self.lab.hosts()[i].name.clone(),
             address: "127.0.0.1".into(),
-            port: self.lab.hosts()[i].port,
+            port: Some(self.lab.hosts()[i].port),
             user: Some(self.lab.user().to_string()),
             identity_file: Some(self.lab.identity_file().to_path_buf()),
             config_file: None,

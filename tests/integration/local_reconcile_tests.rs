@@ -13,22 +13,25 @@ fn example_in(root: &Path) -> std::path::PathBuf {
     fs::create_dir_all(&dir).unwrap();
     for file in ["jobs-manager.yaml", "releases.yaml"] {
         let text = fs::read_to_string(repo_root().join("manifests").join(file)).unwrap();
-        let text = text
-            .replace(
-                "/tmp/convoy-demo",
-                &root.join("hosts").display().to_string(),
-            )
-            .replace(
-                "demo/jobs-manager",
-                &repo_root().join("demo/jobs-manager").display().to_string(),
-            );
+        let text = text.replace(
+            "/tmp/convoy-demo",
+            &root.join("hosts").display().to_string(),
+        );
         fs::write(dir.join(file), text).unwrap();
     }
+    // The archive path is relative to the manifest, and must stay inside its directory.
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(repo_root().join("manifests/demo"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(copied.success());
     dir
 }
 
 /// Every path under `dir` with its modification time (symlinks not followed).
-fn mtimes(dir: &Path) -> Vec<(String, SystemTime)> {
+pub fn mtimes(dir: &Path) -> Vec<(String, SystemTime)> {
     let mut out = vec![];
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -1,4 +1,5 @@
 //! One integration-test binary (faster links): every file here is a module.
+mod archive_rss_tests;
 mod cli_tests;
 mod crd_tests;
 mod daemon_guard_tests;
@@ -13,7 +14,9 @@ mod lab_tests;
 mod local_reconcile_tests;
 mod manifest_read_tests;
 mod once_interrupted_tests;
+mod paths_tests;
 mod prom;
+mod revision_tests;
 mod transport_tests;
 mod util;
 mod validate_tests;

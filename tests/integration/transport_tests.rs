@@ -16,7 +16,7 @@ fn ssh_host(lab: &Lab, i: usize) -> Host {
     Host::Ssh(SshHost {
         name: lab.hosts()[i].name.clone(),
         address: "127.0.0.1".into(),
-        port: lab.hosts()[i].port,
+        port: Some(lab.hosts()[i].port),
         user: Some(lab.user().to_string()),
         identity_file: Some(lab.identity_file().to_path_buf()),
         config_file: None,
