@@ -326,15 +326,6 @@ impl Script {
         self.step("once", Some(env), "cv_once", &args)
     }
 
-    /// Remove complete releases beyond the newest `keep` (by marker build time) and every
-    /// half-built dir, never `current`'s target, `.convoy/previous` or `protect`.
-    pub fn cleanup(self, keep: usize, protect: &[String]) -> Self {
-        let keep = keep.to_string();
-        let mut args = vec![keep.as_str()];
-        args.extend(protect.iter().map(String::as_str));
-        self.step("cleanup", None, "cv_cleanup", &args)
-    }
-
     /// Records that `release` is about to go live unverified (`.convoy/pending`): if this
     /// round trip never reaches [`Script::settled`], the next observe reports it.
     pub fn pending(self, release: &str) -> Self {
@@ -958,39 +949,6 @@ cv_once_wait() {
   cv_once_status "$1"
   cv_say "once=done status=$O_STATUS"
   return "$O_STATUS"
-}
-cv_protected() {
-  _pn=$1; shift
-  for _pp in "$@"; do [ "$_pn" != "$_pp" ] || return 0; done
-  return 1
-}
-cv_cleanup() {
-  _ck=$1; shift
-  cv_num "$_ck" || cv_die "invalid keep count: $_ck"
-  [ -d "$P/releases" ] || return 0
-  _ccur=$(cv_current); _cprev=$(cv_previous)
-  _cl="$P/.convoy/cleanup.tmp.$$"
-  mkdir -p "$P/.convoy" && : >"$_cl" || return 1
-  for _cx in "$P"/releases/*; do
-    [ -d "$_cx" ] && [ ! -L "$_cx" ] || continue
-    _cn=${_cx##*/}; cv_safe "$_cn" || continue
-    if cv_complete "$_cn"; then
-      cv_marker "$_cn"; printf '%s %s\n' "$M_BUILT" "$_cn" >>"$_cl"
-    elif ! cv_protected "$_cn" "$_ccur" "$_cprev" "$@"; then
-      rm -rf "$_cx" || return 1
-      cv_say "removed=$_cn reason=incomplete"
-    fi
-  done
-  _ci=0
-  for _cn in $(sort -k1,1nr -k2,2r "$_cl" | cut -d' ' -f2); do
-    _ci=$((_ci + 1))
-    [ "$_ci" -gt "$_ck" ] || continue
-    cv_protected "$_cn" "$_ccur" "$_cprev" "$@" && continue
-    rm -f "$P/releases/$_cn/.convoy-complete" && rm -rf "$P/releases/$_cn" || { rm -f "$_cl"; return 1; }
-    cv_say "removed=$_cn reason=old"
-  done
-  rm -f "$_cl"
-  return 0
 }
 cv_lease_acquire() {
   cv_safe "$1" || cv_die "invalid holder: $1"
@@ -2171,18 +2129,12 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn cleanup_keeps_newest_complete_and_protected() {
+    fn remove_releases_keeps_current_previous_and_protected() {
         for sh in shells() {
             let tmp = TempDir::new("cleanup");
             let p = site(&tmp);
-            for (i, id) in ["r1", "r2", "r3", "r4", "r5", "r6"].into_iter().enumerate() {
+            for id in ["r1", "r2", "r3", "r4", "r5", "r6"] {
                 make_release(&sh, &p, id);
-                // deterministic build times: r1 oldest
-                std::fs::write(
-                    format!("{p}/releases/{id}/.convoy-complete"),
-                    format!("built_at={}\nrevision=abc\n", 1000 + i),
-                )
-                .unwrap();
             }
             std::fs::create_dir_all(format!("{p}/releases/half")).unwrap();
             std::fs::create_dir_all(format!("{p}/releases/r9")).unwrap(); // desired, building
@@ -2192,7 +2144,12 @@ pub(crate) mod tests {
                 &sh,
                 Script::new(&p).switch("r2", &f).switch("r1", &f).finish(),
             ); // current r1, previous r2
-            let out = ok(&sh, Script::new(&p).cleanup(2, &s(&["r3", "r9"])).finish());
+            let remove = s(&["r1", "r2", "r3", "r4", "half", "r9", "bad name", "..", "gone"]);
+            let protect = s(&["r3", "r9"]);
+            let out = ok(
+                &sh,
+                Script::new(&p).remove_releases(&remove, &protect).finish(),
+            );
             let mut left: Vec<String> = std::fs::read_dir(format!("{p}/releases"))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -2203,16 +2160,13 @@ pub(crate) mod tests {
                 vec!["bad name", "r1", "r2", "r3", "r5", "r6", "r9"],
                 "{out}"
             );
+            assert!(out.contains("@@convoy removed=r4\n"), "{out}");
+            assert!(out.contains("@@convoy removed=half\n"), "{out}");
             let before = snapshot(tmp.path());
-            ok(&sh, Script::new(&p).cleanup(2, &s(&["r3", "r9"])).finish());
+            let script = Script::new(&p).remove_releases(&s(&["r4", "half"]), &protect);
+            let out = ok(&sh, script.finish());
             assert_eq!(snapshot(tmp.path()), before);
-            ok(&sh, Script::new(&p).cleanup(0, &[]).finish());
-            let mut left: Vec<String> = std::fs::read_dir(format!("{p}/releases"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            left.sort();
-            assert_eq!(left, vec!["bad name", "r1", "r2"]);
+            assert!(out.contains("step=cleanup status=0"), "{out}");
         }
     }
 
