@@ -14,6 +14,7 @@ mod local_reconcile_tests;
 mod manifest_read_tests;
 mod once_interrupted_tests;
 mod prom;
+mod shellcheck_tests;
 mod transport_tests;
 mod util;
 mod validate_tests;
