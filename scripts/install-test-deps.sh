@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the real-sshd test lab (tests/integration/lab.rs) needs:
-# OpenSSH server + client and git; and prometheus + promtool for the
-# dashboard tests (tests/integration/prom.rs). Idempotent; quiet when nothing is missing.
+# OpenSSH server + client and git; prometheus + promtool for the
+# dashboard tests (tests/integration/prom.rs); shellcheck for the shell lint
+# (tests/integration/shellcheck_tests.rs); busybox for the host script tests
+# (src/host/script.rs runs them under dash and, when present, busybox sh).
+# Idempotent; quiet when nothing is missing.
 # Never starts the system sshd or prometheus services: the tests run their own.
 set -euo pipefail
 
@@ -72,6 +75,16 @@ fi
 
 if ! command -v git >/dev/null 2>&1; then
     apt_install git
+fi
+
+# Every shell file (src/host/sh/*.sh, scripts/, demo bin/) must pass shellcheck.
+if ! command -v shellcheck >/dev/null 2>&1; then
+    apt_install shellcheck
+fi
+
+# The host script unit tests run every script under busybox sh as well as dash.
+if ! command -v busybox >/dev/null 2>&1; then
+    apt_install busybox
 fi
 
 # Prometheus and promtool for the dashboard and alert tests

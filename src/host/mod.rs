@@ -93,11 +93,11 @@ pub struct RemoteCommand {
     pub private: bool,
 }
 
-/// Reads a private script from the first `N` bytes of stdin into a 0600 temporary file and
-/// runs it with the rest of stdin; the script removes the file first thing (see the
-/// preamble), so values never show in `ps` and do not stay on disk.
+/// `sh/bootstrap.sh`: reads a private script from the first `N` bytes of stdin into a 0600
+/// temporary file and runs it with the rest of stdin; the script removes the file first
+/// thing (see the preamble), so values never show in `ps` and do not stay on disk.
 /// The transports keep stdin open until the command ends (`CV_LIFELINE`): see the preamble.
-const PRIVATE_BOOTSTRAP: &str = r#"umask 077; f=$(mktemp "${TMPDIR:-/tmp}/convoy.XXXXXXXX") || exit 125; if head -c "$1" >"$f"; then CV_SELF=$f CV_LIFELINE=1 exec sh "$f"; fi; rm -f "$f"; exit 125"#;
+const PRIVATE_BOOTSTRAP: &str = include_str!("sh/bootstrap.sh");
 
 impl RemoteCommand {
     pub fn new(script: impl Into<String>, timeout: Duration) -> Self {

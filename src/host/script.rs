@@ -326,15 +326,6 @@ impl Script {
         self.step("once", Some(env), "cv_once", &args)
     }
 
-    /// Remove complete releases beyond the newest `keep` (by marker build time) and every
-    /// half-built dir, never `current`'s target, `.convoy/previous` or `protect`.
-    pub fn cleanup(self, keep: usize, protect: &[String]) -> Self {
-        let keep = keep.to_string();
-        let mut args = vec![keep.as_str()];
-        args.extend(protect.iter().map(String::as_str));
-        self.step("cleanup", None, "cv_cleanup", &args)
-    }
-
     /// Records that `release` is about to go live unverified (`.convoy/pending`): if this
     /// round trip never reaches [`Script::settled`], the next observe reports it.
     pub fn pending(self, release: &str) -> Self {
@@ -413,662 +404,23 @@ impl Script {
     }
 }
 
-/// Helper functions defined once at the top of every script. Variables are global in sh,
-/// so each function uses its own `_xx` prefix; every operation runs in a subshell.
-const PREAMBLE: &str = r#"set -u
-if [ -n "${CV_SELF:-}" ]; then rm -f -- "$CV_SELF"; unset CV_SELF; fi
-# The controller keeps stdin open while it waits for this script (the lifeline): end of
-# file there means it is gone (killed, timed out, connection lost) and user commands end.
-cv_lifeline=${CV_LIFELINE:-0}; unset CV_LIFELINE
-[ "$cv_lifeline" = 1 ] && exec 3<&0
-umask 022
-H=; T=
-GIT_TERMINAL_PROMPT=0; export GIT_TERMINAL_PROMPT
-cv_say() { printf '@@convoy %s\n' "$*"; }
-cv_err() { printf 'convoy: %s\n' "$*" >&2; }
-cv_die() { cv_err "$*"; exit 1; }
-cv_with_env() { "$@"; }
-cv_exec_env() { exec "$@"; }
-cv_pending() {
-  cv_safe "$1" || cv_die "invalid release id: $1"
-  mkdir -p "$P/.convoy" && cv_write "$P/.convoy/pending" "$1"
-}
-cv_settled() { rm -f "$P/.convoy/pending"; }
-cv_remove_releases() {
-  _rp=" $1 "; shift
-  _rc=$(cv_current); _rv=$(cv_previous)
-  for _ri in "$@"; do
-    cv_safe "$_ri" || continue
-    case "$_rp" in *" $_ri "*) continue;; esac
-    [ "$_ri" != "$_rc" ] && [ "$_ri" != "$_rv" ] || continue
-    [ ! -e "$P/releases/$_ri" ] || rm -rf "$P/releases/$_ri" || return 1
-    cv_say "removed=$_ri"
-  done
-}
-# The first line of a file into a variable, without a fork: `cv_read VAR FILE`.
-cv_read() { eval "$1="; [ -f "$2" ] || return 1; IFS= read -r "$1" <"$2" 2>/dev/null; return 0; }
-# A clock for step timings without a fork: /proc/uptime where the host has it.
-cv_tick() { read -r cv_up cv_idle < /proc/uptime 2>/dev/null || cv_up=$(date +%s); }
-cv_end() { cv_tick; printf '@@convoy step=%s status=%s t0=%s t1=%s\n' "$1" "$2" "$3" "$cv_up"; [ "$2" -eq 0 ] || exit "$2"; }
-cv_now() { date +%s; }
-cv_nap() { sleep 0.2 2>/dev/null || sleep 1; }
-cv_safe() { case $1 in ''|.|..|-*|*[!A-Za-z0-9._-]*) return 1;; esac; return 0; }
-cv_num() { case $1 in ''|*[!0-9]*) return 1;; esac; return 0; }
-# A failed write (disk full) leaves no temporary file behind and names the error: dash's
-# printf only says "I/O error", so the write is tried once more through cat, which names it.
-cv_write() {
-  { printf '%s\n' "$2" >"$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"; } 2>/dev/null && return 0
-  _we=$(printf '%s\n' "$2" | cat 2>&1 >"$1.tmp.$$") && mv -f "$1.tmp.$$" "$1" 2>/dev/null && return 0
-  rm -f "$1.tmp.$$"
-  cv_err "failed to write $1: ${_we#cat: }"
-  return 1
-}
-cv_complete() { [ -f "$P/releases/$1/.convoy-complete" ]; }
-cv_rename() {
-  if mv --help 2>&1 | grep -q -e '-T'; then mv -T "$1" "$2"; return; fi
-  if command -v perl >/dev/null 2>&1; then
-    perl -e 'rename($ARGV[0], $ARGV[1]) or die "rename: $!\n"' "$1" "$2"; return
-  fi
-  if command -v python3 >/dev/null 2>&1; then
-    python3 -c 'import os, sys; os.rename(sys.argv[1], sys.argv[2])' "$1" "$2"; return
-  fi
-  cv_err "no atomic rename on this host (mv -T, perl or python3 needed)"; return 1
-}
-cv_current() {
-  _ct=$(readlink "$P/current" 2>/dev/null) || return 0
-  while :; do case $_ct in */) _ct=${_ct%/};; *) break;; esac; done
-  case $_ct in releases/*|"$P"/releases/*) ;; *) return 0;; esac
-  _ci=${_ct##*/}
-  cv_safe "$_ci" || return 0
-  [ "$_ct" = "releases/$_ci" ] || [ "$_ct" = "$P/releases/$_ci" ] || return 0
-  [ -d "$P/releases/$_ci" ] || return 0
-  printf '%s\n' "$_ci"
-}
-cv_previous() {
-  cv_read _pv "$P/.convoy/previous" || _pv=
-  cv_safe "$_pv" && printf '%s\n' "$_pv"
-  return 0
-}
-cv_marker() {
-  M_BUILT= M_REV=
-  while IFS= read -r _ml || [ -n "$_ml" ]; do
-    case $_ml in built_at=*) M_BUILT=${_ml#built_at=};; revision=*) M_REV=${_ml#revision=};; esac
-  done <"$P/releases/$1/.convoy-complete"
-  cv_num "$M_BUILT" || M_BUILT=0
-  return 0
-}
-cv_run() {
-  for _rc in "$@"; do cv_group sh -ec "$_rc" || return $?; done
-  return 0
-}
-# `cv_group CMD...`: runs CMD with the user environment, stdin /dev/null, output to stderr,
-# as its own process group recorded in .convoy/run/<attempt>.<pgid> (so a later attempt or
-# `stop` can end it). A watchdog reads the lifeline (fd 3): at its end of file the controller
-# is gone, and the watchdog ends the whole group, so no command outlives the controller that
-# started it (an SSH master would otherwise keep a dead controller's session running).
-cv_group() {
-  mkdir -p "$P/.convoy/run" || return 1
-  _gs=0; command -v setsid >/dev/null 2>&1 && _gs=1
-  if [ "$_gs" = 1 ]; then
-    # cv_exec_env execs in this background subshell: $! is the process that becomes the
-    # session and group leader (setsid does not fork when its caller leads no group).
-    { CONVOY_ATTEMPT=$T; export CONVOY_ATTEMPT; cv_exec_env setsid "$@"; } </dev/null >&2 3<&- &
-  else
-    { CONVOY_ATTEMPT=$T; export CONVOY_ATTEMPT; cv_exec_env "$@"; } </dev/null >&2 3<&- &
-  fi
-  _gp=$!
-  _gf="$P/.convoy/run/$T.$_gp"
-  [ "$_gs" = 1 ] && cv_boot && cv_write "$_gf" "$cv_bootid"
-  _gw=
-  if [ "$cv_lifeline" = 1 ]; then
-    (
-      while read -r _gx; do :; done
-      cv_err "the controller is gone: ending the commands it started"
-      if [ "$_gs" = 1 ]; then cv_kill_group "$_gp"; else kill "$_gp" 2>/dev/null; fi
-      rm -f "$_gf"
-    ) <&3 &
-    _gw=$!
-  fi
-  wait "$_gp"; _grc=$?
-  [ -z "$_gw" ] || kill "$_gw" 2>/dev/null
-  # Background children the commands left behind belong to the group: they end with it.
-  [ "$_gs" = 1 ] && kill -KILL "-$_gp" 2>/dev/null
-  rm -f "$_gf"
-  return "$_grc"
-}
-cv_boot() { cv_read cv_bootid /proc/sys/kernel/random/boot_id || cv_bootid=-; [ -n "$cv_bootid" ] || cv_bootid=-; }
-# TERM a process group, KILL it if it is still there 2 seconds later.
-cv_kill_group() {
-  kill -TERM "-$1" 2>/dev/null || return 0
-  _kn=0
-  while kill -0 "-$1" 2>/dev/null; do
-    _kn=$((_kn + 1))
-    [ "$_kn" -le 10 ] || { kill -KILL "-$1" 2>/dev/null; break; }
-    cv_nap
-  done
-  return 0
-}
-# Whether process group $1 is one that attempt $2 started (not a reused pid).
-cv_ours() {
-  if [ -r "/proc/$1/environ" ]; then
-    tr '\000' '\n' <"/proc/$1/environ" 2>/dev/null | grep -qx "CONVOY_ATTEMPT=$2"
-    return
-  fi
-  [ -d "/proc/$1" ] && return 1
-  kill -0 "-$1" 2>/dev/null
-}
-# `cv_sweep [mine]`: end the process groups of other attempts on this site (a controller
-# killed or timed out earlier), or with `mine` those of this attempt. Records from before
-# a reboot name nothing alive: they are dropped.
-cv_sweep() {
-  cv_boot
-  for _wf in "$P"/.convoy/run/*; do
-    [ -f "$_wf" ] || continue
-    _wn=${_wf##*/}; _wt=${_wn%%.*}; _wg=${_wn#*.}
-    if cv_num "$_wg" && cv_safe "$_wt"; then
-      if [ "${1:-}" = mine ]; then [ "$_wt" = "$T" ] || continue
-      else [ "$_wt" != "$T" ] || continue
-      fi
-      cv_read _wb "$_wf" || _wb=
-      if [ "$_wb" = "$cv_bootid" ] && cv_ours "$_wg" "$_wt"; then
-        cv_kill_group "$_wg"
-        cv_say "stopped=$_wg attempt=$_wt"
-      fi
-    fi
-    rm -f "$_wf"
-  done
-  return 0
-}
-cv_stop() { [ -d "$P/.convoy" ] || return 0; cv_sweep mine; }
-cv_lock() {
-  _lm="$P/.convoy/lock.d"; _ln=0
-  mkdir -p "$P/.convoy" || return 1
-  while ! mkdir "$_lm" 2>/dev/null; do
-    _lt=$(stat -c %Y "$_lm" 2>/dev/null) || _lt=
-    if cv_num "$_lt" && [ $(( $(cv_now) - _lt )) -gt 5 ]; then
-      cv_err "breaking a stale lease mutex"; rm -rf "$_lm"; continue
-    fi
-    _ln=$((_ln + 1))
-    [ "$_ln" -lt 150 ] || { cv_err "lease mutex $_lm stays busy"; return 1; }
-    cv_nap
-  done
-  return 0
-}
-cv_unlock() { rmdir "$P/.convoy/lock.d" 2>/dev/null; return 0; }
-cv_lease_read() {
-  L_HOLDER= L_EXPIRES=0 L_GEN=0 L_ATTEMPT= L_RENEWED=0
-  [ -f "$P/.convoy/lock" ] || return 0
-  cv_read _lr "$P/.convoy/lock" || return 0
-  set -f
-  for _lw in $_lr; do
-    case $_lw in
-      holder=*) L_HOLDER=${_lw#holder=};;
-      expires=*) L_EXPIRES=${_lw#expires=};;
-      generation=*) L_GEN=${_lw#generation=};;
-      attempt=*) L_ATTEMPT=${_lw#attempt=};;
-      renewed=*) L_RENEWED=${_lw#renewed=};;
-    esac
-  done
-  set +f
-  cv_num "$L_EXPIRES" || L_EXPIRES=0
-  cv_num "$L_GEN" || L_GEN=0
-  cv_num "$L_RENEWED" || L_RENEWED=0
-  return 0
-}
-cv_fence() {
-  cv_lease_read
-  # The attempt too: a stale attempt of the same holder (a killed run's script still on
-  # the host) keeps the generation but lost the lease to the next attempt.
-  if [ "$L_HOLDER" != "$1" ] || [ "$L_GEN" != "$2" ] || [ "$L_EXPIRES" -le "$(cv_now)" ] \
-      || { [ -n "$T" ] && [ "$L_ATTEMPT" != "$T" ]; }; then
-    cv_say "fenced holder=$L_HOLDER generation=$L_GEN expires=$L_EXPIRES"
-    cv_err "fenced: the lease is no longer held by $1 generation $2"
-    return 75
-  fi
-  return 0
-}
-cv_repoint() {
-  rm -f "$P/current.tmp.$$"
-  ln -s "releases/$1" "$P/current.tmp.$$" || return 1
-  cv_rename "$P/current.tmp.$$" "$P/current" || { rm -f "$P/current.tmp.$$"; return 1; }
-}
-cv_observe() {
-  printf '@@observe begin\n'
-  printf '@@observe now %s\n' "$(cv_now)"
-  _oc=$(cv_current); [ -z "$_oc" ] || printf '@@observe current %s\n' "$_oc"
-  _op=$(cv_previous); [ -z "$_op" ] || printf '@@observe previous %s\n' "$_op"
-  cv_read _opn "$P/.convoy/pending" && cv_safe "$_opn" && printf '@@observe pending %s\n' "$_opn"
-  for _ox in "$P"/releases/*; do
-    [ -d "$_ox" ] || continue
-    _on=${_ox##*/}; cv_safe "$_on" || continue
-    cv_read _orv "$_ox/.convoy-revision" || _orv=
-    if cv_complete "$_on"; then
-      cv_marker "$_on"; [ -z "$M_REV" ] || _orv=$M_REV
-      cv_safe "$_orv" || _orv=-
-      printf '@@observe release %s complete=1 built_at=%s revision=%s\n' "$_on" "$M_BUILT" "$_orv"
-    else
-      cv_safe "$_orv" || _orv=-
-      printf '@@observe release %s complete=0 revision=%s\n' "$_on" "$_orv"
-    fi
-  done
-  # Only the release convoy asks about, when given: records accumulate over years of deploys.
-  if [ -n "${1:-}" ]; then set -- "$P"/.convoy/once/"$1"/*; else set -- "$P"/.convoy/once/*/*; fi
-  for _ox in "$@"; do
-    [ -d "$_ox" ] || continue
-    _os=${_ox##*/}; _or=${_ox%/*}; _or=${_or##*/}
-    cv_safe "$_os" && cv_safe "$_or" || continue
-    if [ -f "$_ox/done" ]; then
-      cv_once_status "$_ox"; printf '@@observe once %s %s state=done status=%s\n' "$_or" "$_os" "$O_STATUS"
-    elif cv_alive "$_ox"; then
-      printf '@@observe once %s %s state=running\n' "$_or" "$_os"
-    elif [ -f "$_ox/started" ]; then
-      printf '@@observe once %s %s state=interrupted\n' "$_or" "$_os"
-    else
-      printf '@@observe once %s %s state=notstarted\n' "$_or" "$_os"
-    fi
-  done
-  cv_lease_read
-  if cv_safe "$L_HOLDER"; then
-    printf '@@observe lease holder=%s expires=%s generation=%s renewed=%s\n' "$L_HOLDER" "$L_EXPIRES" "$L_GEN" "$L_RENEWED"
-  fi
-  printf '@@observe end\n'
-}
-cv_prepare() {
-  cv_safe "$1" || cv_die "invalid release id: $1"
-  mkdir -p "$P/releases" "$P/shared" "$P/.convoy" || return 1
-  # Nothing of an abandoned attempt may run while its leftovers are removed.
-  cv_sweep
-  for _px in "$P"/releases/.?*; do
-    [ -d "$_px" ] && [ ! -L "$_px" ] || continue
-    _pn=${_px##*/}
-    case $_pn in ..) continue;; esac
-    [ "$_pn" != ".$1.$T" ] || continue
-    rm -rf "$_px" || return 1
-    cv_say "removed=${_pn#.} reason=abandoned"
-  done
-  if [ -e "$P/releases/$1" ] || [ -L "$P/releases/$1" ]; then
-    if [ -L "$P/releases/$1" ] || ! cv_complete "$1"; then
-      cv_say "removed=$1 reason=incomplete"
-      rm -rf "$P/releases/$1" || return 1
-    fi
-  fi
-  for _px in "$P"/current.tmp.* "$P"/.convoy/previous.tmp.* "$P"/.convoy/mirror.git.tmp.* \
-      "$P"/.convoy/archive.tmp.* "$P"/.convoy/upload.tmp.* "$P"/.convoy/cleanup.tmp.*; do
-    if [ -e "$_px" ] || [ -L "$_px" ]; then rm -rf "$_px" || return 1; fi
-  done
-  return 0
-}
-cv_fetch_git() {
-  cv_safe "$1" || cv_die "invalid release id: $1"
-  _fd="$P/releases/.$1.$T"; _fm="$P/.convoy/mirror.git"; _fr=$3
-  case $_fr in ''|-*) cv_die "invalid revision: $_fr";; esac
-  if cv_complete "$1"; then
-    cv_marker "$1"; cv_say "revision=$M_REV"; cv_say "fetch=skipped release=$1"; return 0
-  fi
-  command -v git >/dev/null 2>&1 || cv_die "git is not installed on this host"
-  mkdir -p "$P/releases" "$P/.convoy" || return 1
-  if [ ! -d "$_fm" ]; then
-    rm -rf "$_fm.tmp.$$"
-    git clone --quiet --mirror -- "$2" "$_fm.tmp.$$" >&2 || { rm -rf "$_fm.tmp.$$"; return 1; }
-    mv "$_fm.tmp.$$" "$_fm" || return 1
-  elif [ "$(git --git-dir="$_fm" config --get remote.origin.url)" != "$2" ]; then
-    git --git-dir="$_fm" remote set-url origin "$2" >&2 || return 1
-  fi
-  _fs=
-  case $_fr in
-    *[!0-9a-f]*) ;;
-    ???????*) _fs=$(git --git-dir="$_fm" rev-parse --verify --quiet "$_fr^{commit}" 2>/dev/null) || _fs=;;
-  esac
-  if [ -z "$_fs" ]; then
-    git --git-dir="$_fm" fetch --quiet --prune origin >&2 || return 1
-    _fs=$(git --git-dir="$_fm" rev-parse --verify --quiet "$_fr^{commit}" 2>/dev/null) || _fs=
-  fi
-  if [ -z "$_fs" ]; then
-    if git --git-dir="$_fm" fetch --quiet origin "$_fr" >&2 2>/dev/null; then
-      _fs=$(git --git-dir="$_fm" rev-parse --verify --quiet "FETCH_HEAD^{commit}" 2>/dev/null) || _fs=
-    fi
-  fi
-  [ -n "$_fs" ] || cv_die "revision $_fr not found in $2"
-  rm -rf "$_fd" || return 1
-  mkdir -p "$_fd" || return 1
-  _fa="$P/.convoy/archive.tmp.$$.tar"
-  git --git-dir="$_fm" archive --format=tar -o "$_fa" "$_fs" || { rm -f "$_fa"; return 1; }
-  (cd "$_fd" && tar -xf "$_fa"); _frc=$?
-  rm -f "$_fa"
-  [ "$_frc" -eq 0 ] || return "$_frc"
-  cv_write "$_fd/.convoy-revision" "$_fs" || return 1
-  cv_say "revision=$_fs"
-}
-cv_unpack() {
-  cv_safe "$1" || cv_die "invalid release id: $1"
-  _ud="$P/releases/.$1.$T"
-  cv_num "$2" || cv_die "invalid archive size: $2"
-  if cv_complete "$1"; then head -c "$2" >/dev/null; cv_say "unpack=skipped release=$1"; return 0; fi
-  mkdir -p "$P/releases" "$P/.convoy" || return 1
-  _ua="$P/.convoy/upload.tmp.$$"
-  # Exactly the archive's bytes: stdin stays open after it (the lifeline).
-  head -c "$2" >"$_ua.gz" || { rm -f "$_ua.gz"; return 1; }
-  [ -s "$_ua.gz" ] || { rm -f "$_ua.gz"; cv_die "no archive on stdin"; }
-  gzip -dc <"$_ua.gz" >"$_ua.tar"; _urc=$?
-  rm -f "$_ua.gz"
-  [ "$_urc" -eq 0 ] || { rm -f "$_ua.tar"; cv_die "the archive is not a valid .tar.gz"; }
-  rm -rf "$_ud" && mkdir -p "$_ud" || { rm -f "$_ua.tar"; return 1; }
-  (cd "$_ud" && tar -xf "$_ua.tar"); _urc=$?
-  rm -f "$_ua.tar"
-  return "$_urc"
-}
-cv_link_shared() {
-  cv_safe "$1" || cv_die "invalid release id: $1"
-  _lid=$1; shift
-  # Entries are checked even when there is nothing to do: a bad one is always an error.
-  for _le in "$@"; do
-    _lnm=$_le
-    while :; do case $_lnm in */) _lnm=${_lnm%/};; *) break;; esac; done
-    case $_lnm in ''|/*|.|..|./*|../*|*/.|*/..|*/./*|*/../*) cv_die "invalid shared entry: $_le";; esac
-  done
-  cv_complete "$_lid" && return 0
-  _ld="$P/releases/.$_lid.$T"
-  [ -d "$_ld" ] && [ ! -L "$_ld" ] || cv_die "release dir $_ld does not exist"
-  for _le in "$@"; do
-    case $_le in */) _lk=dir;; *) _lk=file;; esac
-    _lnm=$_le
-    while :; do case $_lnm in */) _lnm=${_lnm%/};; *) break;; esac; done
-    case $_lnm in ''|/*|.|..|./*|../*|*/.|*/..|*/./*|*/../*) cv_die "invalid shared entry: $_le";; esac
-    _ls="$P/shared/$_lnm"; _lr="$_ld/$_lnm"
-    # Every parent must be a real directory inside the release and inside shared/: a
-    # symlink on the way (config -> /etc) would move or expose files outside the site.
-    cv_inside "$_ld" "$_lnm" || cv_die "shared entry $_le: ${CV_LINK#"$_ld"/} is a symlink in the release: refusing to follow it out of the release"
-    cv_inside "$P/shared" "$_lnm" || cv_die "shared entry $_le: ${CV_LINK#"$P"/} is a symlink: refusing to follow it out of $P/shared"
-    mkdir -p "${_ls%/*}" "${_lr%/*}" || return 1
-    if [ ! -e "$_ls" ] && [ ! -L "$_ls" ]; then
-      if [ "$_lk" = dir ] && [ -d "$_lr" ] && [ ! -L "$_lr" ]; then mv "$_lr" "$_ls" || return 1
-      elif [ "$_lk" = file ] && [ -f "$_lr" ] && [ ! -L "$_lr" ]; then mv "$_lr" "$_ls" || return 1
-      elif [ "$_lk" = dir ]; then mkdir -p "$_ls" || return 1
-      else : >"$_ls" || return 1
-      fi
-    fi
-    if [ -L "$_lr" ] && [ "$(readlink "$_lr")" = "$_ls" ]; then continue; fi
-    rm -rf "$_lr" || return 1
-    ln -s "$_ls" "$_lr" || return 1
-  done
-  return 0
-}
-# Builds in the attempt's own directory `releases/.<id>.<attempt>`, then, under the lease
-# mutex and only while this attempt still holds the lease, marks it complete and renames
-# it to `releases/<id>`: an abandoned attempt can never complete or change a later one's.
-cv_build() {
-  cv_safe "$1" || cv_die "invalid release id: $1"
-  _bd="$P/releases/.$1.$T"; _bi=$1; shift
-  if cv_complete "$_bi"; then cv_say "build=skipped release=$_bi"; return 0; fi
-  [ -d "$_bd" ] || cv_die "release dir $_bd does not exist (fetch first)"
-  (cd "$_bd" && cv_run "$@") || return $?
-  cv_lock || return 1
-  cv_publish "$_bi" "$_bd"; _brc=$?
-  cv_unlock
-  return "$_brc"
-}
-cv_publish() {
-  cv_lease_read
-  if [ "$L_HOLDER" != "$H" ] || [ "$L_ATTEMPT" != "$T" ] || [ "$L_EXPIRES" -le "$(cv_now)" ]; then
-    cv_say "fenced holder=$L_HOLDER generation=$L_GEN expires=$L_EXPIRES"
-    cv_err "fenced: this attempt no longer holds the lease; its build is discarded"
-    rm -rf "$2"
-    return 75
-  fi
-  cv_read _brv "$2/.convoy-revision" || _brv=
-  [ -n "$_brv" ] || _brv=${cv_env_revision:-}
-  cv_write "$2/.convoy-complete" "built_at=$(cv_now)
-revision=$_brv" || return 1
-  if [ -e "$P/releases/$1" ] || [ -L "$P/releases/$1" ]; then rm -rf "$P/releases/$1" || return 1; fi
-  mv "$2" "$P/releases/$1" || return 1
-  cv_say "build=done release=$1"
-}
-# `cv_inside BASE REL`: no parent of REL below BASE is a symlink (sets CV_LINK to the first).
-cv_inside() {
-  _ib=$1; _ir=${2%/*}
-  [ "$_ir" != "$2" ] || return 0
-  set -f; _iifs=$IFS; IFS=/
-  for _ip in $_ir; do
-    _ib="$_ib/$_ip"
-    if [ -L "$_ib" ]; then IFS=$_iifs; set +f; CV_LINK=$_ib; return 1; fi
-  done
-  IFS=$_iifs; set +f
-  return 0
-}
-cv_switch() {
-  cv_safe "$1" || cv_die "invalid release id: $1"
-  cv_lock || return 1
-  cv_switch_locked "$@"; _src=$?
-  cv_unlock
-  return "$_src"
-}
-cv_switch_locked() {
-  cv_fence "$2" "$3" || return
-  cv_complete "$1" || { cv_err "release $1 is not complete on this host: refusing to switch"; return 1; }
-  _scur=$(cv_current)
-  if [ "$_scur" = "$1" ]; then cv_say "switch=unchanged release=$1"; return 0; fi
-  if [ -n "$_scur" ]; then cv_write "$P/.convoy/previous" "$_scur" || return 1; fi
-  cv_repoint "$1" || return 1
-  cv_say "switch=done release=$1 previous=$_scur"
-}
-cv_rollback() {
-  cv_lock || return 1
-  cv_rollback_locked "$@"; _rrc=$?
-  cv_unlock
-  return "$_rrc"
-}
-cv_rollback_locked() {
-  cv_fence "$1" "$2" || return
-  _rp=$(cv_previous)
-  [ -n "$_rp" ] || { cv_err "no previous release recorded: nothing to roll back to"; return 1; }
-  cv_complete "$_rp" || { cv_err "previous release $_rp is not complete: refusing to roll back"; return 1; }
-  _rcur=$(cv_current)
-  if [ "$_rcur" = "$_rp" ]; then cv_say "rollback=unchanged release=$_rp"; return 0; fi
-  cv_repoint "$_rp" || return 1
-  cv_say "rollback=done release=$_rp from=$_rcur"
-}
-cv_activate() {
-  _acur=$(cv_current)
-  [ "$_acur" = "$1" ] || cv_die "current is '$_acur', not $1: refusing to activate"
-  shift
-  cd "$P/current" || return 1
-  cv_run "$@"
-}
-cv_health() {
-  cd "$P/current" || return 1
-  _hn=0
-  while :; do
-    _hn=$((_hn + 1))
-    if [ "$2" -gt 0 ] && command -v timeout >/dev/null 2>&1; then
-      cv_group timeout "$2" sh -c "$1"; _hrc=$?
-    else
-      cv_group sh -c "$1"; _hrc=$?
-    fi
-    cv_say "health attempt=$_hn status=$_hrc"
-    [ "$_hrc" -ne 0 ] || return 0
-    [ "$_hn" -le "$3" ] || return "$_hrc"
-    sleep "$4"
-  done
-}
-cv_alive() {
-  [ -f "$1/pid" ] || return 1
-  cv_read _ap "$1/pid" || return 1
-  cv_num "$_ap" || return 1
-  kill -0 "$_ap" 2>/dev/null
-}
-cv_once_status() {
-  O_STATUS=
-  while IFS= read -r _sl || [ -n "$_sl" ]; do
-    case $_sl in status=*) O_STATUS=${_sl#status=};; esac
-  done <"$1/done"
-  cv_num "$O_STATUS" || O_STATUS=255
-  return 0
-}
-CV_ONCE_WRAPPER='trap "" HUP
-O=$1; shift
-echo $$ >"$O/pid.tmp" && mv -f "$O/pid.tmp" "$O/pid"
-rc=0
-for c in "$@"; do sh -ec "$c" </dev/null || { rc=$?; break; }; done
-printf "status=%s\nhost=%s\nfinished=%s\n" "$rc" "$(uname -n)" "$(date +%s)" >"$O/done.tmp" && mv -f "$O/done.tmp" "$O/done"'
-cv_once() {
-  cv_safe "$1" || cv_die "invalid release id: $1"
-  cv_safe "$2" || cv_die "invalid stage name: $2"
-  _oO="$P/.convoy/once/$1/$2"
-  mkdir -p "$_oO" || return 1
-  if [ ! -f "$_oO/done" ] && ! cv_alive "$_oO"; then
-    cv_lock || return 1
-    cv_once_start "$_oO" "$@"; _orc=$?
-    cv_unlock
-    [ "$_orc" -eq 0 ] || return "$_orc"
-  fi
-  cv_once_wait "$_oO" "$5"
-}
-cv_once_start() {
-  _sO=$1; _sr=$2; _sh=$4; _sg=$5; shift 6
-  if [ -f "$_sO/done" ] || cv_alive "$_sO"; then return 0; fi
-  if [ -f "$_sO/started" ]; then
-    cv_say "once=interrupted"
-    cv_err "the once commands were started ($(cat "$_sO/started")) but their end was never recorded: not running them again; inspect $_sO/log, then remove $_sO to allow a new run"
-    return 70
-  fi
-  cv_fence "$_sh" "$_sg" || return
-  cv_complete "$_sr" || { cv_err "release $_sr is not complete: refusing to run once commands"; return 1; }
-  rm -f "$_sO/pid" "$_sO/pid.tmp"
-  cv_write "$_sO/started" "started=$(cv_now) host=$(uname -n)" || return 1
-  cd "$P/releases/$_sr" || return 1
-  if command -v setsid >/dev/null 2>&1; then
-    # Braces: dash ignores redirections of a backgrounded function call.
-    { cv_with_env setsid sh -c "$CV_ONCE_WRAPPER" convoy-once "$_sO" "$@"; } </dev/null >>"$_sO/log" 2>&1 &
-  else
-    { cv_with_env nohup sh -c "$CV_ONCE_WRAPPER" convoy-once "$_sO" "$@"; } </dev/null >>"$_sO/log" 2>&1 &
-  fi
-  _sn=0
-  while [ ! -f "$_sO/pid" ] && [ ! -f "$_sO/done" ]; do
-    _sn=$((_sn + 1))
-    [ "$_sn" -le 150 ] || { cv_err "the once wrapper did not start"; return 1; }
-    cv_nap
-  done
-  cv_say "once=started"
-  return 0
-}
-cv_once_wait() {
-  _wt0=$(cv_now)
-  while [ ! -f "$1/done" ]; do
-    if ! cv_alive "$1"; then
-      [ ! -f "$1/done" ] || break
-      cv_say "once=interrupted"
-      cv_err "the once wrapper ended without recording a status: not running the commands again; inspect $1/log"
-      return 70
-    fi
-    if [ $(( $(cv_now) - _wt0 )) -ge "$2" ]; then
-      cv_say "once=running"; cv_err "gave up waiting for the once commands (still running)"; return 124
-    fi
-    cv_nap
-  done
-  cv_once_status "$1"
-  cv_say "once=done status=$O_STATUS"
-  return "$O_STATUS"
-}
-cv_protected() {
-  _pn=$1; shift
-  for _pp in "$@"; do [ "$_pn" != "$_pp" ] || return 0; done
-  return 1
-}
-cv_cleanup() {
-  _ck=$1; shift
-  cv_num "$_ck" || cv_die "invalid keep count: $_ck"
-  [ -d "$P/releases" ] || return 0
-  _ccur=$(cv_current); _cprev=$(cv_previous)
-  _cl="$P/.convoy/cleanup.tmp.$$"
-  mkdir -p "$P/.convoy" && : >"$_cl" || return 1
-  for _cx in "$P"/releases/*; do
-    [ -d "$_cx" ] && [ ! -L "$_cx" ] || continue
-    _cn=${_cx##*/}; cv_safe "$_cn" || continue
-    if cv_complete "$_cn"; then
-      cv_marker "$_cn"; printf '%s %s\n' "$M_BUILT" "$_cn" >>"$_cl"
-    elif ! cv_protected "$_cn" "$_ccur" "$_cprev" "$@"; then
-      rm -rf "$_cx" || return 1
-      cv_say "removed=$_cn reason=incomplete"
-    fi
-  done
-  _ci=0
-  for _cn in $(sort -k1,1nr -k2,2r "$_cl" | cut -d' ' -f2); do
-    _ci=$((_ci + 1))
-    [ "$_ci" -gt "$_ck" ] || continue
-    cv_protected "$_cn" "$_ccur" "$_cprev" "$@" && continue
-    rm -f "$P/releases/$_cn/.convoy-complete" && rm -rf "$P/releases/$_cn" || { rm -f "$_cl"; return 1; }
-    cv_say "removed=$_cn reason=old"
-  done
-  rm -f "$_cl"
-  return 0
-}
-cv_lease_acquire() {
-  cv_safe "$1" || cv_die "invalid holder: $1"
-  cv_num "$2" || cv_die "invalid ttl: $2"
-  cv_safe "$T" || cv_die "invalid attempt: $T"
-  cv_lock || return 1
-  # Under the mutex no writer is active: temporary files are leftovers of a failed write.
-  rm -f "$P"/.convoy/lock.tmp.* "$P"/.convoy/previous.tmp.* "$P"/.convoy/pending.tmp.*
-  cv_lease_read; _lnow=$(cv_now)
-  if [ "$L_HOLDER" = "$1" ]; then _lg=$L_GEN; [ "$_lg" -gt 0 ] || _lg=1
-  elif [ -z "$L_HOLDER" ] || [ "$L_EXPIRES" -le "$_lnow" ]; then _lg=$((L_GEN + 1))
-  else
-    cv_unlock
-    cv_say "lease=held holder=$L_HOLDER expires=$L_EXPIRES generation=$L_GEN"
-    return 73
-  fi
-  _le=$((_lnow + $2))
-  cv_write "$P/.convoy/lock" "holder=$1 expires=$_le generation=$_lg attempt=$T renewed=$_lnow" || { cv_unlock; return 1; }
-  cv_unlock
-  cv_say "lease=acquired holder=$1 generation=$_lg expires=$_le"
-}
-# Extends the lease of this attempt; fails (75) if it is not this attempt's any more.
-cv_lease_renew() {
-  cv_num "$2" || cv_die "invalid ttl: $2"
-  cv_lock || return 1
-  cv_lease_read; _lnow=$(cv_now)
-  if [ "$L_HOLDER" != "$1" ] || [ "$L_ATTEMPT" != "$T" ] || [ "$L_EXPIRES" -le "$_lnow" ]; then
-    cv_unlock
-    cv_say "lease=lost holder=$L_HOLDER generation=$L_GEN expires=$L_EXPIRES"
-    return 75
-  fi
-  _le=$((_lnow + $2))
-  cv_write "$P/.convoy/lock" "holder=$1 expires=$_le generation=$L_GEN attempt=$T renewed=$_lnow" || { cv_unlock; return 1; }
-  cv_unlock
-  cv_say "lease=renewed holder=$1 generation=$L_GEN expires=$_le"
-}
-# `convoy unlock`: frees the lease whoever holds it, unless its holder renewed it within the
-# last $1 seconds (it is alive) and $2 is not `force`. Ends the process groups it started.
-cv_lease_break() {
-  [ -d "$P/.convoy" ] || { cv_say "lease=free"; return 0; }
-  cv_lock || return 1
-  cv_lease_read; _lnow=$(cv_now)
-  if [ -z "$L_HOLDER" ] || [ "$L_EXPIRES" -le "$_lnow" ]; then
-    cv_unlock; cv_say "lease=free holder=$L_HOLDER expires=$L_EXPIRES"; return 0
-  fi
-  if [ "$2" != force ] && [ $((_lnow - L_RENEWED)) -lt "$1" ]; then
-    cv_unlock
-    cv_say "lease=renewing holder=$L_HOLDER expires=$L_EXPIRES renewed=$L_RENEWED generation=$L_GEN"
-    return 73
-  fi
-  cv_write "$P/.convoy/lock" "holder= expires=0 generation=$((L_GEN + 1))" || { cv_unlock; return 1; }
-  cv_unlock
-  T=-; cv_sweep
-  cv_say "lease=broken holder=$L_HOLDER expires=$L_EXPIRES renewed=$L_RENEWED generation=$L_GEN"
-}
-cv_lease_release() {
-  [ -d "$P/.convoy" ] || { cv_say "lease=notheld"; return 0; }
-  cv_lock || return 1
-  cv_lease_read
-  if [ "$L_HOLDER" = "$1" ] && [ "$L_ATTEMPT" = "$T" ] && [ "$L_EXPIRES" -gt 0 ]; then
-    cv_write "$P/.convoy/lock" "holder=$1 expires=0 generation=$L_GEN" || { cv_unlock; return 1; }
-    cv_say "lease=released generation=$L_GEN"
-  else
-    cv_say "lease=notheld"
-  fi
-  cv_unlock
-}
-"#;
+/// Helper functions defined once at the top of every script: the files in `src/host/sh/`
+/// (checked by shellcheck, see `tests/integration/shellcheck_tests.rs`), concatenated in
+/// this fixed order, `lib.sh` first (it holds the script's first lines). The once wrapper
+/// becomes the value of `CV_ONCE_WRAPPER`, one single-quoted word (it holds no `'`).
+const PREAMBLE: &str = concat!(
+    include_str!("sh/lib.sh"),
+    include_str!("sh/process.sh"),
+    include_str!("sh/observe.sh"),
+    include_str!("sh/build.sh"),
+    include_str!("sh/switch.sh"),
+    "CV_ONCE_WRAPPER='",
+    include_str!("sh/once_wrapper.sh"),
+    "'\n",
+    include_str!("sh/once.sh"),
+    include_str!("sh/cleanup.sh"),
+    include_str!("sh/lease.sh"),
+);
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -2181,18 +1533,24 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn cleanup_keeps_newest_complete_and_protected() {
+    fn preamble_is_the_sh_files_with_the_once_wrapper_quoted() {
+        let wrapper = include_str!("sh/once_wrapper.sh");
+        assert!(
+            !wrapper.contains('\''),
+            "once_wrapper.sh must hold no single quote"
+        );
+        assert!(PREAMBLE.contains(&format!("\nCV_ONCE_WRAPPER='{wrapper}'\n")));
+        assert!(PREAMBLE.starts_with(include_str!("sh/lib.sh")));
+        assert!(PREAMBLE.ends_with(include_str!("sh/lease.sh")));
+    }
+
+    #[test]
+    fn remove_releases_keeps_current_previous_and_protected() {
         for sh in shells() {
             let tmp = TempDir::new("cleanup");
             let p = site(&tmp);
-            for (i, id) in ["r1", "r2", "r3", "r4", "r5", "r6"].into_iter().enumerate() {
+            for id in ["r1", "r2", "r3", "r4", "r5", "r6"] {
                 make_release(&sh, &p, id);
-                // deterministic build times: r1 oldest
-                std::fs::write(
-                    format!("{p}/releases/{id}/.convoy-complete"),
-                    format!("built_at={}\nrevision=abc\n", 1000 + i),
-                )
-                .unwrap();
             }
             std::fs::create_dir_all(format!("{p}/releases/half")).unwrap();
             std::fs::create_dir_all(format!("{p}/releases/r9")).unwrap(); // desired, building
@@ -2202,7 +1560,14 @@ pub(crate) mod tests {
                 &sh,
                 Script::new(&p).switch("r2", &f).switch("r1", &f).finish(),
             ); // current r1, previous r2
-            let out = ok(&sh, Script::new(&p).cleanup(2, &s(&["r3", "r9"])).finish());
+            let remove = s(&[
+                "r1", "r2", "r3", "r4", "half", "r9", "bad name", "..", "gone",
+            ]);
+            let protect = s(&["r3", "r9"]);
+            let out = ok(
+                &sh,
+                Script::new(&p).remove_releases(&remove, &protect).finish(),
+            );
             let mut left: Vec<String> = std::fs::read_dir(format!("{p}/releases"))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -2213,16 +1578,13 @@ pub(crate) mod tests {
                 vec!["bad name", "r1", "r2", "r3", "r5", "r6", "r9"],
                 "{out}"
             );
+            assert!(out.contains("@@convoy removed=r4\n"), "{out}");
+            assert!(out.contains("@@convoy removed=half\n"), "{out}");
             let before = snapshot(tmp.path());
-            ok(&sh, Script::new(&p).cleanup(2, &s(&["r3", "r9"])).finish());
+            let script = Script::new(&p).remove_releases(&s(&["r4", "half"]), &protect);
+            let out = ok(&sh, script.finish());
             assert_eq!(snapshot(tmp.path()), before);
-            ok(&sh, Script::new(&p).cleanup(0, &[]).finish());
-            let mut left: Vec<String> = std::fs::read_dir(format!("{p}/releases"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            left.sort();
-            assert_eq!(left, vec!["bad name", "r1", "r2"]);
+            assert!(out.contains("step=cleanup status=0"), "{out}");
         }
     }
 

@@ -314,10 +314,6 @@ fn example_with_dangling_releases(root: &Path) {
             .replace(
                 "/tmp/convoy-demo",
                 &root.join("hosts").display().to_string(),
-            )
-            .replace(
-                "demo/jobs-manager",
-                &repo_root().join("demo/jobs-manager").display().to_string(),
             );
         let target = if file == "releases.yaml" {
             root.join("releases.yaml.later")
@@ -327,6 +323,14 @@ fn example_with_dangling_releases(root: &Path) {
         fs::write(target, text).unwrap();
     }
     std::os::unix::fs::symlink(".pending/releases.yaml", dir.join("releases.yaml")).unwrap();
+    // The archive path is relative to the manifest, and must stay inside its directory.
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(repo_root().join("manifests/demo"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(copied.success());
 }
 
 #[test]

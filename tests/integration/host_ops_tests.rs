@@ -895,7 +895,7 @@ async fn every_operation_twice_changes_nothing() {
         &rig,
         &d,
         "cleanup",
-        Script::new(&p).cleanup(1, &[]),
+        Script::new(&p).remove_releases(&s(&["r3"]), &[]),
         None,
         true,
     )
@@ -1616,7 +1616,11 @@ async fn cleanup_keeps_newest_current_previous_and_protected() {
     rig.ok(0, Script::new(&p).switch("r1", &f).switch("r4", &f))
         .await; // current r4, previous r1
     let protect = s(&["r2", "r7"]);
-    let out = rig.ok(0, Script::new(&p).cleanup(2, &protect)).await;
+    // what the planner picks with keep 2 (r5, r4 newest): the older and the half builds
+    let remove = s(&["r1", "r2", "r3", "r4", "r6", "r7"]);
+    let out = rig
+        .ok(0, Script::new(&p).remove_releases(&remove, &protect))
+        .await;
     let mut removed: Vec<String> = observe::facts(&out)
         .into_iter()
         .filter(|(k, _)| k == "removed")
@@ -1633,7 +1637,11 @@ async fn cleanup_keeps_newest_current_previous_and_protected() {
     );
     assert!(!obs.is_complete("r7"));
     let snap = snapshot(&d, true);
-    let out = rig.ok(0, Script::new(&p).cleanup(2, &protect)).await;
+    // the planner again: r3 and r6 are gone
+    let remove = s(&["r1", "r2", "r4", "r7"]);
+    let out = rig
+        .ok(0, Script::new(&p).remove_releases(&remove, &protect))
+        .await;
     assert_eq!(observe::fact(&out, "removed"), None, "{out}");
     assert_same(&snap, &snapshot(&d, true), "cleanup");
     rig.pool.close_all().await;
@@ -1729,7 +1737,7 @@ async fn round_trip_timings() {
                 .switch(id, &f)
                 .activate(id, &s(&["true"]), &env)
                 .health("true", &env, 5, 0, 0)
-                .cleanup(5, &[]),
+                .remove_releases(&[], &[]),
         )
         .await;
         combined.push(t.elapsed());

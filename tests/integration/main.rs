@@ -17,6 +17,7 @@ mod once_interrupted_tests;
 mod paths_tests;
 mod prom;
 mod revision_tests;
+mod shellcheck_tests;
 mod transport_tests;
 mod util;
 mod validate_tests;
