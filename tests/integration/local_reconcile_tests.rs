@@ -272,3 +272,99 @@ fn a_failed_attempt_the_state_dir_cannot_record_is_reported_and_fails_the_run() 
     );
     assert!(attempts.exists());
 }
+
+/// The example with its required scheduler host unreachable (nothing listens on port 1).
+fn example_blocked_in(root: &Path) -> std::path::PathBuf {
+    let manifests = example_in(root);
+    let site = manifests.join("jobs-manager.yaml");
+    let text = fs::read_to_string(&site).unwrap();
+    let local = format!(
+        "address: local\n      root: {}",
+        root.join("hosts/sched1").display()
+    );
+    assert!(text.contains(&local), "{text}");
+    fs::write(
+        &site,
+        text.replace(&local, "address: 127.0.0.1\n      port: 1"),
+    )
+    .unwrap();
+    manifests
+}
+
+fn status_message(dir: &Path, state: &str) -> String {
+    let out = convoy_in(dir, &["status", "--state-dir", state, "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    list["items"][0]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_blocked_site_whose_retry_will_not_come_is_not_promised_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = example_blocked_in(tmp.path()).display().to_string();
+    let state = tmp.path().join("state").display().to_string();
+    let args = |timeout: &'static str| {
+        [
+            "reconcile",
+            "--once",
+            "-f",
+            m.as_str(),
+            "--state-dir",
+            state.as_str(),
+            "--timeout",
+            timeout,
+        ]
+        .map(str::to_string)
+    };
+
+    // --timeout: the last pass ends the run as soon as the next retry would come too late.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(args("4s"))
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("jobs-manager: Blocked: ")
+            && text.contains("(backoff): it would come after the --timeout of 4s"),
+        "{text}"
+    );
+    let message = status_message(tmp.path(), &state);
+    assert!(
+        message.contains("sched1") && message.contains("; no retry "),
+        "{message}"
+    );
+    assert!(!message.contains(" in "), "no retry promised: {message}");
+
+    // SIGTERM while the site waits in backoff: reported as it is, with no retry promised.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(args("120s"))
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("(backoff): SIGTERM received")
+            && text.contains("error: SIGTERM received: stopped the commands under way")
+            && text.contains("unfinished: none"),
+        "{text}"
+    );
+    let message = status_message(tmp.path(), &state);
+    assert!(
+        message.ends_with("(backoff): SIGTERM received") && !message.contains(" in "),
+        "{message}"
+    );
+}
