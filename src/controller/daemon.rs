@@ -4,8 +4,10 @@
 //! hosts of Blocked sites cheaply (TCP connect) so a server that boots catches up within
 //! seconds, serves metrics, and on SIGTERM/SIGINT lets running host steps finish and exits 0.
 //!
-//! The loop: one reconcile per site at a time (a queued site is never queued twice), sites
-//! in parallel under the global limit, per-site exponential backoff with jitter.
+//! The loop itself is the one `--once` runs too (`run.rs`, over `queue.rs`): one reconcile
+//! per site at a time, sites in parallel under the global limit, per-site exponential
+//! backoff with jitter. This file adds what only the daemon has: the manifest source
+//! (reload, reload retry), the resync, the probes, the metrics endpoint.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -114,6 +116,8 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         options.metrics_addr
     ));
 
+    let mut resync = tokio::time::interval(options.resync);
+    resync.tick().await;
     let mut controller = Controller::new(Mode::Daemon, state, shared, Out::Log);
     controller.manifests = Some(Manifests {
         options,
@@ -121,9 +125,6 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         reload_retry: None,
     });
     controller.reload();
-    let resync_every = controller.manifests.as_ref().map(|m| m.options.resync);
-    let mut resync = tokio::time::interval(resync_every.unwrap_or(Duration::from_secs(60)));
-    resync.tick().await;
     let mut sources = Sources {
         sigterm: Some(sigterm),
         sigint: Some(sigint),
@@ -134,6 +135,7 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         heartbeat: Some(heartbeat),
         ..Sources::default()
     };
+    // The daemon's loop ends only when a signal stops it.
     let why = controller
         .run(&mut sources)
         .await
