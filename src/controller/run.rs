@@ -60,7 +60,8 @@ pub(super) struct Controller<'o> {
     pub desired: Option<Arc<DesiredState>>,
     pub ctx: Option<Arc<Context>>,
     pub queue: Queue,
-    passes: JoinSet<(String, Pass)>,
+    /// Each pass with the desired state it ran for (a reload may replace it meanwhile).
+    passes: JoinSet<(DesiredSite, Pass)>,
     /// Sites whose next pass a resync asked for, and the running passes a resync started.
     pub resyncing: BTreeSet<String>,
     resync_passes: BTreeSet<String>,
@@ -146,7 +147,7 @@ impl<'o> Controller<'o> {
                 () = until(retry) => {}
                 Some(joined) = self.passes.join_next() => {
                     if let Ok((site, pass)) = joined {
-                        self.finished(site, pass);
+                        self.finished(&site, pass);
                     }
                 }
                 () = tick(&mut src.redraw) => self.redraw(),
@@ -187,7 +188,7 @@ impl<'o> Controller<'o> {
             tokio::select! {
                 joined = self.passes.join_next() => match joined {
                     None => return true,
-                    Some(Ok((site, pass))) => self.finished(site, pass),
+                    Some(Ok((site, pass))) => self.finished(&site, pass),
                     Some(Err(_)) => {}
                 },
                 () = tokio::time::sleep_until(end) => {
@@ -226,20 +227,23 @@ impl<'o> Controller<'o> {
             let state = self.state.clone();
             self.passes.spawn(async move {
                 let pass = pass_once(&ctx, &site, &state).await;
-                (name, pass)
+                (site, pass)
             });
         }
     }
 
-    /// A pass ended: requeue the site as [`requeue`] says, publish its status, report it.
-    fn finished(&mut self, name: String, pass: Pass) {
+    /// A pass of `site` ended: requeue it as [`requeue`] says, publish its status (for the
+    /// desired state the pass ran for; a reload meanwhile has queued the new one), report it.
+    fn finished(&mut self, site: &DesiredSite, pass: Pass) {
         let now = Instant::now();
+        let name = site.name.clone();
         let resync_pass = self.resync_passes.remove(&name);
-        let (Some(site), Some(ctx)) = (self.site(&name), self.ctx.clone()) else {
+        let (Some(_), Some(ctx)) = (self.site(&name), self.ctx.clone()) else {
+            // Removed from the manifests meanwhile.
             self.queue.finished(&name, Requeue::Done, now);
             return;
         };
-        self.note_drift(&ctx, &site, &pass, resync_pass);
+        self.note_drift(&ctx, site, &pass, resync_pass);
         let Pass { report, hold_lost } = pass;
         let mut again =
             self.queue
@@ -268,7 +272,7 @@ impl<'o> Controller<'o> {
         let status = publish(
             &ctx,
             &self.state,
-            &site,
+            site,
             &report,
             &retry,
             hold_lost.as_deref(),
