@@ -229,8 +229,8 @@ fn reconcile(
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
-    let state = StateDir::lock(&cli.state_dir)?;
-    let code = runtime()?.block_on(controller::run_once(&desired, &state, &options, out));
+    let state = std::sync::Arc::new(StateDir::lock(&cli.state_dir)?);
+    let code = runtime()?.block_on(controller::run_once(&desired, state.clone(), &options, out));
     for warning in state.take_warnings() {
         writeln!(err, "warning: {warning}")?;
     }

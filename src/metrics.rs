@@ -64,6 +64,13 @@ pub struct SiteOperationLabels {
     pub operation: String,
 }
 
+/// Which state-dir file a write was for: status, attempts, revisions, history, manifests,
+/// instance.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateFileLabel {
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
@@ -104,6 +111,7 @@ pub struct Metrics {
     manifest_load_errors: Counter,
     manifests_valid: Gauge,
     manifest_last_success: FloatGauge,
+    state_write_errors: Family<StateFileLabel, Counter>,
     /// Label sets in use, so stale info series can be removed (families cannot be listed).
     desired_seen: Mutex<HashMap<String, SiteReleaseLabels>>,
     hosts_seen: Mutex<HashMap<String, Vec<HostReleaseLabels>>>,
@@ -153,6 +161,7 @@ impl Metrics {
             manifest_load_errors: Counter::default(),
             manifests_valid: Gauge::default(),
             manifest_last_success: FloatGauge::default(),
+            state_write_errors: Family::default(),
             desired_seen: Mutex::default(),
             hosts_seen: Mutex::default(),
             registry: Registry::default(),
@@ -237,6 +246,11 @@ impl Metrics {
             "convoy_manifest_last_success_timestamp_seconds",
             "When the manifests last loaded and validated",
             m.manifest_last_success.clone(),
+        );
+        r.register(
+            "convoy_state_write_errors",
+            "Writes to the state directory that failed, by file kind",
+            m.state_write_errors.clone(),
         );
         let build_info: Family<VersionLabel, Gauge> = Family::default();
         build_info
@@ -378,6 +392,13 @@ impl Metrics {
         self.backoff
             .get_or_create(&SiteLabel { site: site.into() })
             .set(delay.as_secs_f64());
+    }
+
+    /// A write to the state dir failed; `kind` is one of a fixed few file kinds.
+    pub fn state_write_failed(&self, kind: &'static str) {
+        self.state_write_errors
+            .get_or_create(&StateFileLabel { kind: kind.into() })
+            .inc();
     }
 
     pub fn manifests_loaded(&self, valid: bool) {

@@ -310,23 +310,29 @@ impl StateDir {
 
     /// A random id of this state dir, created on first use by the lock holder: part of the
     /// controller's name in host leases, so two machines that share a hostname and a
-    /// state-dir path still differ. `None` for a read-only handle that finds none.
-    pub fn instance_id(&self) -> Option<String> {
+    /// state-dir path still differ. `Ok(None)` for a read-only handle that finds none, or
+    /// when no randomness is available; an error when the new id could not be saved.
+    pub fn instance_id(&self) -> Result<Option<String>, StateError> {
         let path = self.root.join(INSTANCE_FILE);
         if let Ok(text) = fs::read_to_string(&path) {
             let id = text.trim();
             if !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Some(id.to_string());
+                return Ok(Some(id.to_string()));
             }
         }
-        self._lock.as_ref()?;
+        if self._lock.is_none() {
+            return Ok(None);
+        }
         let mut bytes = [0u8; 6];
-        fs::File::open("/dev/urandom")
+        if fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut bytes))
-            .ok()?;
+            .is_err()
+        {
+            return Ok(None);
+        }
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        write_atomic(&path, format!("{id}\n").as_bytes()).ok()?;
-        Some(id)
+        write_atomic(&path, format!("{id}\n").as_bytes())?;
+        Ok(Some(id))
     }
 
     /// The directory this state lives in.
@@ -640,7 +646,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes, `: `-separated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -1467,15 +1474,32 @@ empty         r1             Suspended  0/0 live  -                     -
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state");
         assert_eq!(
-            StateDir::open_read_only(&dir).instance_id(),
+            StateDir::open_read_only(&dir).instance_id().unwrap(),
             None,
             "readers never create it"
         );
         let locked = StateDir::lock(&dir).unwrap();
-        let id = locked.instance_id().unwrap();
+        let id = locked.instance_id().unwrap().unwrap();
         assert_eq!(id.len(), 12);
-        assert_eq!(locked.instance_id().as_deref(), Some(id.as_str()));
+        assert_eq!(locked.instance_id().unwrap().as_deref(), Some(id.as_str()));
         drop(locked);
-        assert_eq!(StateDir::open_read_only(&dir).instance_id(), Some(id));
+        assert_eq!(
+            StateDir::open_read_only(&dir).instance_id().unwrap(),
+            Some(id)
+        );
+    }
+
+    #[test]
+    fn an_instance_id_that_cannot_be_saved_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let locked = StateDir::lock(&dir).unwrap();
+        // A directory where the file goes: the rename over it fails, even as root.
+        fs::create_dir_all(dir.join(INSTANCE_FILE).join("x")).unwrap();
+        let e = locked.instance_id().unwrap_err();
+        assert!(
+            e.to_string().starts_with("failed to write `") && e.to_string().contains(INSTANCE_FILE),
+            "{e}"
+        );
     }
 }

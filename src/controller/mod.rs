@@ -1,30 +1,36 @@
-//! The reconcile loop: `convoy reconcile --once` converges every site once (sites in
-//! parallel, each serial), retrying transient trouble (an unreachable required host) with
-//! per-site exponential backoff and jitter until `--timeout`; it records status, history and
-//! failed attempts in the state dir and maps the result to the documented exit codes.
+//! The reconcile controller: one pass of one site ([`pass_once`]) with its bookkeeping in
+//! the state dir, and the rule that tells `--once` from the daemon ([`requeue`]). The loop
+//! that runs passes is `run.rs`, its queue `queue.rs`; `convoy reconcile --once` converges
+//! every selected site (sites in parallel, each serial), retrying transient trouble (an
+//! unreachable required host) with per-site exponential backoff and jitter until
+//! `--timeout`, and maps the result to the documented exit codes.
 
 pub mod daemon;
 mod http;
 pub mod once_record;
+pub mod queue;
+mod run;
 pub mod watch;
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write as _};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::desired::{DesiredSite, DesiredState, FetchSpec};
 use crate::execute::{self, Context, Limits, SiteReport};
 use crate::exit_code;
+use crate::host::Host;
 use crate::host::ssh::SshPool;
 use crate::metrics::Metrics;
 use crate::plan::{Outcome, PassState};
 use crate::progress::{self, Progress};
-use crate::state::{self, Action, HistoryEvent, StateDir};
+use crate::state::{self, Action, HistoryEvent, StateDir, StateError};
 use crate::status::{HostStatus, Phase, SiteStatus};
+use queue::Requeue;
+use run::{Controller, Out, Sources};
 
 /// Knobs of one `reconcile --once` run.
 #[derive(Debug, Clone)]
@@ -71,6 +77,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(options: &RunOptions, state: &StateDir) -> std::io::Result<Self> {
         let control_dir = crate::host::private_control_dir()?;
+        let metrics = Arc::new(Metrics::new());
         Ok(Shared {
             pool: Arc::new(SshPool::new(
                 control_dir.clone(),
@@ -78,9 +85,9 @@ impl Shared {
                 512,
                 MASTER_IDLE,
             )),
-            metrics: Arc::new(Metrics::new()),
+            holder: lease_holder(state, &metrics),
+            metrics,
             cancel: Arc::default(),
-            holder: lease_holder(state),
             progress: None,
             control_dir,
         })
@@ -125,7 +132,9 @@ pub fn context(
 /// as a safe word (host-side scripts accept only `[A-Za-z0-9._-]`). It stays the same across
 /// runs on one state dir: the state-dir lock already proves an earlier holder with this name
 /// is gone, so a controller killed mid-pass never blocks the next run until its lease expires.
-pub fn lease_holder(state: &StateDir) -> String {
+/// An id that cannot be saved is reported (and counted in `metrics`); the state dir's path
+/// stands in for it.
+pub fn lease_holder(state: &StateDir, metrics: &Metrics) -> String {
     let machine: String = state::controller_id()
         .split(':')
         .next()
@@ -139,11 +148,14 @@ pub fn lease_holder(state: &StateDir) -> String {
             }
         })
         .collect();
-    let id = state.instance_id().unwrap_or_else(|| {
-        let dir =
-            std::fs::canonicalize(state.path()).unwrap_or_else(|_| state.path().to_path_buf());
-        fnv1a(&dir.display().to_string())[..8].to_string()
-    });
+    let id = wrote(metrics, "instance", state.instance_id())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            let dir =
+                std::fs::canonicalize(state.path()).unwrap_or_else(|_| state.path().to_path_buf());
+            fnv1a(&dir.display().to_string())[..8].to_string()
+        });
     format!("{machine}-{id}")
 }
 
@@ -172,9 +184,73 @@ pub fn backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// How the loop runs: `reconcile --once` or the long-running daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Once,
+    Daemon,
+}
+
+/// Whether and how a site runs again after a pass with `outcome`: the whole difference
+/// between `--once` and the daemon. (Besides this, `--once` ends when nothing is left to
+/// run or at `--timeout`, and the daemon also runs sites on changes and resyncs.)
+pub fn requeue(outcome: &Outcome, mode: Mode, hosts: &BTreeMap<String, Host>) -> Requeue {
+    let probing = |names: &[String]| Requeue::Backoff {
+        probes: names
+            .iter()
+            .filter_map(|h| daemon::probe_target(hosts.get(h)?))
+            .collect(),
+    };
+    match (mode, outcome) {
+        // An unreachable required host may come back: retry on backoff until the deadline.
+        (Mode::Once, Outcome::Blocked { .. }) => Requeue::Backoff { probes: vec![] },
+        // The daemon also probes the hosts, so a server that boots catches up in seconds,
+        (Mode::Daemon, Outcome::Blocked { hosts, .. }) => probing(hosts),
+        // and retries the optional hosts a Degraded pass skipped (--once reports and ends).
+        (Mode::Daemon, Outcome::Degraded { skipped }) => probing(skipped),
+        // Converged, Failed (the failure hold decides about the next attempt), Progressing,
+        // Suspended: --once is done with the site; the daemon waits for a change or a resync.
+        _ => Requeue::Done,
+    }
+}
+
+/// What a Blocked site's status says about its next retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// Nothing to say.
+    None,
+    /// Retry `n` comes after `delay`.
+    Due { n: u32, delay: Duration },
+    /// Retry `n` will not come, because of `why` (the run stops, or the deadline is first).
+    Dropped { n: u32, why: String },
+}
+
+/// A failed state-dir write: one stderr line naming the file and the OS error, and one more
+/// in `convoy_state_write_errors_total{kind}`. Returns the error's message.
+pub fn wrote<T>(
+    metrics: &Metrics,
+    kind: &'static str,
+    result: Result<T, StateError>,
+) -> Result<T, String> {
+    result.map_err(|e| {
+        let message = state::error_chain(&e);
+        metrics.state_write_failed(kind);
+        eprintln!("error: {message}");
+        message
+    })
+}
+
+/// One pass's report, and what its bookkeeping could not record.
+pub struct Pass {
+    pub report: SiteReport,
+    /// Set when the pass was a failed attempt that could not be recorded: the failure hold
+    /// did not count it.
+    pub hold_lost: Option<String>,
+}
+
 /// One pass of one site, with its bookkeeping: history, the resolved revision, failed
 /// attempts, metrics. The caller publishes the status (it knows about retries).
-pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> SiteReport {
+pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> Pass {
     let key = desired_key(site);
     let attempts = state.attempts(&site.name, &key).attempts;
     let once_done = state
@@ -196,8 +272,8 @@ pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> S
         && let Some(commit) = resolve_revision(repository, &site.revision).await
     {
         // One commit per release, decided once: every host builds exactly this.
-        revision = state
-            .record_revision(&site.name, &site.release, &commit)
+        let recorded = state.record_revision(&site.name, &site.release, &commit);
+        revision = wrote(&ctx.metrics, "revisions", recorded)
             .ok()
             .or(Some(commit));
     }
@@ -214,8 +290,8 @@ pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> S
     for _ in 0..rollbacks {
         ctx.metrics.rolled_back(&site.name);
     }
-    record(state, site, &key, &report);
-    report
+    let hold_lost = record(ctx, state, site, &key, &report);
+    Pass { report, hold_lost }
 }
 
 /// Resolves a branch or tag to its commit on the controller (`git ls-remote`), so that all
@@ -268,56 +344,38 @@ pub fn publish(
     state: &StateDir,
     site: &DesiredSite,
     report: &SiteReport,
-    retrying: Option<(u32, Duration)>,
+    retry: &Retry,
+    hold_lost: Option<&str>,
 ) -> SiteStatus {
-    let status = status_of(state, site, report, retrying);
-    let _ = state.save_status(&site.name, &status);
+    let status = status_of(state, site, report, retry, hold_lost);
+    let _ = wrote(
+        &ctx.metrics,
+        "status",
+        state.save_status(&site.name, &status),
+    );
     ctx.metrics
         .site_state(&site.name, status.phase, &site.release);
     ctx.metrics.hosts(&site.name, &report.hosts);
-    ctx.metrics
-        .backoff(&site.name, retrying.map_or(Duration::ZERO, |(_, d)| d));
+    let backoff = match retry {
+        Retry::Due { delay, .. } => *delay,
+        _ => Duration::ZERO,
+    };
+    ctx.metrics.backoff(&site.name, backoff);
     status
 }
 
-/// Converges one site: passes until it is no longer Blocked or the deadline comes.
-pub async fn converge_site(
+/// Persists what a pass did: history, the resolved revision, failed attempts. A write that
+/// fails is reported and counted; the one of a failed attempt is returned too, for the
+/// status and the exit code.
+fn record(
     ctx: &Context,
-    site: &DesiredSite,
     state: &StateDir,
-    deadline: Instant,
-) -> SiteResult {
-    let mut delays = backoff();
-    let mut blocked_retries = 0u32;
-    loop {
-        let report = pass_once(ctx, site, state).await;
-        let delay = delays.next().unwrap_or(BACKOFF_MAX);
-        let blocked = matches!(report.outcome, Outcome::Blocked { .. });
-        if blocked && Instant::now() + delay < deadline && !ctx.cancel.is_cancelled() {
-            blocked_retries += 1;
-            publish(ctx, state, site, &report, Some((blocked_retries, delay)));
-            tokio::select! {
-                () = tokio::time::sleep(delay) => continue,
-                () = ctx.cancel.cancelled() => {}
-            }
-        }
-        let status = publish(
-            ctx,
-            state,
-            site,
-            &report,
-            blocked.then_some((blocked_retries, delay)),
-        );
-        return SiteResult {
-            name: site.name.clone(),
-            report,
-            status,
-        };
-    }
-}
-
-/// Persists what a pass did: history, the resolved revision, failed attempts.
-fn record(state: &StateDir, site: &DesiredSite, key: &str, report: &SiteReport) {
+    site: &DesiredSite,
+    key: &str,
+    report: &SiteReport,
+) -> Option<String> {
+    let metrics = &ctx.metrics;
+    let mut hold_lost = None;
     let mut events: Vec<HistoryEvent> = report
         .events
         .iter()
@@ -332,11 +390,12 @@ fn record(state: &StateDir, site: &DesiredSite, key: &str, report: &SiteReport) 
         })
         .collect();
     if let Some(revision) = &report.revision {
-        let _ = state.record_revision(&site.name, &site.release, revision);
+        let recorded = state.record_revision(&site.name, &site.release, revision);
+        let _ = wrote(metrics, "revisions", recorded);
     }
     match &report.outcome {
         Outcome::Converged | Outcome::Degraded { .. } => {
-            let _ = state.reset_attempts(&site.name);
+            let _ = wrote(metrics, "attempts", state.reset_attempts(&site.name));
             if !report.events.is_empty() {
                 events.push(HistoryEvent::new(
                     &site.name,
@@ -346,7 +405,8 @@ fn record(state: &StateDir, site: &DesiredSite, key: &str, report: &SiteReport) 
             }
         }
         Outcome::Failed { reason, .. } if report.failed_attempt => {
-            let _ = state.record_failure(&site.name, key, &site.release, reason);
+            let recorded = state.record_failure(&site.name, key, &site.release, reason);
+            hold_lost = wrote(metrics, "attempts", recorded).err();
         }
         Outcome::Blocked { hosts, reason } if !report.events.is_empty() => {
             events.push(
@@ -357,8 +417,9 @@ fn record(state: &StateDir, site: &DesiredSite, key: &str, report: &SiteReport) 
         _ => {}
     }
     if !events.is_empty() {
-        let _ = state.append_history(&events);
+        let _ = wrote(metrics, "history", state.append_history(&events));
     }
+    hold_lost
 }
 
 /// The Site's status object after a pass.
@@ -366,9 +427,10 @@ fn status_of(
     state: &StateDir,
     site: &DesiredSite,
     report: &SiteReport,
-    retrying: Option<(u32, Duration)>,
+    retry: &Retry,
+    hold_lost: Option<&str>,
 ) -> SiteStatus {
-    let (phase, message) = match &report.outcome {
+    let (phase, mut message) = match &report.outcome {
         Outcome::Converged => (
             Phase::Converged,
             format!("every host runs {}", site.release),
@@ -384,11 +446,15 @@ fn status_of(
         ),
         Outcome::Blocked { hosts, reason } => {
             let mut message = format!("{reason}: {}", hosts.join(", "));
-            if let Some((retries, delay)) = retrying {
-                message.push_str(&format!(
-                    "; retry {retries} in {}s (backoff)",
+            match retry {
+                Retry::None => {}
+                Retry::Due { n, delay } => message.push_str(&format!(
+                    "; retry {n} in {}s (backoff)",
                     delay.as_secs().max(1)
-                ));
+                )),
+                Retry::Dropped { n, why } => {
+                    message.push_str(&format!("; no retry {n} (backoff): {why}"));
+                }
             }
             (Phase::Blocked, message)
         }
@@ -404,6 +470,11 @@ fn status_of(
             "suspended: observed only, nothing changed".to_string(),
         ),
     };
+    if let Some(error) = hold_lost {
+        message.push_str(&format!(
+            "; this failed attempt was not recorded, the failure hold does not count it: {error}"
+        ));
+    }
     let previous = state.load_status(&site.name);
     let last_transition_time = match &previous {
         Some(p) if p.phase == phase && p.desired_release == site.release => {
@@ -463,11 +534,11 @@ pub fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
 /// (per host, never interleaved) as it finishes. Returns the exit code.
 pub async fn run_once(
     desired: &DesiredState,
-    state: &StateDir,
+    state: Arc<StateDir>,
     options: &RunOptions,
     out: &mut dyn std::io::Write,
 ) -> u8 {
-    let mut shared = match Shared::new(options, state) {
+    let mut shared = match Shared::new(options, &state) {
         Ok(shared) => shared,
         Err(e) => {
             let _ = writeln!(
@@ -477,123 +548,73 @@ pub async fn run_once(
             return exit_code::FAILED;
         }
     };
-    let terminal = std::io::stderr().is_terminal();
-    if terminal {
+    if std::io::stderr().is_terminal() {
         shared.progress = Some(Arc::new(Progress::default()));
     }
-    let ctx = context(desired, options, &shared, None);
-    let sites: Vec<&DesiredSite> = desired
-        .sites
-        .values()
-        .filter(|s| options.site.as_ref().is_none_or(|name| &s.name == name))
-        .collect();
+    let mut desired = desired.clone();
+    if let Some(only) = &options.site {
+        desired.sites.retain(|name, _| name == only);
+    }
+    let sites: Vec<String> = desired.sites.keys().cloned().collect();
+    let ctx = context(&desired, options, &shared, None);
     let started = Instant::now();
-    let deadline = started + options.timeout;
-    let mut running: FuturesUnordered<_> = sites
-        .iter()
-        .map(|site| converge_site(&ctx, site, state, deadline))
-        .collect();
-    let mut codes = vec![];
-    let mut finished = BTreeMap::new();
-    let total = sites.len();
-    let progress = ctx.progress.clone();
-    let mut stopped: Option<String> = None;
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut sigterm = signal(SignalKind::terminate()).ok();
-        let mut sigint = signal(SignalKind::interrupt()).ok();
-        let mut redraw = tokio::time::interval(Duration::from_millis(200));
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let mut grace_end = None;
-        loop {
-            let grace = async {
-                match grace_end {
-                    Some(end) => tokio::time::sleep_until(end).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                next = running.next() => {
-                    let Some(result) = next else { break };
-                    if let Some(p) = &progress {
-                        p.finish(&result.name);
-                        progress::clear(&mut std::io::stderr());
-                    }
-                    let _ = out.write_all(render_site(&result).as_bytes());
-                    let _ = out.flush();
-                    codes.push(exit_code_of(&result.report.outcome));
-                    finished.insert(result.name.clone(), ());
-                }
-                () = tokio::time::sleep_until(deadline), if stopped.is_none() => {
-                    stopped = Some(format!("--timeout of {}s reached", options.timeout.as_secs()));
-                }
-                () = recv_signal(&mut sigterm), if stopped.is_none() => stopped = Some("SIGTERM received".into()),
-                () = recv_signal(&mut sigint), if stopped.is_none() => stopped = Some("SIGINT received".into()),
-                () = grace => break,
-                _ = redraw.tick(), if progress.is_some() => {
-                    if let Some(p) = &progress {
-                        let mut err = std::io::stderr();
-                        let _ = write!(err, "\r\x1b[2K{}", p.line(total, 100));
-                        let _ = err.flush();
-                    }
-                }
-            }
-            if stopped.is_some() && grace_end.is_none() {
-                // Every pass abandons its round trips, ends its commands on the hosts and
-                // releases its leases; they get a bounded time to do so.
-                ctx.cancel.cancel();
-                grace_end = Some(tokio::time::Instant::now() + STOP_GRACE);
-            }
-        }
+    let progress = shared.progress.clone();
+    let mut controller = Controller::new(Mode::Once, state, shared, Out::Print(out));
+    controller.deadline = Some((started + options.timeout, options.timeout));
+    controller.desired = Some(Arc::new(desired));
+    controller.ctx = Some(Arc::new(ctx));
+    controller.enqueue(sites.iter().cloned());
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sources = Sources {
+        sigterm: signal(SignalKind::terminate()).ok(),
+        sigint: signal(SignalKind::interrupt()).ok(),
+        redraw: progress
+            .is_some()
+            .then(|| tokio::time::interval(Duration::from_millis(200))),
+        ..Sources::default()
+    };
+    let stopped = controller.run(&mut sources).await;
+    if let Some(why) = &stopped {
+        // Every pass abandons its round trips, ends its commands on the hosts and releases
+        // its leases; they get a bounded time to do so.
+        controller.stop(why, &mut sources, STOP_GRACE).await;
     }
     if progress.is_some() {
         progress::clear(&mut std::io::stderr());
     }
-    drop(running);
+    let mut codes: Vec<u8> = controller.codes.values().copied().collect();
     if let Some(why) = &stopped {
         let pending: Vec<&str> = sites
             .iter()
-            .map(|s| s.name.as_str())
-            .filter(|n| !finished.contains_key(*n))
+            .map(String::as_str)
+            .filter(|n| !controller.codes.contains_key(*n))
             .collect();
-        let _ = writeln!(
-            out,
+        controller.say(&format!(
             "error: {why}: stopped the commands under way on the hosts and released the leases; unfinished: {}",
             if pending.is_empty() {
                 "none".to_string()
             } else {
                 pending.join(", ")
             }
-        );
+        ));
         codes.push(exit_code::FAILED);
     }
     if let Some(path) = &options.metrics_textfile
-        && let Err(e) = ctx.metrics.write_textfile(path)
+        && let Err(e) = controller.shared.metrics.write_textfile(path)
     {
-        let _ = writeln!(
-            out,
+        controller.say(&format!(
             "warning: failed to write metrics textfile `{}`: {e}",
             path.display()
-        );
+        ));
     }
-    shared.close().await;
-    let code = worst(codes);
-    let _ = writeln!(
-        out,
+    controller.shared.close().await;
+    controller.say(&format!(
         "{} site{} in {:.1}s",
         sites.len(),
         if sites.len() == 1 { "" } else { "s" },
         started.elapsed().as_secs_f64()
-    );
-    code
-}
-
-/// Resolves on the next delivery of a signal whose handler could be installed; never otherwise.
-async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
-    match signal {
-        Some(signal) => drop(signal.recv().await),
-        None => std::future::pending().await,
-    }
+    ));
+    worst(codes)
 }
 
 /// One site's block of output: what happened per host, then the phase line.
@@ -649,6 +670,49 @@ pub fn render_site(result: &SiteResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requeue_holds_the_whole_difference_between_once_and_the_daemon() {
+        let blocked = Outcome::Blocked {
+            hosts: vec!["a".into(), "b".into()],
+            reason: "unreachable".into(),
+        };
+        let degraded = Outcome::Degraded {
+            skipped: vec!["b".into()],
+        };
+        let failed = Outcome::Failed {
+            reason: "build failed".into(),
+            host: Some("a".into()),
+        };
+        let hosts: BTreeMap<String, Host> = BTreeMap::new();
+        let backoff = Requeue::Backoff { probes: vec![] };
+        let rows = [
+            (Outcome::Converged, Requeue::Done, Requeue::Done),
+            (Outcome::Progressing, Requeue::Done, Requeue::Done),
+            (Outcome::Suspended, Requeue::Done, Requeue::Done),
+            (failed, Requeue::Done, Requeue::Done),
+            (degraded, Requeue::Done, backoff.clone()),
+            (blocked, backoff.clone(), backoff.clone()),
+        ];
+        for (outcome, once, daemon) in rows {
+            assert_eq!(requeue(&outcome, Mode::Once, &hosts), once, "{outcome:?}");
+            assert_eq!(
+                requeue(&outcome, Mode::Daemon, &hosts),
+                daemon,
+                "{outcome:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_backoff_grows_from_one_second_to_thirty_with_jitter() {
+        let delays: Vec<Duration> = backoff().take(12).collect();
+        assert!(delays.iter().all(|d| *d >= BACKOFF_MIN), "{delays:?}");
+        // Jitter adds up to one more delay on top of the cap.
+        assert!(delays.iter().all(|d| *d <= 2 * BACKOFF_MAX), "{delays:?}");
+        assert!(delays[0] < Duration::from_secs(2), "{delays:?}");
+        assert!(delays[11] >= BACKOFF_MAX, "{delays:?}");
+    }
 
     #[test]
     fn ls_remote_prefers_the_peeled_tag_then_the_tag_then_the_branch() {

@@ -189,3 +189,185 @@ fn a_second_controller_on_the_same_state_dir_is_refused() {
     );
     assert!(!tmp.path().join("hosts").exists(), "nothing touched");
 }
+
+/// Runs `convoy ARGS` in a private mount namespace where `read_only` is a read-only bind
+/// mount of itself: writes there fail with EROFS even for root, while the rest of the state
+/// dir (its lock, its instance id) stays writable.
+fn convoy_with_read_only(dir: &Path, read_only: &Path, args: &[&str]) -> std::process::Output {
+    let script = r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@""#;
+    std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", script, "sh"])
+        .arg(read_only)
+        .arg(env!("CARGO_BIN_EXE_convoy"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CONVOY_MANIFESTS")
+        .env_remove("CONVOY_STATE_DIR")
+        .output()
+        .expect("failed to run unshare")
+}
+
+#[test]
+fn a_failed_attempt_the_state_dir_cannot_record_is_reported_and_fails_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifests = example_in(tmp.path());
+    let site = manifests.join("jobs-manager.yaml");
+    let text = fs::read_to_string(&site).unwrap();
+    assert!(text.contains("- sh bin/build"));
+    fs::write(&site, text.replace("- sh bin/build", "- exit 3")).unwrap();
+    let state = tmp.path().join("state");
+    let site_dir = state.join("sites/jobs-manager");
+    fs::create_dir_all(&site_dir).unwrap();
+    let textfile = tmp.path().join("convoy.prom");
+    let (m, s, t) = (
+        manifests.display().to_string(),
+        state.display().to_string(),
+        textfile.display().to_string(),
+    );
+    let args = [
+        "reconcile",
+        "--once",
+        "-f",
+        m.as_str(),
+        "--state-dir",
+        s.as_str(),
+        "--metrics-textfile",
+        t.as_str(),
+    ];
+    let out = convoy_with_read_only(tmp.path(), &state.join("sites"), &args);
+    let (text, errors) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}\n{errors}");
+    // Said once on stderr, naming the file and the OS error ...
+    let attempts = site_dir.join("attempts.json");
+    let line = format!(
+        "error: failed to write `{}`: Read-only file system (os error 30)",
+        attempts.display()
+    );
+    assert_eq!(errors.matches(&line).count(), 1, "{errors}");
+    // ... in the site's block, so the operator knows the hold did not count it ...
+    assert!(
+        text.contains("jobs-manager: Failed:")
+            && text.contains(
+                "this failed attempt was not recorded, the failure hold does not count it"
+            ),
+        "{text}"
+    );
+    assert!(!attempts.exists());
+    // ... and counted, per file kind.
+    let metrics = fs::read_to_string(&textfile).unwrap();
+    assert!(
+        metrics.contains("convoy_state_write_errors_total{kind=\"attempts\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("convoy_state_write_errors_total{kind=\"status\"} 1"),
+        "{metrics}"
+    );
+
+    // Writable again: the same failure is recorded, and the run still fails with exit 1.
+    let out = convoy_in(tmp.path(), &args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("not recorded"), "{}", stdout(&out));
+    assert!(
+        !stderr(&out).contains("failed to write"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(attempts.exists());
+}
+
+/// The example with its required scheduler host unreachable (nothing listens on port 1).
+fn example_blocked_in(root: &Path) -> std::path::PathBuf {
+    let manifests = example_in(root);
+    let site = manifests.join("jobs-manager.yaml");
+    let text = fs::read_to_string(&site).unwrap();
+    let local = format!(
+        "address: local\n      root: {}",
+        root.join("hosts/sched1").display()
+    );
+    assert!(text.contains(&local), "{text}");
+    fs::write(
+        &site,
+        text.replace(&local, "address: 127.0.0.1\n      port: 1"),
+    )
+    .unwrap();
+    manifests
+}
+
+fn status_message(dir: &Path, state: &str) -> String {
+    let out = convoy_in(dir, &["status", "--state-dir", state, "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    list["items"][0]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_blocked_site_whose_retry_will_not_come_is_not_promised_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = example_blocked_in(tmp.path()).display().to_string();
+    let state = tmp.path().join("state").display().to_string();
+    let args = |timeout: &'static str| {
+        [
+            "reconcile",
+            "--once",
+            "-f",
+            m.as_str(),
+            "--state-dir",
+            state.as_str(),
+            "--timeout",
+            timeout,
+        ]
+        .map(str::to_string)
+    };
+
+    // --timeout: the last pass ends the run as soon as the next retry would come too late.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(args("4s"))
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("jobs-manager: Blocked: ")
+            && text.contains("(backoff): it would come after the --timeout of 4s"),
+        "{text}"
+    );
+    let message = status_message(tmp.path(), &state);
+    assert!(
+        message.contains("sched1") && message.contains("; no retry "),
+        "{message}"
+    );
+    assert!(!message.contains(" in "), "no retry promised: {message}");
+
+    // SIGTERM while the site waits in backoff: reported as it is, with no retry promised.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(args("120s"))
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("(backoff): SIGTERM received")
+            && text.contains("error: SIGTERM received: stopped the commands under way")
+            && text.contains("unfinished: none"),
+        "{text}"
+    );
+    let message = status_message(tmp.path(), &state);
+    assert!(
+        message.ends_with("(backoff): SIGTERM received") && !message.contains(" in "),
+        "{message}"
+    );
+}
