@@ -125,6 +125,7 @@ impl RemoteCommand {
                     PRIVATE_BOOTSTRAP.to_string(),
                     "convoy".to_string(),
                     self.script.len().to_string(),
+                    script::Attempt::new("-").token,
                 ],
                 Some(self.script.as_bytes()),
             )

@@ -175,6 +175,12 @@ impl Script {
 
     fn step(mut self, name: &'static str, env: Option<&Env>, call: &str, args: &[&str]) -> Self {
         self.steps.push(name);
+        if env.is_some() && !self.private {
+            // The first step with user commands starts the lifeline's watchdog, in the main
+            // shell so it outlives the step, and only now: earlier steps may still read a
+            // payload (an archive) from the same stdin.
+            self.text.push_str("cv_watch\n");
+        }
         self.text.push_str("cv_tick; cv_t0=$cv_up\n(\n");
         if let Some(env) = env {
             self.private = true;
@@ -1021,12 +1027,12 @@ pub(crate) mod tests {
                 "ok\n"
             );
             assert!(Path::new(&format!("{r1}/one")).exists());
-            assert!(
-                run_records(&p).is_empty(),
-                "[{}] {:?}",
-                sh.name,
-                run_records(&p)
-            );
+            // Records stay for the next sweep to drop (no fork per command), but none names
+            // a live group.
+            for record in run_records(&p) {
+                let pgid: u32 = record.rsplit('.').next().unwrap().parse().unwrap();
+                assert!(!group_alive(pgid), "[{}] {record} alive", sh.name);
+            }
             let before = snapshot(tmp.path());
             let out = ok(
                 &sh,
@@ -2125,6 +2131,47 @@ pub(crate) mod tests {
                 "{:?}",
                 run_records(&p)
             );
+            assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+        }
+    }
+
+    #[test]
+    fn a_command_started_after_the_controller_went_never_runs_on() {
+        for sh in shells() {
+            let tmp = TempDir::new("gone-before");
+            let p = site(&tmp);
+            let a = Attempt::new("ctl-a");
+            lease_as(&sh, &p, &a);
+            ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+            std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+            let pidf = tmp.path().join("pid");
+            // The lifeline is at its end before the build starts (the controller died
+            // during an earlier step of the same script).
+            let script = Script::for_attempt(&p, &a)
+                .build("r1", &[sleeper(&pidf, 30, "true")], &Env::default())
+                .finish();
+            let started = Instant::now();
+            let out = sh
+                .command(&script)
+                .env("CV_LIFELINE", "1")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                !out.status.success(),
+                "[{}] the build ran to its end",
+                sh.name
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "[{}] {:?}",
+                sh.name,
+                started.elapsed()
+            );
+            if let Ok(text) = std::fs::read_to_string(&pidf) {
+                let pid: u32 = text.trim().parse().unwrap();
+                assert!(!group_alive(pid), "[{}]", sh.name);
+            }
             assert!(!Path::new(&format!("{p}/releases/r1")).exists());
         }
     }
