@@ -366,6 +366,19 @@ fn retry(state_dir: &Path, site: &str, out: &mut dyn Write) -> anyhow::Result<u8
     Ok(exit_code::OK)
 }
 
+/// The desired state for a command that uploads nothing (`unlock`, `retry`): where an
+/// archive may come from does not matter there.
+fn desired_without_upload(
+    cli: &Cli,
+    site: &str,
+    err: &mut dyn Write,
+) -> anyhow::Result<Result<DesiredState, u8>> {
+    let anywhere = LoadOptions {
+        archive_roots: vec![std::path::PathBuf::from("/")],
+    };
+    desired(cli, Some(site), &anywhere, err)
+}
+
 fn unlock(
     cli: &Cli,
     site: &str,
@@ -374,11 +387,7 @@ fn unlock(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<u8> {
-    // Nothing is uploaded here: where an archive may come from does not matter.
-    let anywhere = LoadOptions {
-        archive_roots: vec![std::path::PathBuf::from("/")],
-    };
-    let desired = match desired(cli, Some(site), &anywhere, err)? {
+    let desired = match desired_without_upload(cli, site, err)? {
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
@@ -449,11 +458,7 @@ fn retry_once_interrupted(
     err: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     use controller::once_record;
-    // Nothing is uploaded here: where an archive may come from does not matter.
-    let anywhere = LoadOptions {
-        archive_roots: vec![std::path::PathBuf::from("/")],
-    };
-    let desired = match desired(cli, Some(site), &anywhere, err)? {
+    let desired = match desired_without_upload(cli, site, err)? {
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };

@@ -3,7 +3,6 @@
 
 use std::process::Stdio;
 
-use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 
 use super::output::{OUTPUT_LIMIT, read_tail};
@@ -47,18 +46,8 @@ impl LocalHost {
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         // stdin stays open until the command ends (the lifeline, see the script preamble).
-        let feed = async {
-            let mut pipe = stdin?;
-            // A script that stops reading early is not an error of ours.
-            let prefixed = match prefix {
-                Some(prefix) => pipe.write_all(prefix).await.is_ok(),
-                None => true,
-            };
-            if let (true, Some(input)) = (prefixed, &command.stdin) {
-                let _ = input.feed(&mut pipe).await;
-            }
-            Some(pipe)
-        };
+        let feed =
+            async { Some(super::feed_lifeline(stdin?, prefix, command.stdin.as_ref()).await) };
         let work = async {
             let (lifeline, out, err, status) = tokio::join!(
                 feed,

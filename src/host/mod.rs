@@ -81,6 +81,25 @@ impl Stdin {
     }
 }
 
+/// Writes what a command reads on stdin (the private script, then its input) and hands the
+/// pipe back: the caller keeps it open until the command ends (the lifeline). A script that
+/// stops reading early is not an error of ours.
+pub(crate) async fn feed_lifeline<W: AsyncWrite + Unpin>(
+    mut pipe: W,
+    prefix: Option<&[u8]>,
+    input: Option<&Stdin>,
+) -> W {
+    let prefixed = match prefix {
+        Some(prefix) => pipe.write_all(prefix).await.is_ok(),
+        None => true,
+    };
+    if let (true, Some(input)) = (prefixed, input) {
+        let _ = input.feed(&mut pipe).await;
+    }
+    let _ = pipe.flush().await;
+    pipe
+}
+
 /// A shell script to run on a host with `sh -c`, optionally fed `stdin` (e.g. an archive).
 /// stdin stays open after the payload until the command ends (the lifeline: end of file on
 /// the host means convoy is gone), so a script reads exactly the payload's length.

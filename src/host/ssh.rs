@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use super::output::{OUTPUT_LIMIT, read_tail};
@@ -216,19 +215,8 @@ async fn run_on(
         let stderr = child.stderr().take().expect("piped");
         // stdin stays open until the command ends (the lifeline): it is dropped, and the
         // host sees end of file, only when convoy is done with the command or gone.
-        let feed = async {
-            let mut pipe = stdin?;
-            // A script that stops reading early is not an error of ours.
-            let prefixed = match prefix {
-                Some(prefix) => pipe.write_all(prefix).await.is_ok(),
-                None => true,
-            };
-            if let (true, Some(input)) = (prefixed, &command.stdin) {
-                let _ = input.feed(&mut pipe).await;
-            }
-            let _ = pipe.flush().await;
-            Some(pipe)
-        };
+        let feed =
+            async { Some(super::feed_lifeline(stdin?, prefix, command.stdin.as_ref()).await) };
         let (lifeline, out, err) = tokio::join!(
             feed,
             read_tail(stdout, OUTPUT_LIMIT),

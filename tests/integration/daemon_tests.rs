@@ -304,6 +304,17 @@ fn drift_by_hand_is_corrected_at_the_next_resync() {
     wait_until(Duration::from_secs(30), "r2 live", || {
         all_on(&fleet, &[0, 1, 2], "app.r2")
     });
+    // The pass must be over (activate, health): a hand edit between a host's switch and its
+    // activate is a failed rollout, not drift.
+    wait_until(
+        Duration::from_secs(30),
+        "the r2 pass ends Converged",
+        || {
+            daemon
+                .log_text()
+                .contains("app: Converged: every host runs app.r2")
+        },
+    );
     // Someone repoints `current` on h1 by hand.
     let site = fleet.lab.host_dir(1).join("sites/app");
     std::os::unix::fs::symlink("releases/app.r1", site.join("current.hand")).unwrap();
