@@ -99,6 +99,9 @@ pub struct SiteReport {
     pub revision: Option<String>,
     /// This pass found a build, once or health failure (counts toward failureRetries).
     pub failed_attempt: bool,
+    /// Some host is locked by another controller: how long until the last such lease
+    /// expires unless renewed (a retry need not wait longer).
+    pub lease_expires_in: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +129,8 @@ struct SiteRun<'a> {
     leased: Mutex<BTreeSet<String>>,
     /// When the background renewal last extended the lease on a host.
     renewed: Mutex<BTreeMap<String, Instant>>,
+    /// Hosts locked by another controller: seconds until that lease expires.
+    locked_for: BTreeMap<String, u64>,
     errors: BTreeMap<String, String>,
     events: Vec<Event>,
     revision: Option<String>,
@@ -159,6 +164,7 @@ pub async fn reconcile_site(
         .iter()
         .map(|(host, result)| (host.clone(), run.to_reach(host, result)))
         .collect();
+    run.note_foreign_leases(&results);
     if speculate {
         for (host, result) in &results {
             if let (Ok(out), Some(Reach::Reachable(_))) = (result, run.observed.get(host)) {
@@ -212,6 +218,7 @@ impl<'a> SiteRun<'a> {
             attempt: Attempt::new(&ctx.holder),
             leased: Mutex::default(),
             renewed: Mutex::default(),
+            locked_for: BTreeMap::new(),
             errors: BTreeMap::new(),
             events: vec![],
             revision: None,
@@ -417,6 +424,24 @@ impl<'a> SiteRun<'a> {
                         "failed to release the lease: no answer within {RELEASE_TIMEOUT:?}"
                     ));
                 }
+            }
+        }
+    }
+
+    /// Remembers, per host locked by another controller, when that lease runs out (by the
+    /// host's own clock): a Blocked site is retried then rather than after a long backoff.
+    fn note_foreign_leases(&mut self, results: &[(String, Result<CommandOutput, HostError>)]) {
+        for (host, result) in results {
+            let Ok(out) = result else { continue };
+            let Ok(report) = observe::parse(&out.stdout_text()) else {
+                continue;
+            };
+            if let Some(lease) = &report.lease
+                && lease.holder != self.ctx.holder
+                && lease.expires > report.now
+            {
+                self.locked_for
+                    .insert(host.clone(), lease.expires - report.now);
             }
         }
     }
@@ -1223,6 +1248,11 @@ impl<'a> SiteRun<'a> {
             events: self.events,
             revision: self.revision,
             failed_attempt: self.failed_attempt,
+            lease_expires_in: self
+                .locked_for
+                .values()
+                .max()
+                .map(|secs| Duration::from_secs(*secs)),
         }
     }
 }

@@ -145,6 +145,18 @@ impl Queue {
         self.waiting.remove(site);
     }
 
+    /// Brings `site`'s pending retry forward to `at` if it was due later: e.g. a host lease
+    /// held by a dead controller expires then, and backoff must not wait past it. Returns
+    /// the retry time.
+    pub fn retry_no_later(&mut self, site: &str, at: Instant) -> Option<Instant> {
+        let waiting = self.waiting.get_mut(site)?;
+        if at < waiting.at {
+            waiting.delay = waiting.delay.saturating_sub(waiting.at - at);
+            waiting.at = at;
+        }
+        Some(waiting.at)
+    }
+
     /// When `site`'s retry is due, its number and the delay it waits, if it waits.
     pub fn retry_at(&self, site: &str) -> Option<(Instant, u32, Duration)> {
         self.waiting.get(site).map(|w| (w.at, w.retries, w.delay))
@@ -319,6 +331,23 @@ mod tests {
         assert_eq!(q.finished("b", backoff(), now), Some(now + S));
         assert_eq!(q.retry_at("a"), Some((now + 4 * S, 3, 4 * S)));
         assert_eq!(drain(&mut q, now + S), ["b"], "a is not due yet");
+    }
+
+    #[test]
+    fn a_retry_is_brought_forward_never_pushed_back() {
+        let mut q = queue();
+        let t0 = Instant::now();
+        q.enqueue("a");
+        assert_eq!(q.next(t0).as_deref(), Some("a"));
+        let at = q.finished("a", backoff(), t0).unwrap();
+        assert_eq!(
+            q.retry_no_later("a", at + Duration::from_secs(60)),
+            Some(at)
+        );
+        let sooner = t0 + Duration::from_millis(1);
+        assert_eq!(q.retry_no_later("a", sooner), Some(sooner));
+        assert_eq!(q.retry_at("a").map(|(when, _, _)| when), Some(sooner));
+        assert_eq!(q.retry_no_later("b", sooner), None, "nothing waits for b");
     }
 
     #[test]

@@ -248,6 +248,13 @@ impl<'o> Controller<'o> {
         let mut again =
             self.queue
                 .finished(&name, requeue(&report.outcome, self.mode, &ctx.hosts), now);
+        // Locked by a controller that stopped renewing: retry right after its lease expires.
+        if let (Some(_), Some(expiry)) = (again, report.lease_expires_in) {
+            again = self
+                .queue
+                .retry_no_later(&name, now + expiry + Duration::from_secs(1))
+                .or(again);
+        }
         let scheduled = self.queue.retry_at(&name);
         // A retry that will not come is not promised.
         let dropped = match (&self.stopped, self.deadline) {

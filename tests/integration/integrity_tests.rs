@@ -299,8 +299,9 @@ fn a_sigkilled_holder_frees_its_hosts_within_the_lease_time_or_at_once_by_unlock
     assert_exit(&out, 0);
     let waited = killed_at.elapsed();
     eprintln!("another controller converged {waited:?} after the holder was SIGKILLed mid-build");
+    // At most the lease time after the last renewal, plus the retry that waits for it.
     assert!(
-        waited < Duration::from_secs(60),
+        waited < Duration::from_secs(45),
         "waited {waited:?} for a dead holder's lease"
     );
 
