@@ -130,6 +130,9 @@ fn main() {
                 "--max-parallel",
                 "16",
             ])
+            // The app tree is outside the manifest directory: allowed explicitly.
+            .arg("--archive-root")
+            .arg(&app)
             .stdout(Stdio::null())
             .stderr(fs::File::create(tmp.path().join("daemon.log")).unwrap())
             .spawn()
