@@ -54,12 +54,12 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             plan(cli, site.as_deref(), *max_parallel, &load, out, err)
         }
         Command::Status { output } => status(&cli.state_dir, *output, out, err),
-        Command::History { site } => history(&cli.state_dir, site, out),
+        Command::History { site } => history(&cli.state_dir, site, out, err),
         Command::Retry {
             site,
             once_interrupted: false,
             ..
-        } => retry(&cli.state_dir, site, out),
+        } => retry(&cli.state_dir, site, out, err),
         Command::Retry {
             site,
             once_interrupted: true,
@@ -353,11 +353,50 @@ fn status(
     for warning in state.take_warnings() {
         writeln!(err, "warning: {warning}")?;
     }
+    if statuses.is_empty() {
+        // An empty table from a cron job's wrong working directory must not look like "fine".
+        let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        writeln!(
+            err,
+            "error: no site status in the state dir `{}`: no controller has reconciled with it yet (check --state-dir)",
+            dir.display()
+        )?;
+        return Ok(exit_code::INVALID);
+    }
     Ok(exit_code::OK)
 }
 
-fn retry(state_dir: &Path, site: &str, out: &mut dyn Write) -> anyhow::Result<u8> {
+/// A site the state dir has never heard of: exit 2, saying what was looked for and where
+/// (a cron job's relative `--state-dir` is the usual cause).
+fn unknown_site(state: &StateDir, site: &str, err: &mut dyn Write) -> anyhow::Result<Option<u8>> {
+    let known = state.site_names();
+    if known.iter().any(|s| s == site) {
+        return Ok(None);
+    }
+    let dir = std::fs::canonicalize(state.path()).unwrap_or_else(|_| state.path().to_path_buf());
+    writeln!(
+        err,
+        "error: no site `{site}` in the state dir `{}` ({}); check the site name and --state-dir",
+        dir.display(),
+        if known.is_empty() {
+            "it holds no site".to_string()
+        } else {
+            format!("it holds: {}", known.join(", "))
+        }
+    )?;
+    Ok(Some(exit_code::INVALID))
+}
+
+fn retry(
+    state_dir: &Path,
+    site: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
     let state = StateDir::lock(state_dir)?;
+    if let Some(code) = unknown_site(&state, site, err)? {
+        return Ok(code);
+    }
     state.reset_attempts(site)?;
     writeln!(
         out,
@@ -552,8 +591,16 @@ fn retry_once_interrupted(
     code
 }
 
-fn history(state_dir: &Path, site: &str, out: &mut dyn Write) -> anyhow::Result<u8> {
+fn history(
+    state_dir: &Path,
+    site: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
     let state = StateDir::open_read_only(state_dir);
+    if let Some(code) = unknown_site(&state, site, err)? {
+        return Ok(code);
+    }
     let events = state.history(site);
     if events.is_empty() {
         writeln!(

@@ -75,3 +75,30 @@ fn unknown_site_and_bad_timeout_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stdout(&out).is_empty());
 }
+
+/// `retry`/`history` of a site the state dir never saw, and `status` of an empty state dir,
+/// are errors that say what was looked for and where, never an empty success.
+#[test]
+fn unknown_sites_and_an_empty_state_dir_are_errors_naming_the_state_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let state_arg = state.display().to_string();
+    for args in [
+        vec!["retry", "nosuchsite"],
+        vec!["history", "nosuchsite"],
+        vec!["status"],
+        vec!["status", "-o", "json"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--state-dir", state_arg.as_str()]);
+        let out = convoy(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let text = stderr(&out);
+        assert!(text.contains("state dir `"), "{args:?}: {text}");
+        if args[0] != "status" {
+            assert!(text.contains("no site `nosuchsite`"), "{args:?}: {text}");
+        }
+    }
+    // `retry` wrote nothing for the unknown site.
+    assert!(!state.join("sites/nosuchsite").exists());
+}
