@@ -39,23 +39,30 @@ fn other_controller(fleet: &Fleet, extra: &[&str]) -> Command {
     cmd
 }
 
-/// Live (not zombie) processes that convoy started for `site` as user commands: they carry
-/// `CONVOY_SITE=<site>` and `CONVOY_ATTEMPT` in their environment. The lab hosts share this
-/// machine's process table, so this is host-side evidence.
-fn user_processes(site: &str) -> Vec<(u32, String)> {
-    let want = format!("CONVOY_SITE={site}");
+/// Live (not zombie) processes that convoy started on `fleet`'s hosts as user commands of
+/// site `app`: they carry `CONVOY_SITE=app` and `CONVOY_ATTEMPT` in their environment, and run
+/// in one of this lab's host mount namespaces (other tests' labs deploy a site `app` too, at
+/// the same time). The lab hosts share this machine's process table: host-side evidence.
+fn user_processes(fleet: &Fleet) -> Vec<(u32, String)> {
+    let want = "CONVOY_SITE=app";
+    let ours: std::collections::BTreeSet<u32> = (0..fleet.lab.hosts().len())
+        .flat_map(|i| fleet.lab.host_processes(i))
+        .collect();
     let mut found = vec![];
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
+        if !ours.contains(&pid) {
+            continue;
+        }
         let Ok(environ) = fs::read(entry.path().join("environ")) else {
             continue;
         };
         let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
         let has = |v: &str| vars.contains(&v.as_bytes());
         let attempt = vars.iter().any(|x| x.starts_with(b"CONVOY_ATTEMPT="));
-        if !(has(&want) && attempt) {
+        if !(has(want) && attempt) {
             continue;
         }
         let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
@@ -131,7 +138,7 @@ fn a_sigkilled_controllers_builds_end_and_can_never_complete_a_later_attempt() {
     wait_until(
         "builds under way on every host",
         Duration::from_secs(20),
-        || user_processes("app").len() >= 4,
+        || user_processes(&fleet).len() >= 4,
     );
     let mut first = first;
     first.kill().unwrap();
@@ -141,7 +148,7 @@ fn a_sigkilled_controllers_builds_end_and_can_never_complete_a_later_attempt() {
     let ended = wait_until(
         "the killed controller's build processes end",
         Duration::from_secs(10),
-        || user_processes("app").is_empty(),
+        || user_processes(&fleet).is_empty(),
     );
     eprintln!("orphaned builds ended {ended:?} after SIGKILL");
     for i in hosts {
@@ -207,9 +214,9 @@ fn timeout_ends_the_builds_on_the_hosts_and_releases_the_leases() {
     assert!(took < Duration::from_secs(25), "exit took {took:?}");
     // Before convoy exited: nothing of it runs on the hosts, and no lease is held.
     assert!(
-        user_processes("app").is_empty(),
+        user_processes(&fleet).is_empty(),
         "{:?}",
-        user_processes("app")
+        user_processes(&fleet)
     );
     for i in 0..2 {
         let lock = lock_line(&fleet, i);
@@ -245,16 +252,16 @@ fn sigterm_mid_build_ends_the_commands_and_frees_the_hosts_at_once() {
         deploy(&fleet, &[0, 1], 1, "100000");
         let child = spawn(fleet.reconcile_cmd(&[]));
         wait_until("builds under way", Duration::from_secs(20), || {
-            user_processes("app").len() >= 2
+            user_processes(&fleet).len() >= 2
         });
         signal(&child, sig);
         let out = finish(child, Duration::from_secs(30));
         assert_exit(&out, 1);
         assert!(stdout(&out).contains("received"), "{}", stdout(&out));
         assert!(
-            user_processes("app").is_empty(),
+            user_processes(&fleet).is_empty(),
             "{sig}: {:?}",
-            user_processes("app")
+            user_processes(&fleet)
         );
         for i in 0..2 {
             assert!(
@@ -283,7 +290,7 @@ fn a_sigkilled_holder_frees_its_hosts_within_the_lease_time_or_at_once_by_unlock
     // Long enough that the lease is renewed at least once while the build runs.
     let mut child = spawn(fleet.reconcile_cmd(&[]));
     wait_until("builds under way", Duration::from_secs(20), || {
-        user_processes("app").len() >= 2
+        user_processes(&fleet).len() >= 2
     });
     std::thread::sleep(Duration::from_secs(12));
     let renewed = lock_line(&fleet, 0);
@@ -309,7 +316,7 @@ fn a_sigkilled_holder_frees_its_hosts_within_the_lease_time_or_at_once_by_unlock
     deploy(&fleet, &[0, 1], 2, "100000");
     let mut child = spawn(fleet.reconcile_cmd(&[]));
     wait_until("builds under way", Duration::from_secs(20), || {
-        user_processes("app").len() >= 2
+        user_processes(&fleet).len() >= 2
     });
     let holder_pid = child.id();
     let unlock = |extra: &[&str]| {
@@ -338,9 +345,9 @@ fn a_sigkilled_holder_frees_its_hosts_within_the_lease_time_or_at_once_by_unlock
         stdout(&out)
     );
     assert!(
-        user_processes("app").is_empty(),
+        user_processes(&fleet).is_empty(),
         "{:?}",
-        user_processes("app")
+        user_processes(&fleet)
     );
     deploy(&fleet, &[0, 1], 2, "0");
     let started = Instant::now();
@@ -368,15 +375,15 @@ fn a_daemon_stopped_mid_build_frees_the_hosts() {
         .args(["--metrics-addr", "127.0.0.1:0"]);
     let child = spawn(cmd);
     wait_until("build under way", Duration::from_secs(30), || {
-        !user_processes("app").is_empty()
+        !user_processes(&fleet).is_empty()
     });
     signal(&child, "-TERM");
     let out = finish(child, Duration::from_secs(40));
     assert_exit(&out, 0);
     assert!(
-        user_processes("app").is_empty(),
+        user_processes(&fleet).is_empty(),
         "{:?}",
-        user_processes("app")
+        user_processes(&fleet)
     );
     assert!(
         lock_line(&fleet, 0).contains("expires=0"),
