@@ -250,15 +250,7 @@ fn plan(
         Err(code) => return Ok(code),
     };
     let state = StateDir::open_read_only(&cli.state_dir);
-    let options = RunOptions {
-        site: None,
-        timeout: Duration::from_secs(60),
-        max_parallel,
-        known_hosts: cli.known_hosts.clone(),
-        metrics_textfile: None,
-    };
-    let shared = controller::Shared::new(&options, &state)
-        .context("failed to create a private directory for SSH control sockets")?;
+    let (options, shared) = one_off(cli, &state, None, max_parallel)?;
     let ctx = controller::context(&desired, &options, &shared, None);
     let runtime = runtime()?;
     for s in desired
@@ -405,6 +397,26 @@ fn retry(
     Ok(exit_code::OK)
 }
 
+/// Options and SSH masters for a command that talks to hosts once (`plan`, `unlock`,
+/// `retry --once-interrupted`): a minute per round trip, no textfile.
+fn one_off(
+    cli: &Cli,
+    state: &StateDir,
+    site: Option<&str>,
+    max_parallel: usize,
+) -> anyhow::Result<(RunOptions, controller::Shared)> {
+    let options = RunOptions {
+        site: site.map(str::to_string),
+        timeout: Duration::from_secs(60),
+        max_parallel,
+        known_hosts: cli.known_hosts.clone(),
+        metrics_textfile: None,
+    };
+    let shared = controller::Shared::new(&options, state)
+        .context("failed to create a private directory for SSH control sockets")?;
+    Ok((options, shared))
+}
+
 /// The desired state for a command that uploads nothing (`unlock`, `retry`): where an
 /// archive may come from does not matter there.
 fn desired_without_upload(
@@ -430,14 +442,8 @@ fn unlock(
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
-    let Some(target) = desired.sites.get(site) else {
-        writeln!(
-            err,
-            "error: no site `{site}` in `{}`",
-            cli.manifests.display()
-        )?;
-        return Ok(exit_code::INVALID);
-    };
+    // `desired` refused an unknown site already.
+    let target = &desired.sites[site];
     let members: Vec<&String> = target.stages.iter().flat_map(|s| &s.hosts).collect();
     if let Some(unknown) = hosts.iter().find(|h| !members.contains(h)) {
         writeln!(
@@ -456,15 +462,7 @@ fn unlock(
         .filter(|h| hosts.is_empty() || hosts.contains(h))
         .collect();
     let state = StateDir::open_read_only(&cli.state_dir);
-    let options = RunOptions {
-        site: None,
-        timeout: Duration::from_secs(60),
-        max_parallel: 32,
-        known_hosts: cli.known_hosts.clone(),
-        metrics_textfile: None,
-    };
-    let shared = controller::Shared::new(&options, &state)
-        .context("failed to create a private directory for SSH control sockets")?;
+    let (_, shared) = one_off(cli, &state, None, 32)?;
     let runtime = runtime()?;
     let results = runtime.block_on(crate::execute::break_leases(
         &shared.pool,
@@ -503,15 +501,7 @@ fn retry_once_interrupted(
     };
     // Held for the whole command: no pass of this state dir can start `once` meanwhile.
     let state = StateDir::lock(&cli.state_dir)?;
-    let options = RunOptions {
-        site: Some(site.to_string()),
-        timeout: Duration::from_secs(60),
-        max_parallel: 32,
-        known_hosts: cli.known_hosts.clone(),
-        metrics_textfile: None,
-    };
-    let shared = controller::Shared::new(&options, &state)
-        .context("failed to create a private directory for SSH control sockets")?;
+    let (options, shared) = one_off(cli, &state, Some(site), 32)?;
     let ctx = controller::context(&desired, &options, &shared, None);
     let runtime = runtime()?;
     let target = &desired.sites[site];

@@ -142,10 +142,7 @@ cv_build() {
   if cv_complete "$_bi"; then cv_say "build=skipped release=$_bi"; return 0; fi
   [ -d "$_bd" ] || cv_die "release dir $_bd does not exist (fetch first)"
   (cd "$_bd" && cv_run "$@") || return $?
-  cv_lock || return 1
-  cv_publish "$_bi" "$_bd"; _brc=$?
-  cv_unlock
-  return "$_brc"
+  cv_locked cv_publish "$_bi" "$_bd"
 }
 cv_publish() {
   cv_lease_read

@@ -85,6 +85,13 @@ cv_lock() {
   return 0
 }
 cv_unlock() { rmdir "$P/.convoy/lock.d" 2>/dev/null; return 0; }
+# `cv_locked FN ARGS...`: FN under the lease mutex, released whatever FN returns.
+cv_locked() {
+  cv_lock || return 1
+  "$@"; _lkrc=$?
+  cv_unlock
+  return "$_lkrc"
+}
 # The lease file into L_HOLDER, L_EXPIRES, L_GEN, L_ATTEMPT and L_RENEWED (L_ATTEMPT is
 # read in build.sh and lease.sh).
 # shellcheck disable=SC2034

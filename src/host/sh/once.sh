@@ -23,10 +23,7 @@ cv_once() {
   _oO="$P/.convoy/once/$1/$2"
   mkdir -p "$_oO" || return 1
   if [ ! -f "$_oO/done" ] && ! cv_alive "$_oO"; then
-    cv_lock || return 1
-    cv_once_start "$_oO" "$@"; _orc=$?
-    cv_unlock
-    [ "$_orc" -eq 0 ] || return "$_orc"
+    cv_locked cv_once_start "$_oO" "$@" || return
   fi
   cv_once_wait "$_oO" "$5"
 }

@@ -23,10 +23,7 @@ cv_repoint() {
 }
 cv_switch() {
   cv_safe "$1" || cv_die "invalid release id: $1"
-  cv_lock || return 1
-  cv_switch_locked "$@"; _src=$?
-  cv_unlock
-  return "$_src"
+  cv_locked cv_switch_locked "$@"
 }
 cv_switch_locked() {
   cv_fence "$2" "$3" || return
@@ -37,12 +34,7 @@ cv_switch_locked() {
   cv_repoint "$1" || return 1
   cv_say "switch=done release=$1 previous=$_scur"
 }
-cv_rollback() {
-  cv_lock || return 1
-  cv_rollback_locked "$@"; _rrc=$?
-  cv_unlock
-  return "$_rrc"
-}
+cv_rollback() { cv_locked cv_rollback_locked "$@"; }
 cv_rollback_locked() {
   cv_fence "$1" "$2" || return
   _rp=$(cv_previous)
