@@ -144,7 +144,7 @@ impl RemoteCommand {
                     PRIVATE_BOOTSTRAP.to_string(),
                     "convoy".to_string(),
                     self.script.len().to_string(),
-                    script::Attempt::new("-").token,
+                    script::random_word(),
                 ],
                 Some(self.script.as_bytes()),
             )

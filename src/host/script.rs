@@ -122,19 +122,24 @@ pub struct Attempt {
 impl Attempt {
     /// A fresh attempt of `holder` with a random token.
     pub fn new(holder: &str) -> Attempt {
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        hasher.write_u32(std::process::id());
         Attempt {
             holder: holder.to_string(),
-            token: format!("a{:016x}", hasher.finish()),
+            token: random_word(),
         }
     }
+}
+
+/// A random safe word (`a` + 16 hex digits): attempt tokens, names of private script files.
+pub fn random_word() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    format!("a{:016x}", hasher.finish())
 }
 
 impl Script {

@@ -323,14 +323,7 @@ fn example_with_dangling_releases(root: &Path) {
         fs::write(target, text).unwrap();
     }
     std::os::unix::fs::symlink(".pending/releases.yaml", dir.join("releases.yaml")).unwrap();
-    // The archive path is relative to the manifest, and must stay inside its directory.
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(repo_root().join("manifests/demo"))
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    crate::util::copy_demo_into(&dir);
 }
 
 #[test]

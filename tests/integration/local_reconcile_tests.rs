@@ -19,14 +19,7 @@ fn example_in(root: &Path) -> std::path::PathBuf {
         );
         fs::write(dir.join(file), text).unwrap();
     }
-    // The archive path is relative to the manifest, and must stay inside its directory.
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(repo_root().join("manifests/demo"))
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    crate::util::copy_demo_into(&dir);
     dir
 }
 

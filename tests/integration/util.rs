@@ -23,6 +23,18 @@ pub fn convoy_in(dir: &Path, args: &[&str]) -> Output {
         .expect("failed to run the convoy binary")
 }
 
+/// Copies the bundled example's application trees (`manifests/demo`) into `dir`, a manifest
+/// directory: archive paths are relative to the manifest and must stay inside it.
+pub fn copy_demo_into(dir: &Path) {
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(repo_root().join("manifests/demo"))
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
