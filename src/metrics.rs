@@ -333,7 +333,7 @@ impl Metrics {
     }
 
     /// Replaces the site's per-host release series with what was just observed.
-    pub fn hosts(&self, site: &str, hosts: &[crate::execute::HostReport]) {
+    pub fn hosts(&self, site: &str, hosts: &[crate::status::HostStatus]) {
         let mut seen = self.hosts_seen.lock().expect("not poisoned");
         for old in seen.remove(site).unwrap_or_default() {
             self.host_release.remove(&old);
@@ -436,7 +436,7 @@ fn to_text_format(open_metrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::execute::HostReport;
+    use crate::status::HostStatus as HostReport;
 
     fn host(name: &str, release: Option<&str>) -> HostReport {
         HostReport {

@@ -285,7 +285,7 @@ pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> P
     let rollbacks = report
         .events
         .iter()
-        .filter(|e| e.action == Action::RolledBack)
+        .filter(|e| e.kind == Action::RolledBack)
         .count();
     for _ in 0..rollbacks {
         ctx.metrics.rolled_back(&site.name);
@@ -380,7 +380,7 @@ fn record(
         .events
         .iter()
         .map(|e| {
-            let event = HistoryEvent::new(&site.name, &e.release, e.action)
+            let event = HistoryEvent::new(&site.name, &e.release, e.kind)
                 .host(&e.host)
                 .stage(&e.stage);
             match &e.detail {
@@ -622,7 +622,7 @@ pub fn render_site(result: &SiteResult) -> String {
     let mut text = String::new();
     let mut per_host: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for event in &result.report.events {
-        let mut line = format!("{} {}", event.action, event.release);
+        let mut line = format!("{} {}", event.kind, event.release);
         if let Some(detail) = &event.detail {
             line.push_str(": ");
             line.push_str(detail.lines().last().unwrap_or(""));

@@ -219,7 +219,7 @@ pub async fn explain(ctx: &Context, site: &DesiredSite, report: &mut SiteReport)
         Ok(RecordState::Done) => format!(
             "`once` commands of stage `{}` failed on an earlier run (exit status {})",
             stage.name,
-            plan::ONCE_INTERRUPTED
+            crate::host::script::EXIT_ONCE_INTERRUPTED
         ),
         // Gone or running now: the next pass sees the change; keep the planner's words.
         Ok(RecordState::Running | RecordState::Absent) => return,

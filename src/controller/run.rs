@@ -22,8 +22,9 @@ use super::{
     wrote,
 };
 use crate::desired::{DesiredSite, DesiredState};
-use crate::execute::{Action, Context};
+use crate::execute::Context;
 use crate::exit_code;
+use crate::plan::EventKind as Action;
 use crate::plan::Outcome;
 use crate::progress;
 use crate::state::{HistoryEvent, StateDir};
@@ -331,13 +332,13 @@ impl<'o> Controller<'o> {
         let changes = report
             .events
             .iter()
-            .filter(|e| matches!(e.action, Action::Switched | Action::Built))
+            .filter(|e| matches!(e.kind, Action::Switched | Action::Built))
             .count();
         if self.converged.get(name) == Some(&key) && changes > 0 {
             let hosts: BTreeSet<&str> = report
                 .events
                 .iter()
-                .filter(|e| e.action == Action::Switched)
+                .filter(|e| e.kind == Action::Switched)
                 .map(|e| e.host.as_str())
                 .collect();
             ctx.metrics.drift_corrected(name, hosts.len().max(1) as u64);

@@ -5,6 +5,7 @@
 pub mod local;
 pub mod observe;
 pub mod output;
+pub mod protocol;
 pub mod script;
 pub mod ssh;
 

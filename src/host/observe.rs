@@ -19,7 +19,7 @@
 
 /// What one host reported about one site.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Observed {
+pub struct Snapshot {
     /// The release `current` points at; `None` if missing or dangling.
     pub current: Option<String>,
     /// The release recorded in `.convoy/previous` before the last switch.
@@ -37,7 +37,7 @@ pub struct Observed {
     pub now: u64,
 }
 
-impl Observed {
+impl Snapshot {
     /// The release dir named `id`, if any.
     pub fn release(&self, id: &str) -> Option<&ReleaseDir> {
         self.releases.iter().find(|r| r.id == id)
@@ -106,8 +106,8 @@ pub enum ObserveError {
 
 /// Parse the output of an observe step. Unknown or malformed lines are ignored; a missing
 /// section is empty. Fails only if the report did not start or did not finish.
-pub fn parse(stdout: &str) -> Result<Observed, ObserveError> {
-    let mut obs = Observed::default();
+pub fn parse(stdout: &str) -> Result<Snapshot, ObserveError> {
+    let mut obs = Snapshot::default();
     let mut begun = false;
     let mut ended = false;
     for line in stdout.lines() {
@@ -118,7 +118,7 @@ pub fn parse(stdout: &str) -> Result<Observed, ObserveError> {
         match words.as_slice() {
             ["begin"] => {
                 // A second report (should not happen) replaces the first.
-                obs = Observed::default();
+                obs = Snapshot::default();
                 begun = true;
                 ended = false;
             }
@@ -375,9 +375,9 @@ mod tests {
             let obs = parse(&out).unwrap();
             assert!(obs.now > 1_600_000_000);
             assert_eq!(
-                Observed {
+                Snapshot {
                     now: obs.now,
-                    ..Observed::default()
+                    ..Snapshot::default()
                 },
                 obs
             );

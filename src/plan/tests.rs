@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::desired::{DesiredSite, DesiredStage, FetchSpec, RolloutSpec};
+use crate::host::protocol::{Answer, StepReport};
 
 /// (stage name, optional, hosts, has once)
 type StageDef<'a> = (&'a str, bool, &'a [&'a str], bool);
@@ -185,12 +186,9 @@ fn a_failed_once_record_fails_the_site() {
 fn an_interrupted_once_record_is_reported_as_interrupted_not_failed() {
     let s = site("r1", &[("scheduler", false, &["s1"], true)]);
     let mut o = observed(&[("s1", live("r0", &["r0", "r1"]))]);
-    view_mut(&mut o, "s1").once.insert(
-        "r1".into(),
-        OnceState::Done {
-            status: super::ONCE_INTERRUPTED,
-        },
-    );
+    view_mut(&mut o, "s1")
+        .once
+        .insert("r1".into(), OnceState::Interrupted);
     let p = plan(&s, &o, &PassState::default());
     assert!(p.steps.is_empty(), "never run again by itself: {p:?}");
     match p.outcome {
@@ -318,7 +316,7 @@ fn a_build_failure_anywhere_stops_every_switch() {
         ("w2", live("r0", &["r0"])),
     ]);
     let pass = PassState {
-        build_failed: [("w2".to_string(), "npm ci: exit 1".to_string())].into(),
+        build_failed: [("w2".to_string(), StepError::Local("npm ci: exit 1".into()))].into(),
         ..PassState::default()
     };
     let p = plan(&s, &o, &pass);
@@ -327,7 +325,7 @@ fn a_build_failure_anywhere_stops_every_switch() {
 }
 
 #[test]
-fn a_health_failure_rolls_back_the_rest_of_the_stage_then_fails() {
+fn a_health_failure_rolls_back_every_switched_host_of_the_stage_then_fails() {
     let s = site("r1", TWO_STAGES);
     let o = observed(&[
         ("s1", live("r1", &["r0", "r1"])),
@@ -340,7 +338,11 @@ fn a_health_failure_rolls_back_the_rest_of_the_stage_then_fails() {
             vec!["w1".to_string(), "w2".to_string()],
         )]
         .into(),
-        health_failed: Some(("frontend".into(), "w2".into(), "curl: 500".into())),
+        health_failed: Some(HealthFailure {
+            stage: "frontend".into(),
+            host: "w2".into(),
+            error: StepError::Local("curl: 500".into()),
+        }),
         ..PassState::default()
     };
     let p = plan(&s, &o, &pass);
@@ -348,7 +350,7 @@ fn a_health_failure_rolls_back_the_rest_of_the_stage_then_fails() {
         p.steps,
         vec![Step::Rollback {
             stage: "frontend".into(),
-            hosts: vec!["w1".into()]
+            hosts: vec!["w1".into(), "w2".into()]
         }]
     );
     pass.rolled_back = true;
@@ -470,16 +472,12 @@ impl Sim {
         }
     }
 
+    /// Folds a perfect host's answers to `step`, checking first what a real host would
+    /// refuse, and counting `once` runs and the releases each host went live with.
     fn apply(&mut self, site: &DesiredSite, step: &Step) {
         let desired = site.release.clone();
         self.clock += 1;
         match step {
-            Step::Build { host } => {
-                let now = self.clock;
-                let v = view_mut(&mut self.observed, host);
-                v.half_built.remove(&desired);
-                v.complete.insert(desired.clone(), now);
-            }
             Step::Once { stage, host } => {
                 let v = view_mut(&mut self.observed, host);
                 if !matches!(v.once.get(&desired), Some(OnceState::Done { .. })) {
@@ -488,54 +486,48 @@ impl Sim {
                         .entry((desired.clone(), stage.clone()))
                         .or_default() += 1;
                 }
-                v.once
-                    .insert(desired.clone(), OnceState::Done { status: 0 });
-                self.pass.once_done.insert(stage.clone());
             }
-            Step::Switch {
-                stage,
-                hosts,
-                cleanup,
-                ..
-            } => {
+            Step::Switch { hosts, .. } => {
                 for host in hosts {
                     let v = view_mut(&mut self.observed, host);
                     assert!(
                         v.complete.contains_key(&desired),
                         "switch to an unbuilt release on {host}"
                     );
-                    // Like the host: previous is recorded unless already on the release.
-                    if v.current.is_some() && v.current.as_ref() != Some(&desired) {
-                        v.previous = v.current.clone();
-                    }
-                    v.current = Some(desired.clone());
-                    v.pending = None;
                     self.trail
                         .entry(host.clone())
                         .or_default()
                         .push(desired.clone());
-                    self.pass
-                        .switched
-                        .entry(stage.clone())
-                        .or_default()
-                        .push(host.clone());
                 }
+            }
+            _ => {}
+        }
+        let reports: Vec<StepReport> = step
+            .hosts()
+            .into_iter()
+            .map(|host| StepReport {
+                host: host.clone(),
+                answer: Answer::Ran(Box::new(answer_of_success(step, host))),
+            })
+            .collect();
+        fold(site, &mut self.observed, &mut self.pass, step, &reports);
+        match step {
+            Step::Build { host } => {
+                // Build times as a host would record them: later builds are newer.
+                let v = view_mut(&mut self.observed, host);
+                v.complete.insert(desired.clone(), self.clock);
+            }
+            Step::Switch { cleanup, .. } => {
                 for (host, remove) in cleanup {
-                    self.remove(host, remove, &desired);
+                    self.check_removal(host, remove, &desired);
                 }
             }
-            Step::Rollback { hosts, .. } => {
-                for host in hosts {
-                    let v = view_mut(&mut self.observed, host);
-                    v.current = v.previous.clone();
-                }
-                self.pass.rolled_back = true;
-            }
-            Step::Cleanup { host, remove } => self.remove(host, remove, &desired),
+            Step::Cleanup { host, remove } => self.check_removal(host, remove, &desired),
+            _ => {}
         }
     }
 
-    fn remove(&mut self, host: &str, remove: &[String], desired: &str) {
+    fn check_removal(&mut self, host: &str, remove: &[String], desired: &str) {
         let v = view_mut(&mut self.observed, host);
         for id in remove {
             assert_ne!(
@@ -549,8 +541,6 @@ impl Sim {
                 "cleanup removed previous on {host}"
             );
             assert_ne!(id, desired, "cleanup removed the desired release on {host}");
-            v.complete.remove(id);
-            v.half_built.remove(id);
         }
     }
 

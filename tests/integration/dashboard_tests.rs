@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use convoy::execute::HostReport;
 use convoy::metrics::Metrics;
 use convoy::plan::Outcome;
+use convoy::status::HostStatus as HostReport;
 use convoy::status::Phase;
 use serde_json::Value;
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use convoy::host::observe::{self, Observed, OnceRecord, OnceState};
+use convoy::host::observe::{self, OnceRecord, OnceState, Snapshot};
 use convoy::host::script::{self, Attempt, Env, Fence, Script};
 use convoy::host::ssh::{SshHost, SshPool};
 use convoy::host::{CommandOutput, Host, RemoteCommand};
@@ -119,7 +119,7 @@ impl Rig {
         out
     }
 
-    async fn observe(&self, i: usize) -> Observed {
+    async fn observe(&self, i: usize) -> Snapshot {
         let out = self.ok(i, Script::new(&site()).observe()).await;
         observe::parse(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
@@ -339,8 +339,8 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
-/// Observed state without what changes by itself (the clock, the lease's expiry).
-fn norm(mut o: Observed) -> Observed {
+/// Snapshot state without what changes by itself (the clock, the lease's expiry).
+fn norm(mut o: Snapshot) -> Snapshot {
     o.now = 0;
     if let Some(l) = o.lease.as_mut() {
         l.expires = 0;
@@ -453,9 +453,9 @@ async fn observe_unpack_build_then_switch() {
     assert!(obs.now > 1_600_000_000, "{obs:?}");
     assert_eq!(
         obs,
-        Observed {
+        Snapshot {
             now: obs.now,
-            ..Observed::default()
+            ..Snapshot::default()
         }
     );
 

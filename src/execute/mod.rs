@@ -1,0 +1,294 @@
+//! Runs the planner's steps on real hosts for one site: permits, transport calls, metrics,
+//! reports. No decisions: every answer goes to `plan::fold`, and the next steps come from
+//! `plan::plan`. Few round trips per host: observe in one (with the build, for git), lease +
+//! build in one, switch + activate + health + clean-up in one.
+
+mod archive;
+mod limits;
+mod round_trip;
+mod steps;
+mod unlock;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::cancel::Cancel;
+use crate::desired::{DesiredSite, FetchSpec};
+use crate::host::Host;
+use crate::host::protocol::{LeaseState, StepReport};
+use crate::host::script::Attempt;
+use crate::host::ssh::SshPool;
+use crate::metrics::Metrics;
+use crate::plan::{self, Event, Outcome, PassState, Reach, Step};
+use crate::progress::Progress;
+use crate::status::HostStatus;
+
+pub use limits::Limits;
+pub use unlock::break_leases;
+
+/// Everything a site run needs from the controller.
+pub struct Context {
+    pub pool: Arc<SshPool>,
+    pub hosts: BTreeMap<String, Host>,
+    pub limits: Limits,
+    /// This controller's identity in host leases: `hostname:pid`.
+    pub holder: String,
+    pub lease_ttl: Duration,
+    /// Bound for one round trip that runs user commands (build, once, health).
+    pub command_timeout: Duration,
+    /// Bound for a round trip that runs no user command (observe, clean-up).
+    pub observe_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    /// Set on shutdown: round trips under way are abandoned, no new one starts, and each
+    /// pass ends its commands on the hosts and releases its leases.
+    pub cancel: Arc<Cancel>,
+    /// Live counters for a terminal, when one is watching.
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// What a site run ended with.
+#[derive(Debug, Clone)]
+pub struct SiteReport {
+    pub outcome: Outcome,
+    /// Per host: stage, live release, reachable, last error.
+    pub hosts: Vec<HostStatus>,
+    pub events: Vec<Event>,
+    /// The commit the desired release resolved to, when a host reported it.
+    pub revision: Option<String>,
+    /// This pass found a build, once or health failure (counts toward failureRetries).
+    pub failed_attempt: bool,
+    /// Some host is locked by another controller: how long until the last such lease
+    /// expires unless renewed (a retry need not wait longer).
+    pub lease_expires_in: Option<Duration>,
+}
+
+/// Per-pass state of one site while it is being reconciled.
+struct SiteRun<'a> {
+    ctx: &'a Context,
+    site: &'a DesiredSite,
+    site_limit: Arc<Semaphore>,
+    observed: plan::Observed,
+    pass: PassState,
+    /// When this pass last took the lease on each host (its fence is in `pass.fences`).
+    taken: BTreeMap<String, Instant>,
+    /// This pass as host scripts know it: lease holder and attempt token.
+    attempt: Attempt,
+    /// Hosts where this pass may hold the lease or have commands running: released (and
+    /// their commands ended) when the pass ends, whichever way it ends.
+    leased: Mutex<BTreeSet<String>>,
+    /// When the background renewal last extended the lease on a host.
+    renewed: Mutex<BTreeMap<String, Instant>>,
+    events: Vec<Event>,
+    /// Host → (stage, group) within this site.
+    membership: BTreeMap<String, (String, String)>,
+}
+
+/// Observes the site's hosts and returns what each reported (used by `plan` and `status`).
+pub async fn observe_site(ctx: &Context, site: &DesiredSite) -> plan::Observed {
+    let mut run = SiteRun::new(ctx, site, PassState::default());
+    let reports = run.observe_hosts(false).await;
+    plan::observe(site, &ctx.holder, &mut run.pass, &reports)
+}
+
+/// One reconcile pass of one site: observe, then plan and execute until nothing is left.
+/// `revision`: the commit this release already resolved to (state dir), if any.
+pub async fn reconcile_site(
+    ctx: &Context,
+    site: &DesiredSite,
+    mut pass: PassState,
+    revision: Option<String>,
+) -> SiteReport {
+    pass.revision = revision;
+    let mut run = SiteRun::new(ctx, site, pass);
+    if let Some(progress) = &ctx.progress {
+        progress.start(&site.name, run.membership.len());
+    }
+    run.first_round_trip().await;
+    let outcome = run.converge().await;
+    run.release_leases().await;
+    run.report(outcome)
+}
+
+impl<'a> SiteRun<'a> {
+    fn new(ctx: &'a Context, site: &'a DesiredSite, pass: PassState) -> Self {
+        let membership = site
+            .stages
+            .iter()
+            .flat_map(|s| {
+                s.hosts
+                    .iter()
+                    .map(move |h| (h.clone(), (s.name.clone(), s.group.clone())))
+            })
+            .collect();
+        SiteRun {
+            ctx,
+            site,
+            site_limit: Arc::new(Semaphore::new(site.rollout.max_parallel.max(1))),
+            observed: BTreeMap::new(),
+            pass,
+            taken: BTreeMap::new(),
+            attempt: Attempt::new(&ctx.holder),
+            leased: Mutex::default(),
+            renewed: Mutex::default(),
+            events: vec![],
+            membership,
+        }
+    }
+
+    /// Observes every host; for git, hosts lacking the release build it in the same round
+    /// trip (see [`SiteRun::speculates`]).
+    async fn first_round_trip(&mut self) {
+        let speculate = self.speculates();
+        let reports = self.observe_hosts(speculate).await;
+        self.observed = plan::observe(self.site, &self.ctx.holder, &mut self.pass, &reports);
+        if speculate {
+            for report in reports {
+                if report.ran().is_some_and(|a| a.observed().is_ok()) {
+                    let step = Step::Build {
+                        host: report.host.clone(),
+                    };
+                    self.fold(&step, &[report]);
+                }
+            }
+        }
+    }
+
+    /// Plans and runs steps until the planner has none left.
+    async fn converge(&mut self) -> Outcome {
+        let mut previous: Option<Vec<Step>> = None;
+        loop {
+            let next = plan::plan(self.site, &self.observed, &self.pass);
+            if next.steps.is_empty() {
+                return next.outcome;
+            }
+            if self.ctx.cancel.is_cancelled() {
+                // Shutting down: round trips under way were abandoned; stop before the next.
+                return Outcome::Progressing;
+            }
+            if previous.as_ref() == Some(&next.steps) {
+                // The same steps again: the last run of them changed nothing (e.g. a lease
+                // lost between two round trips). Never spin: report, let backoff retry.
+                return Outcome::Blocked {
+                    hosts: step_hosts(&next.steps),
+                    reason: "no progress: the last steps changed nothing on these hosts".into(),
+                };
+            }
+            previous = Some(next.steps.clone());
+            self.execute(next.steps).await;
+        }
+    }
+
+    /// Whether the first round trip may also build: the planner's only reasons not to build
+    /// on a reachable host lacking the release are known before observing (suspended, held),
+    /// and a git fetch needs nothing uploaded (an archive would go to every host each pass).
+    fn speculates(&self) -> bool {
+        !self.site.suspend
+            && self.pass.attempts < self.site.rollout.failure_retries
+            && matches!(self.site.fetch, FetchSpec::Git { .. })
+    }
+
+    /// Hands a step's answers to the planner, and keeps the events it found.
+    fn fold(&mut self, step: &Step, reports: &[StepReport]) {
+        let events = plan::fold(self.site, &mut self.observed, &mut self.pass, step, reports);
+        self.note_leases_taken(reports);
+        self.record(events);
+    }
+
+    fn note_leases_taken(&mut self, reports: &[StepReport]) {
+        for report in reports {
+            let acquired = report
+                .ran()
+                .and_then(|a| a.lease.as_ref())
+                .is_some_and(|l| l.state == LeaseState::Acquired);
+            if acquired && self.pass.fences.contains_key(&report.host) {
+                self.taken.insert(report.host.clone(), Instant::now());
+            }
+        }
+    }
+
+    fn record(&mut self, events: Vec<Event>) {
+        if let Some(progress) = &self.ctx.progress {
+            for event in &events {
+                progress.record(&self.site.name, event.kind);
+            }
+        }
+        self.events.extend(events);
+    }
+
+    fn report(self, outcome: Outcome) -> SiteReport {
+        let hosts =
+            self.site
+                .stages
+                .iter()
+                .flat_map(|stage| stage.hosts.iter().map(move |h| (h, stage)))
+                .map(|(host, stage)| {
+                    let reach = self.observed.get(host);
+                    let release = match reach {
+                        Some(Reach::Reachable(view)) => view.current.clone(),
+                        _ => None,
+                    };
+                    let last_error = self.pass.errors.get(host).map(ToString::to_string).or_else(
+                        || match reach {
+                            Some(Reach::Unreachable { reason } | Reach::Refused { reason }) => {
+                                Some(reason.clone())
+                            }
+                            Some(Reach::Reachable(view)) => {
+                                view.locked_by.as_ref().map(|h| format!("locked by {h}"))
+                            }
+                            None => None,
+                        },
+                    );
+                    HostStatus {
+                        name: host.clone(),
+                        stage: stage.name.clone(),
+                        release,
+                        reachable: matches!(reach, Some(Reach::Reachable(_))),
+                        last_error,
+                    }
+                })
+                .collect();
+        SiteReport {
+            outcome,
+            hosts,
+            events: self.events,
+            revision: self.pass.revision,
+            failed_attempt: self.pass.failed_attempt,
+            lease_expires_in: self
+                .pass
+                .locked_for
+                .values()
+                .max()
+                .map(|secs| Duration::from_secs(*secs)),
+        }
+    }
+}
+
+/// Every host a list of steps works on, sorted, once each.
+fn step_hosts(steps: &[Step]) -> Vec<String> {
+    let mut hosts: Vec<String> = steps.iter().flat_map(Step::hosts).cloned().collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_hosts_lists_each_host_once() {
+        let steps = vec![
+            Step::Build { host: "b".into() },
+            Step::Switch {
+                stage: "s".into(),
+                hosts: vec!["a".into(), "b".into()],
+                pause: Duration::ZERO,
+                cleanup: BTreeMap::new(),
+            },
+        ];
+        assert_eq!(step_hosts(&steps), vec!["a", "b"]);
+    }
+}

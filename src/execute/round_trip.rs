@@ -1,0 +1,215 @@
+//! One round trip to one host under the limits: permits, the lease renewed in the
+//! background while it lasts, cancellation, metrics, and the answer read into a
+//! [`StepReport`]. Also the round trips every pass makes whatever its steps: observe,
+//! take a lease, and give the leases back at the end.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+
+use super::SiteRun;
+use crate::host::protocol::{Answer, LeaseState, OpStatus, StepReport};
+use crate::host::script::{Fence, Script};
+use crate::host::{Host, HostError, RemoteCommand};
+use crate::plan::{self, Reach};
+
+/// Bound for the round trip that ends a pass's commands and releases its lease on a host.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl SiteRun<'_> {
+    pub(super) fn host(&self, name: &str) -> &Host {
+        &self.ctx.hosts[name]
+    }
+
+    pub(super) fn path_on(&self, host: &str) -> String {
+        self.host(host).path(&self.site.path)
+    }
+
+    /// Runs `command` on `host` under the limits. `leased`: the script takes the lease (or
+    /// holds it): the lease is renewed in the background while the round trip lasts, and
+    /// released at the end of the pass. A cancel abandons the round trip at once.
+    pub(super) async fn run_on(
+        &self,
+        host: &str,
+        command: RemoteCommand,
+        leased: bool,
+    ) -> StepReport {
+        let cancelled = || HostError::Cancelled {
+            host: host.to_string(),
+        };
+        let group = &self.membership[host].1;
+        let _permits = tokio::select! {
+            permits = self.ctx.limits.acquire(&self.site_limit, group) => permits,
+            () = self.ctx.cancel.cancelled() => return StepReport::read(host, &Err(cancelled())),
+        };
+        let held_before = self.mark_leased(host, leased);
+        let started = Instant::now();
+        let work = self.host(host).run(&self.ctx.pool, &command);
+        tokio::pin!(work);
+        let every = self.renew_every();
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                () = self.ctx.cancel.cancelled() => break Err(cancelled()),
+                _ = renew.tick(), if leased => self.renew(host).await,
+            }
+        };
+        let report = StepReport::read(host, &result);
+        self.track_lease(&report, held_before);
+        self.count(&report, started.elapsed());
+        report
+    }
+
+    /// Notes that this round trip may take the lease; returns whether it was held before.
+    fn mark_leased(&self, host: &str, leased: bool) -> bool {
+        let mut leases = self.leased.lock().expect("not poisoned");
+        let before = leases.contains(host);
+        if leased {
+            leases.insert(host.to_string());
+        }
+        before
+    }
+
+    /// The last word on the lease in a round trip decides whether the pass still holds it;
+    /// without one (e.g. a build skipped because the release was there) nothing changed.
+    fn track_lease(&self, report: &StepReport, held_before: bool) {
+        let Some(answer) = report.ran() else { return };
+        let host = report.host.clone();
+        let mut leases = self.leased.lock().expect("not poisoned");
+        match answer.last_lease {
+            Some(LeaseState::Acquired | LeaseState::Renewed) => drop(leases.insert(host)),
+            Some(_) => drop(leases.remove(&host)),
+            None if !held_before => drop(leases.remove(&host)),
+            None => {}
+        }
+    }
+
+    fn count(&self, report: &StepReport, elapsed: Duration) {
+        let metrics = &self.ctx.metrics;
+        match &report.answer {
+            Answer::Ran(answer) => {
+                for (op, seconds) in &answer.timings {
+                    metrics.operation(op, Duration::from_secs_f64(*seconds));
+                }
+                for (op, status) in &answer.ops {
+                    if *status != OpStatus::Done {
+                        metrics.operation_failed(&self.site.name, op.name());
+                    }
+                }
+            }
+            _ => metrics.operation_failed(&self.site.name, "connect"),
+        }
+        metrics.operation("round_trip", elapsed);
+    }
+
+    /// A third of the lease time: two renewals may fail before the lease expires.
+    fn renew_every(&self) -> Duration {
+        (self.ctx.lease_ttl / 3).max(Duration::from_secs(1))
+    }
+
+    /// Extends this pass's lease on `host` while a long round trip runs there. Best effort:
+    /// the host itself refuses a build or switch whose lease was lost.
+    async fn renew(&self, host: &str) {
+        let every = self.renew_every();
+        let script = Script::for_attempt(&self.path_on(host), &self.attempt)
+            .lease_renew(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
+            .finish();
+        let command = RemoteCommand::new(script, every);
+        let result =
+            tokio::time::timeout(every, self.host(host).run(&self.ctx.pool, &command)).await;
+        if let Ok(Ok(out)) = result
+            && out.success()
+        {
+            self.renewed
+                .lock()
+                .expect("not poisoned")
+                .insert(host.to_string(), Instant::now());
+        }
+    }
+
+    /// Observes every host in one round trip each. With `speculate`, hosts that lack the
+    /// desired release also build it in the same round trip.
+    pub(super) async fn observe_hosts(&self, speculate: bool) -> Vec<StepReport> {
+        let hosts: Vec<&String> = self.membership.keys().collect();
+        join_all(hosts.iter().map(|host| async move {
+            let command = if speculate {
+                self.speculative_build(host)
+            } else {
+                RemoteCommand::new(
+                    Script::new(&self.path_on(host))
+                        .observe_release(&self.site.release)
+                        .finish(),
+                    self.ctx.observe_timeout,
+                )
+            };
+            self.run_on(host, command, speculate).await
+        }))
+        .await
+    }
+
+    /// The fence for `host`, taking the lease first if this pass has not yet (a host that
+    /// needed no build), or not for half a lease time. `None` when the host is unreachable
+    /// or held by someone else.
+    pub(super) async fn fence(&mut self, host: &str) -> Option<Fence> {
+        let renewed = self
+            .renewed
+            .lock()
+            .expect("not poisoned")
+            .get(host)
+            .copied();
+        let fresh = self.taken.get(host).is_some_and(|taken| {
+            renewed.map_or(*taken, |r| r.max(*taken)).elapsed() < self.ctx.lease_ttl / 2
+        });
+        if !fresh || !self.pass.fences.contains_key(host) {
+            let script = Script::for_attempt(&self.path_on(host), &self.attempt)
+                .lease_acquire(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
+                .finish();
+            let command = RemoteCommand::new(script, self.ctx.observe_timeout);
+            let report = self.run_on(host, command, true).await;
+            let events = plan::fold_lease(
+                self.site,
+                &mut self.observed,
+                &mut self.pass,
+                std::slice::from_ref(&report),
+            );
+            self.note_leases_taken(std::slice::from_ref(&report));
+            self.record(events);
+        }
+        self.pass.fences.get(host).map(|generation| Fence {
+            holder: self.ctx.holder.clone(),
+            generation: *generation,
+        })
+    }
+
+    /// Every exit of a pass but SIGKILL: end the commands this pass started on its hosts
+    /// and give their leases back, so another controller never waits for an expiry.
+    pub(super) async fn release_leases(&mut self) {
+        let hosts: Vec<String> = std::mem::take(&mut *self.leased.lock().expect("not poisoned"))
+            .into_iter()
+            .filter(|h| !matches!(self.observed.get(h), Some(Reach::Refused { .. })))
+            .collect();
+        let this = &*self;
+        let reports = join_all(hosts.iter().map(|host| async move {
+            let script = Script::for_attempt(&this.path_on(host), &this.attempt)
+                .stop()
+                .lease_release(&this.ctx.holder);
+            let command = RemoteCommand::of(script, RELEASE_TIMEOUT);
+            let result = tokio::time::timeout(
+                RELEASE_TIMEOUT,
+                this.host(host).run(&this.ctx.pool, &command),
+            )
+            .await;
+            match result {
+                Ok(result) => StepReport::read(host, &result),
+                Err(_) => StepReport {
+                    host: host.clone(),
+                    answer: Answer::Unreachable(format!("no answer within {RELEASE_TIMEOUT:?}")),
+                },
+            }
+        }))
+        .await;
+        let events = plan::fold_release(self.site, &mut self.pass, &reports);
+        self.record(events);
+    }
+}
