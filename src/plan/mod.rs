@@ -13,6 +13,8 @@ mod builds;
 mod cleanup;
 mod failures;
 mod fold;
+#[cfg(test)]
+mod fold_tests;
 mod model;
 mod once;
 mod preview;
