@@ -166,99 +166,9 @@ impl Metrics {
             hosts_seen: Mutex::default(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
-        r.register(
-            "convoy_reconciles",
-            "Reconcile passes by site and result",
-            m.reconciles.clone(),
-        );
-        r.register(
-            "convoy_reconcile_duration_seconds",
-            "Duration of reconcile passes",
-            m.reconcile_duration.clone(),
-        );
-        r.register(
-            "convoy_site_converged",
-            "1 when every host of the site runs the desired release",
-            m.site_converged.clone(),
-        );
-        r.register(
-            "convoy_site_phase",
-            "1 for the site's current phase, 0 for the others",
-            m.site_phase.clone(),
-        );
-        r.register(
-            "convoy_site_desired_release_info",
-            "The release each site asks for",
-            m.desired_release.clone(),
-        );
-        r.register(
-            "convoy_host_release_info",
-            "The release live on each host of each site",
-            m.host_release.clone(),
-        );
-        r.register(
-            "convoy_host_up",
-            "1 when the host answered its last observe",
-            m.host_up.clone(),
-        );
-        r.register(
-            "convoy_host_operation_duration_seconds",
-            "Duration of host operations (observe, fetch, build, switch, once, activate, health, rollback, cleanup)",
-            m.operation_duration.clone(),
-        );
-        r.register(
-            "convoy_host_operation_failures",
-            "Failed host operations by site and operation",
-            m.operation_failures.clone(),
-        );
-        r.register(
-            "convoy_rollbacks",
-            "Hosts rolled back after a failed activate or health check",
-            m.rollbacks.clone(),
-        );
-        r.register(
-            "convoy_drift_corrections",
-            "Hosts found off their desired release by a resync and corrected",
-            m.drift_corrections.clone(),
-        );
-        r.register(
-            "convoy_site_backoff_seconds",
-            "Current retry backoff of the site (0 when not backing off)",
-            m.backoff.clone(),
-        );
-        r.register(
-            "convoy_site_last_success_timestamp_seconds",
-            "When the site last reconciled to Converged or Degraded",
-            m.last_success.clone(),
-        );
-        r.register(
-            "convoy_manifest_load_errors",
-            "Manifest loads that failed validation",
-            m.manifest_load_errors.clone(),
-        );
-        r.register(
-            "convoy_manifests_valid",
-            "1 when the last manifest load was valid",
-            m.manifests_valid.clone(),
-        );
-        r.register(
-            "convoy_manifest_last_success_timestamp_seconds",
-            "When the manifests last loaded and validated",
-            m.manifest_last_success.clone(),
-        );
-        r.register(
-            "convoy_state_write_errors",
-            "Writes to the state directory that failed, by file kind",
-            m.state_write_errors.clone(),
-        );
-        let build_info: Family<VersionLabel, Gauge> = Family::default();
-        build_info
-            .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-            })
-            .set(1);
-        r.register("convoy_build_info", "convoy's version", build_info);
+        register_sites(&mut registry, &m);
+        register_hosts(&mut registry, &m);
+        register_controller(&mut registry, &m);
         Metrics { registry, ..m }
     }
 
@@ -433,13 +343,117 @@ fn to_text_format(open_metrics: &str) -> String {
     out
 }
 
+/// Per site: passes, phase, releases, retries.
+fn register_sites(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "convoy_reconciles",
+        "Reconcile passes by site and result",
+        m.reconciles.clone(),
+    );
+    r.register(
+        "convoy_reconcile_duration_seconds",
+        "Duration of reconcile passes",
+        m.reconcile_duration.clone(),
+    );
+    r.register(
+        "convoy_site_converged",
+        "1 when every host of the site runs the desired release",
+        m.site_converged.clone(),
+    );
+    r.register(
+        "convoy_site_phase",
+        "1 for the site's current phase, 0 for the others",
+        m.site_phase.clone(),
+    );
+    r.register(
+        "convoy_site_desired_release_info",
+        "The release each site asks for",
+        m.desired_release.clone(),
+    );
+    r.register(
+        "convoy_rollbacks",
+        "Hosts rolled back after a failed activate or health check",
+        m.rollbacks.clone(),
+    );
+    r.register(
+        "convoy_drift_corrections",
+        "Hosts found off their desired release by a resync and corrected",
+        m.drift_corrections.clone(),
+    );
+    r.register(
+        "convoy_site_backoff_seconds",
+        "Current retry backoff of the site (0 when not backing off)",
+        m.backoff.clone(),
+    );
+    r.register(
+        "convoy_site_last_success_timestamp_seconds",
+        "When the site last reconciled to Converged or Degraded",
+        m.last_success.clone(),
+    );
+}
+
+/// Per host and host operation.
+fn register_hosts(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "convoy_host_release_info",
+        "The release live on each host of each site",
+        m.host_release.clone(),
+    );
+    r.register(
+        "convoy_host_up",
+        "1 when the host answered its last observe",
+        m.host_up.clone(),
+    );
+    r.register(
+        "convoy_host_operation_duration_seconds",
+        "Duration of host operations (observe, fetch, build, switch, once, activate, health, rollback, cleanup)",
+        m.operation_duration.clone(),
+    );
+    r.register(
+        "convoy_host_operation_failures",
+        "Failed host operations by site and operation",
+        m.operation_failures.clone(),
+    );
+}
+
+/// The controller's own health: manifests, state dir, version.
+fn register_controller(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "convoy_manifest_load_errors",
+        "Manifest loads that failed validation",
+        m.manifest_load_errors.clone(),
+    );
+    r.register(
+        "convoy_manifests_valid",
+        "1 when the last manifest load was valid",
+        m.manifests_valid.clone(),
+    );
+    r.register(
+        "convoy_manifest_last_success_timestamp_seconds",
+        "When the manifests last loaded and validated",
+        m.manifest_last_success.clone(),
+    );
+    r.register(
+        "convoy_state_write_errors",
+        "Writes to the state directory that failed, by file kind",
+        m.state_write_errors.clone(),
+    );
+    let build_info: Family<VersionLabel, Gauge> = Family::default();
+    build_info
+        .get_or_create(&VersionLabel {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .set(1);
+    r.register("convoy_build_info", "convoy's version", build_info);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::HostStatus as HostReport;
+    use crate::status::HostStatus;
 
-    fn host(name: &str, release: Option<&str>) -> HostReport {
-        HostReport {
+    fn host(name: &str, release: Option<&str>) -> HostStatus {
+        HostStatus {
             name: name.into(),
             stage: "web".into(),
             release: release.map(String::from),

@@ -132,53 +132,7 @@ pub fn parse(stdout: &str) -> Result<Snapshot, ObserveError> {
             ["current", id] if safe_word(id) => obs.current = Some(id.to_string()),
             ["previous", id] if safe_word(id) => obs.previous = Some(id.to_string()),
             ["pending", id] if safe_word(id) => obs.pending = Some(id.to_string()),
-            ["release", id, fields @ ..] if safe_word(id) => {
-                let complete = field(fields, "complete") == Some("1");
-                let built_at = field(fields, "built_at").and_then(|b| b.parse().ok());
-                let revision = field(fields, "revision")
-                    .filter(|r| *r != "-" && safe_word(r))
-                    .map(str::to_string);
-                obs.releases.retain(|r| r.id != *id);
-                obs.releases.push(ReleaseDir {
-                    id: id.to_string(),
-                    complete,
-                    built_at: if complete { built_at } else { None },
-                    revision,
-                });
-            }
-            ["once", release, stage, fields @ ..] if safe_word(release) && safe_word(stage) => {
-                let state = match field(fields, "state") {
-                    Some("done") => OnceState::Done {
-                        status: field(fields, "status")
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(255),
-                    },
-                    Some("running") => OnceState::Running,
-                    Some("interrupted") => OnceState::Interrupted,
-                    Some("notstarted") => OnceState::NotStarted,
-                    _ => continue,
-                };
-                obs.once.push(OnceRecord {
-                    release: release.to_string(),
-                    stage: stage.to_string(),
-                    state,
-                });
-            }
-            ["lease", fields @ ..] => {
-                let holder = field(fields, "holder").filter(|h| safe_word(h));
-                let expires = field(fields, "expires").and_then(|e| e.parse().ok());
-                let generation = field(fields, "generation").and_then(|g| g.parse().ok());
-                if let (Some(holder), Some(expires), Some(generation)) =
-                    (holder, expires, generation)
-                {
-                    obs.lease = Some(Lease {
-                        holder: holder.to_string(),
-                        expires,
-                        generation,
-                    });
-                }
-            }
-            _ => {}
+            _ => read_item(&mut obs, &words),
         }
     }
     if !begun {
@@ -191,6 +145,57 @@ pub fn parse(stdout: &str) -> Result<Snapshot, ObserveError> {
     obs.once
         .sort_by(|a, b| (&a.release, &a.stage).cmp(&(&b.release, &b.stage)));
     Ok(obs)
+}
+
+/// One item of a report that began: a release dir, a `once` record or the lease.
+fn read_item(obs: &mut Snapshot, words: &[&str]) {
+    match words {
+        ["release", id, fields @ ..] if safe_word(id) => {
+            let complete = field(fields, "complete") == Some("1");
+            let built_at = field(fields, "built_at").and_then(|b| b.parse().ok());
+            let revision = field(fields, "revision")
+                .filter(|r| *r != "-" && safe_word(r))
+                .map(str::to_string);
+            obs.releases.retain(|r| r.id != *id);
+            obs.releases.push(ReleaseDir {
+                id: id.to_string(),
+                complete,
+                built_at: if complete { built_at } else { None },
+                revision,
+            });
+        }
+        ["once", release, stage, fields @ ..] if safe_word(release) && safe_word(stage) => {
+            let state = match field(fields, "state") {
+                Some("done") => OnceState::Done {
+                    status: field(fields, "status")
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(255),
+                },
+                Some("running") => OnceState::Running,
+                Some("interrupted") => OnceState::Interrupted,
+                Some("notstarted") => OnceState::NotStarted,
+                _ => return,
+            };
+            obs.once.push(OnceRecord {
+                release: release.to_string(),
+                stage: stage.to_string(),
+                state,
+            });
+        }
+        ["lease", fields @ ..] => {
+            let holder = field(fields, "holder").filter(|h| safe_word(h));
+            let expires = field(fields, "expires").and_then(|e| e.parse().ok());
+            let generation = field(fields, "generation").and_then(|g| g.parse().ok());
+            if let (Some(holder), Some(expires), Some(generation)) = (holder, expires, generation) {
+                obs.lease = Some(Lease {
+                    holder: holder.to_string(),
+                    expires,
+                    generation,
+                });
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The `@@convoy step=<name> status=<code>` lines, in order. In a multi-operation script

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use convoy::metrics::Metrics;
 use convoy::plan::Outcome;
-use convoy::status::HostStatus as HostReport;
+use convoy::status::HostStatus;
 use convoy::status::Phase;
 use serde_json::Value;
 
@@ -37,8 +37,8 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn host(name: &str, release: Option<&str>, reachable: bool) -> HostReport {
-    HostReport {
+fn host(name: &str, release: Option<&str>, reachable: bool) -> HostStatus {
+    HostStatus {
         name: name.into(),
         stage: "web".into(),
         release: release.map(String::from),
