@@ -26,17 +26,7 @@ impl SiteRun<'_> {
             let reports = match &step {
                 Step::Build { .. } => unreachable!("partitioned"),
                 Step::Once { stage, host } => self.once(stage, host).await,
-                Step::Switch {
-                    stage,
-                    hosts,
-                    pause,
-                    cleanup,
-                } => {
-                    if !pause.is_zero() {
-                        tokio::time::sleep(*pause).await;
-                    }
-                    self.switch_batch(stage, hosts, cleanup).await
-                }
+                Step::Switch { .. } => self.switch_batch(&step).await,
                 Step::Rollback { hosts, .. } => self.rollback(&step, hosts).await,
                 Step::Cleanup { host, remove } => vec![self.cleanup(host, remove).await],
             };
@@ -204,12 +194,20 @@ impl SiteRun<'_> {
 
     // ------------------------------------------------------------------ switch
 
-    async fn switch_batch(
-        &mut self,
-        stage: &str,
-        hosts: &[String],
-        cleanup: &BTreeMap<String, Vec<String>>,
-    ) -> Vec<StepReport> {
+    /// After the pause, each host of the batch in one round trip, all at once.
+    async fn switch_batch(&mut self, step: &Step) -> Vec<StepReport> {
+        let Step::Switch {
+            stage,
+            hosts,
+            pause,
+            cleanup,
+        } = step
+        else {
+            unreachable!("a switch step")
+        };
+        if !pause.is_zero() {
+            tokio::time::sleep(*pause).await;
+        }
         let mut fences = BTreeMap::new();
         for host in hosts {
             if let Some(fence) = self.fence(host).await {

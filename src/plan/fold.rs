@@ -20,12 +20,7 @@ pub fn fold(
     step: &Step,
     reports: &[StepReport],
 ) -> Vec<Event> {
-    let mut f = Folder {
-        site,
-        observed,
-        pass,
-        events: vec![],
-    };
+    let mut f = Folder::new(site, observed, pass);
     let mut unhealthy = None;
     for report in reports {
         let host = report.host.as_str();
@@ -72,12 +67,7 @@ pub fn fold_lease(
     pass: &mut PassState,
     reports: &[StepReport],
 ) -> Vec<Event> {
-    let mut f = Folder {
-        site,
-        observed,
-        pass,
-        events: vec![],
-    };
+    let mut f = Folder::new(site, observed, pass);
     for report in reports {
         let Some(answer) = f.absorb(report) else {
             continue;
@@ -244,7 +234,16 @@ struct Folder<'a> {
     events: Vec<Event>,
 }
 
-impl Folder<'_> {
+impl<'a> Folder<'a> {
+    fn new(site: &'a DesiredSite, observed: &'a mut Observed, pass: &'a mut PassState) -> Self {
+        Folder {
+            site,
+            observed,
+            pass,
+            events: vec![],
+        }
+    }
+
     /// What every answer says regardless of the step: the transport's verdict, the lease,
     /// removed directories. `None` when the script did not run.
     fn absorb<'r>(&mut self, report: &'r StepReport) -> Option<&'r HostAnswer> {

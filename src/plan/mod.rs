@@ -30,7 +30,7 @@ pub use cleanup::releases_to_remove;
 pub use fold::{fold, fold_lease, fold_release, fold_unsent, observe};
 pub use model::*;
 pub use once::once_interrupted_reason;
-pub use preview::{answer_of_success, preview};
+pub use preview::{preview, reports_of_success};
 
 /// Decides the next steps for one site.
 pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {

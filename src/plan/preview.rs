@@ -18,23 +18,32 @@ pub fn preview(site: &DesiredSite, observed: &Observed, pass: &PassState) -> (Ve
             return (all, next.outcome);
         }
         for step in &next.steps {
-            let reports: Vec<StepReport> = step
-                .hosts()
-                .into_iter()
-                .map(|host| StepReport {
-                    host: host.clone(),
-                    answer: Answer::Ran(Box::new(answer_of_success(step, host))),
-                })
-                .collect();
-            fold(site, &mut observed, &mut pass, step, &reports);
+            fold(
+                site,
+                &mut observed,
+                &mut pass,
+                step,
+                &reports_of_success(step),
+            );
         }
         all.extend(next.steps);
     }
     (all, Outcome::Progressing)
 }
 
+/// Every host's answer to `step` when it succeeds everywhere.
+pub fn reports_of_success(step: &Step) -> Vec<StepReport> {
+    step.hosts()
+        .into_iter()
+        .map(|host| StepReport {
+            host: host.clone(),
+            answer: Answer::Ran(Box::new(answer_of_success(step, host))),
+        })
+        .collect()
+}
+
 /// What a host answers when every operation of `step` succeeds on it.
-pub fn answer_of_success(step: &Step, host: &str) -> HostAnswer {
+fn answer_of_success(step: &Step, host: &str) -> HostAnswer {
     let (ops, removed, once): (&[Op], Vec<String>, Option<i32>) = match step {
         Step::Build { .. } => (&[Op::LeaseAcquire, Op::Prepare, Op::Build], vec![], None),
         Step::Once { .. } => (&[Op::Once], vec![], Some(0)),

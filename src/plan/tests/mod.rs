@@ -92,6 +92,16 @@ pub(super) fn view_mut<'a>(o: &'a mut Observed, host: &str) -> &'a mut HostView 
     }
 }
 
+/// A scheduler stage of two hosts with `once`, both built r1 and live on r0.
+fn two_schedulers_built() -> (DesiredSite, Observed) {
+    let s = site("r1", &[("scheduler", false, &["s1", "s2"], true)]);
+    let o = observed(&[
+        ("s1", live("r0", &["r0", "r1"])),
+        ("s2", live("r0", &["r0", "r1"])),
+    ]);
+    (s, o)
+}
+
 // ------------------------------------------------------------------ rules
 
 #[test]
@@ -136,11 +146,7 @@ fn once_runs_on_the_first_host_of_its_stage_after_all_builds() {
 
 #[test]
 fn once_already_recorded_on_any_host_is_not_repeated() {
-    let s = site("r1", &[("scheduler", false, &["s1", "s2"], true)]);
-    let mut o = observed(&[
-        ("s1", live("r0", &["r0", "r1"])),
-        ("s2", live("r0", &["r0", "r1"])),
-    ]);
+    let (s, mut o) = two_schedulers_built();
     view_mut(&mut o, "s2")
         .once
         .insert("r1".into(), OnceState::Done { status: 0 });
@@ -150,11 +156,7 @@ fn once_already_recorded_on_any_host_is_not_repeated() {
 
 #[test]
 fn a_running_once_is_waited_for_on_its_host() {
-    let s = site("r1", &[("scheduler", false, &["s1", "s2"], true)]);
-    let mut o = observed(&[
-        ("s1", live("r0", &["r0", "r1"])),
-        ("s2", live("r0", &["r0", "r1"])),
-    ]);
+    let (s, mut o) = two_schedulers_built();
     view_mut(&mut o, "s2")
         .once
         .insert("r1".into(), OnceState::Running);
@@ -486,11 +488,7 @@ fn preview_lists_a_whole_pass_in_order() {
 
 #[test]
 fn a_once_running_under_another_controller_blocks_instead_of_waiting_forever() {
-    let s = site("r1", &[("scheduler", false, &["s1", "s2"], true)]);
-    let mut o = observed(&[
-        ("s1", live("r0", &["r0", "r1"])),
-        ("s2", live("r0", &["r0", "r1"])),
-    ]);
+    let (s, mut o) = two_schedulers_built();
     view_mut(&mut o, "s1")
         .once
         .insert("r1".into(), OnceState::Running);

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
-use crate::host::protocol::{Answer, StepReport};
 
 // ------------------------------------------------------------------ simulation model
 
@@ -60,14 +59,7 @@ impl Sim {
             }
             _ => {}
         }
-        let reports: Vec<StepReport> = step
-            .hosts()
-            .into_iter()
-            .map(|host| StepReport {
-                host: host.clone(),
-                answer: Answer::Ran(Box::new(answer_of_success(step, host))),
-            })
-            .collect();
+        let reports = reports_of_success(step);
         fold(site, &mut self.observed, &mut self.pass, step, &reports);
         match step {
             Step::Build { host } => {
