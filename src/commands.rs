@@ -13,7 +13,8 @@ use crate::desired::DesiredState;
 use crate::exit_code;
 use crate::manifest::{self, Catalog, LoadOptions, crd, types::Kind};
 use crate::plan::{self, PassState, Step};
-use crate::state::{self, StateDir};
+use crate::state::StateDir;
+use crate::status::render;
 
 pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let result = match &cli.command {
@@ -332,14 +333,14 @@ fn status(
         }
     }
     match output {
-        OutputFormat::Table => out.write_all(state::render_status_table(&statuses).as_bytes())?,
+        OutputFormat::Table => out.write_all(render::render_status_table(&statuses).as_bytes())?,
         OutputFormat::Json => writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&state::status_list(&statuses))?
+            serde_json::to_string_pretty(&render::status_list(&statuses))?
         )?,
         OutputFormat::Yaml => {
-            out.write_all(serde_saphyr::to_string(&state::status_list(&statuses))?.as_bytes())?
+            out.write_all(serde_saphyr::to_string(&render::status_list(&statuses))?.as_bytes())?
         }
     }
     for warning in state.take_warnings() {
@@ -599,7 +600,7 @@ fn history(
             state_dir.display()
         )?;
     } else {
-        out.write_all(state::render_history(&events).as_bytes())?;
+        out.write_all(render::render_history(&events).as_bytes())?;
     }
     Ok(exit_code::OK)
 }
