@@ -1,0 +1,281 @@
+//! Tests of the processes user commands run in: the lifeline watchdog, `stop`, and user
+//! environment values kept out of every process's arguments.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::super::*;
+use super::support::*;
+use crate::host::observe::{fact, facts, steps};
+
+#[test]
+fn watchdog_ends_the_group_when_the_session_is_gone() {
+    for sh in shells() {
+        let tmp = TempDir::new("watchdog");
+        let p = site(&tmp);
+        let a = Attempt::new("ctl-a");
+        lease_as(&sh, &p, &a);
+        ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+        let pidf = tmp.path().join("pid");
+        let script = Script::for_attempt(&p, &a)
+            .build("r1", &[sleeper(&pidf, 30, "true")], &Env::default())
+            .finish();
+        // as the transports run it: stdin (the lifeline) open while the controller waits
+        let mut child = sh
+            .command(&script)
+            .env("CV_LIFELINE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = read_pid(&pidf);
+        assert!(group_alive(pid));
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            group_alive(pid),
+            "[{}] ended while the session was up",
+            sh.name
+        );
+        // the controller goes away: end of file on the lifeline, nobody reads stdout
+        drop(child.stdin.take());
+        drop(child.stdout.take());
+        let gone = Instant::now();
+        assert!(
+            wait_for(Duration::from_secs(4), || !group_alive(pid)),
+            "[{}] the build's group outlived its session",
+            sh.name
+        );
+        assert!(gone.elapsed() < Duration::from_secs(4));
+        wait_child(&mut child, Duration::from_secs(10));
+        assert!(
+            wait_for(Duration::from_secs(3), || run_records(&p).is_empty()),
+            "{:?}",
+            run_records(&p)
+        );
+        assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+    }
+}
+
+#[test]
+fn a_command_started_after_the_controller_went_never_runs_on() {
+    for sh in shells() {
+        let tmp = TempDir::new("gone-before");
+        let p = site(&tmp);
+        let a = Attempt::new("ctl-a");
+        lease_as(&sh, &p, &a);
+        ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+        let pidf = tmp.path().join("pid");
+        // The lifeline is at its end before the build starts (the controller died
+        // during an earlier step of the same script).
+        let script = Script::for_attempt(&p, &a)
+            .build("r1", &[sleeper(&pidf, 30, "true")], &Env::default())
+            .finish();
+        let started = Instant::now();
+        let out = sh
+            .command(&script)
+            .env("CV_LIFELINE", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "[{}] the build ran to its end",
+            sh.name
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "[{}] {:?}",
+            sh.name,
+            started.elapsed()
+        );
+        if let Ok(text) = std::fs::read_to_string(&pidf) {
+            let pid: u32 = text.trim().parse().unwrap();
+            assert!(!group_alive(pid), "[{}]", sh.name);
+        }
+        assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+    }
+}
+
+#[test]
+fn stop_ends_only_this_attempts_groups() {
+    for sh in shells() {
+        let tmp = TempDir::new("stop");
+        let p = site(&tmp);
+        // nothing to stop on an empty site, and nothing is created
+        let out = ok(
+            &sh,
+            Script::for_attempt(&p, &Attempt::new("x")).stop().finish(),
+        );
+        assert_eq!(steps(&out), vec![("stop".to_string(), 0)]);
+        assert!(!Path::new(&p).exists());
+        let a = Attempt::new("ctl-a");
+        lease_as(&sh, &p, &a);
+        ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+        let pidf = tmp.path().join("pid");
+        let mut child = spawn_build(
+            &sh,
+            &p,
+            &a,
+            "r1",
+            &sleeper(&pidf, 30, "true"),
+            &tmp.path().join("out"),
+        );
+        let pid = read_pid(&pidf);
+        let record = format!("{}.{pid}", a.token);
+        assert!(
+            wait_for(Duration::from_secs(5), || run_records(&p)
+                == [record.clone()]),
+            "[{}] {:?}",
+            sh.name,
+            run_records(&p)
+        );
+        // another attempt's stop leaves it running
+        let out = ok(
+            &sh,
+            Script::for_attempt(&p, &Attempt::new("ctl-a"))
+                .stop()
+                .finish(),
+        );
+        assert!(!facts(&out).iter().any(|(k, _)| k == "stopped"), "{out}");
+        assert!(group_alive(pid));
+        assert_eq!(run_records(&p), std::slice::from_ref(&record));
+        // its own stop ends it
+        let start = Instant::now();
+        let out = ok(&sh, Script::for_attempt(&p, &a).stop().finish());
+        assert!(
+            out.contains(&format!("@@convoy stopped={pid} attempt={}\n", a.token)),
+            "[{}] {out}",
+            sh.name
+        );
+        assert!(!group_alive(pid));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_ne!(wait_child(&mut child, Duration::from_secs(10)), Some(0));
+        assert!(run_records(&p).is_empty(), "{:?}", run_records(&p));
+        assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+    }
+}
+
+#[test]
+fn env_values_never_appear_in_argv() {
+    use crate::host::RemoteCommand;
+    use crate::host::local::LocalHost;
+    let secret = format!("s3cr3t-{}", Attempt::new("x").token);
+    // reads every process's arguments while the build runs, and this build's ancestry
+    let cmd = r#"printf '%s' "$SECRET" > secret.out
+for f in /proc/[0-9]*/cmdline; do { tr '\000' ' ' < "$f"; } 2>/dev/null || :; echo; done > argv.txt
+i=$$; : > ancestry.txt
+while [ -n "$i" ] && [ "$i" -gt 1 ]; do
+  tr '\000' ' ' < /proc/$i/cmdline >> ancestry.txt; echo >> ancestry.txt
+  i=$(sed 's/.*) //' /proc/$i/stat | cut -d' ' -f2)
+done"#;
+    let env = Env(vec![
+        ("SECRET".into(), secret.clone()),
+        ("CONVOY_RELEASE".into(), "r1".into()),
+    ]);
+    // the script file the bootstrap ran, named in the build's ancestry
+    let script_file = |p: &str| -> String {
+        let anc = std::fs::read_to_string(format!("{p}/releases/r1/ancestry.txt")).unwrap();
+        anc.split_whitespace()
+            .find(|w| {
+                Path::new(w)
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("convoy."))
+            })
+            .unwrap_or_else(|| panic!("no script file in the ancestry: {anc}"))
+            .to_string()
+    };
+    let check = |name: &str, p: &str, status: i32, out: &str| {
+        assert_eq!(status, 0, "[{name}] {out}");
+        assert_eq!(
+            fact(out, "build").as_deref(),
+            Some("done"),
+            "[{name}] {out}"
+        );
+        let d = format!("{p}/releases/r1");
+        assert_eq!(
+            std::fs::read_to_string(format!("{d}/secret.out")).unwrap(),
+            secret
+        );
+        let argv = std::fs::read_to_string(format!("{d}/argv.txt")).unwrap();
+        assert!(argv.contains("secret.out"), "[{name}] {argv}");
+        assert!(!argv.contains(&secret), "[{name}] the value is in argv");
+        let file = script_file(p);
+        assert!(
+            std::fs::symlink_metadata(&file).is_err(),
+            "[{name}] {file} left behind"
+        );
+    };
+    let build = |p: &str, a: &Attempt| {
+        let script = Script::for_attempt(p, a).build("r1", &[cmd.to_string()], &env);
+        assert!(script.is_private());
+        let rc = RemoteCommand::of(script, Duration::from_secs(30));
+        assert!(rc.private && rc.has_stdin());
+        let (words, prefix) = rc.invocation();
+        assert!(words.iter().all(|w| !w.contains(&secret)));
+        assert!(prefix.is_some_and(|b| String::from_utf8_lossy(b).contains(&secret)));
+        rc
+    };
+    for sh in shells() {
+        let tmp = TempDir::new("argv");
+        let p = site(&tmp);
+        let tmpdir = tmp.path().join("tmpdir");
+        std::fs::create_dir_all(&tmpdir).unwrap();
+        let a = Attempt::new("ctl-a");
+        lease_as(&sh, &p, &a);
+        ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+        let rc = build(&p, &a);
+        let (words, prefix) = rc.invocation();
+        let mut child = sh
+            .command(&words[0])
+            .args(&words[1..])
+            .env("TMPDIR", &tmpdir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // as the transports do: stdin (the lifeline) stays open until the script ends
+        let mut lifeline = child.stdin.take().unwrap();
+        lifeline.write_all(prefix.unwrap()).unwrap();
+        lifeline.flush().unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        let status = wait_child(&mut child, Duration::from_secs(30));
+        drop(lifeline);
+        check(sh.name, &p, status.unwrap_or(-1), &out);
+        assert!(script_file(&p).starts_with(&*tmpdir.to_string_lossy()));
+        assert_eq!(
+            std::fs::read_dir(&tmpdir).unwrap().count(),
+            0,
+            "[{}] temp files left in TMPDIR",
+            sh.name
+        );
+    }
+    // the local transport itself (the system sh)
+    let tmp = TempDir::new("argv-local");
+    let p = site(&tmp);
+    let sh = &shells()[0];
+    let a = Attempt::new("ctl-a");
+    lease_as(sh, &p, &a);
+    ok(sh, Script::for_attempt(&p, &a).prepare("r1").finish());
+    std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+    let host = LocalHost {
+        name: "local".into(),
+        root: None,
+    };
+    let rc = build(&p, &a);
+    let o = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(host.run(&rc))
+        .unwrap();
+    check("local", &p, o.status, &o.stdout_text());
+}
