@@ -18,10 +18,7 @@ fn env_values_and_paths_round_trip_through_build() {
             ("NASTY".into(), nasty.into()),
             ("CONVOY_RELEASE".into(), "r1".into()),
         ]);
-        let a = Attempt::new("ctl-a");
-        lease_as(&sh, &p, &a);
-        ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
-        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+        let (a, _) = ready_to_build(&sh, &p, "ctl-a", "r1");
         let script = Script::for_attempt(&p, &a)
             .build(
                 "r1",
@@ -120,99 +117,96 @@ fn prepare_removes_half_build_and_temp_links_and_is_idempotent() {
     }
 }
 
+/// The script of a build of `r1` by `a` running `commands`, with no environment.
+fn build_r1(p: &str, a: &Attempt, commands: &[&str]) -> String {
+    Script::for_attempt(p, a)
+        .build("r1", &s(commands), &Env::default())
+        .finish()
+}
+
 #[test]
 fn build_failure_leaves_no_marker_and_reports_the_step() {
     for sh in shells() {
         let tmp = TempDir::new("buildfail");
         let p = site(&tmp);
-        let a = Attempt::new("ctl-a");
-        let f = lease_as(&sh, &p, &a);
-        ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
-        let d = attempt_dir(&p, "r1", &a);
-        std::fs::create_dir_all(&d).unwrap();
-        let o = sh.run(
-            &Script::for_attempt(&p, &a)
-                .prepare("r1")
-                .build(
-                    "r1",
-                    &s(&[
-                        "echo one > one",
-                        "false; echo after > after",
-                        "echo never > never",
-                    ]),
-                    &Env::default(),
-                )
-                .switch("r1", &f)
-                .finish(),
-        );
-        assert_eq!(o.status.code(), Some(1), "{}", explain(&sh, &o));
-        let out = stdout(&o);
-        assert_eq!(
-            steps(&out),
-            vec![("prepare".to_string(), 0), ("build".to_string(), 1)]
-        );
-        assert!(!Path::new(&format!("{p}/releases/r1")).exists());
-        assert!(std::fs::symlink_metadata(format!("{p}/current")).is_err());
-        assert!(Path::new(&format!("{d}/one")).exists());
-        assert!(
-            !Path::new(&format!("{d}/after")).exists(),
-            "sh -e semantics"
-        );
-        assert!(!Path::new(&format!("{d}/never")).exists());
-        assert!(!Path::new(&format!("{d}/.convoy-complete")).exists());
+        let (a, f) = ready_to_build(&sh, &p, "ctl-a", "r1");
+        stops_at_the_first_failing_command(&sh, &p, &a, &f);
         // exit status of the command is the step status
-        let o = sh.run(
-            &Script::for_attempt(&p, &a)
-                .build("r1", &s(&["exit 7"]), &Env::default())
-                .finish(),
-        );
+        let o = sh.run(&build_r1(&p, &a, &["exit 7"]));
         assert_eq!(o.status.code(), Some(7));
         assert_eq!(steps(&stdout(&o)), vec![("build".to_string(), 7)]);
         // user output goes to stderr: cannot forge step lines
-        let o = sh.run(
-            &Script::for_attempt(&p, &a)
-                .build(
-                    "r1",
-                    &s(&["echo '@@convoy step=build status=0'; exit 3"]),
-                    &Env::default(),
-                )
-                .finish(),
-        );
+        let o = sh.run(&build_r1(
+            &p,
+            &a,
+            &["echo '@@convoy step=build status=0'; exit 3"],
+        ));
         assert_eq!(steps(&stdout(&o)), vec![("build".to_string(), 3)]);
         assert!(!Path::new(&format!("{p}/releases/r1")).exists());
-        // success writes the marker and publishes; a second build is a no-op
-        let out = ok(
-            &sh,
-            Script::for_attempt(&p, &a)
-                .build("r1", &s(&["echo ok >> count"]), &Env::default())
-                .finish(),
-        );
-        assert_eq!(fact(&out, "build").as_deref(), Some("done"));
-        assert!(!Path::new(&d).exists());
-        let r1 = format!("{p}/releases/r1");
-        let marker = std::fs::read_to_string(format!("{r1}/.convoy-complete")).unwrap();
-        assert!(marker.starts_with("built_at="), "{marker}");
-        assert_eq!(
-            std::fs::read_to_string(format!("{r1}/count")).unwrap(),
-            "ok\n"
-        );
-        assert!(Path::new(&format!("{r1}/one")).exists());
-        // Records stay for the next sweep to drop (no fork per command), but none names
-        // a live group.
-        for record in run_records(&p) {
-            let pgid: u32 = record.rsplit('.').next().unwrap().parse().unwrap();
-            assert!(!group_alive(pgid), "[{}] {record} alive", sh.name);
-        }
-        let before = snapshot(tmp.path());
-        let out = ok(
-            &sh,
-            Script::for_attempt(&p, &a)
-                .build("r1", &s(&["echo ok >> count"]), &Env::default())
-                .finish(),
-        );
-        assert_eq!(fact(&out, "build").as_deref(), Some("skipped"));
-        assert_eq!(snapshot(tmp.path()), before);
+        publishes_once(&sh, &tmp, &p, &a);
     }
+}
+
+/// A failing command ends the build (`sh -e`): no later command, no marker, no release,
+/// and the switch after it never runs.
+fn stops_at_the_first_failing_command(sh: &Shell, p: &str, a: &Attempt, f: &Fence) {
+    let d = attempt_dir(p, "r1", a);
+    let o = sh.run(
+        &Script::for_attempt(p, a)
+            .prepare("r1")
+            .build(
+                "r1",
+                &s(&[
+                    "echo one > one",
+                    "false; echo after > after",
+                    "echo never > never",
+                ]),
+                &Env::default(),
+            )
+            .switch("r1", f)
+            .finish(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", explain(sh, &o));
+    let out = stdout(&o);
+    assert_eq!(
+        steps(&out),
+        vec![("prepare".to_string(), 0), ("build".to_string(), 1)]
+    );
+    assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+    assert!(std::fs::symlink_metadata(format!("{p}/current")).is_err());
+    assert!(Path::new(&format!("{d}/one")).exists());
+    assert!(
+        !Path::new(&format!("{d}/after")).exists(),
+        "sh -e semantics"
+    );
+    assert!(!Path::new(&format!("{d}/never")).exists());
+    assert!(!Path::new(&format!("{d}/.convoy-complete")).exists());
+}
+
+/// A successful build writes the marker and publishes the attempt's directory (with what
+/// the failed builds left in it); a second build changes nothing.
+fn publishes_once(sh: &Shell, tmp: &TempDir, p: &str, a: &Attempt) {
+    let out = ok(sh, build_r1(p, a, &["echo ok >> count"]));
+    assert_eq!(fact(&out, "build").as_deref(), Some("done"));
+    assert!(!Path::new(&attempt_dir(p, "r1", a)).exists());
+    let r1 = format!("{p}/releases/r1");
+    let marker = std::fs::read_to_string(format!("{r1}/.convoy-complete")).unwrap();
+    assert!(marker.starts_with("built_at="), "{marker}");
+    assert_eq!(
+        std::fs::read_to_string(format!("{r1}/count")).unwrap(),
+        "ok\n"
+    );
+    assert!(Path::new(&format!("{r1}/one")).exists());
+    // Records stay for the next sweep to drop (no fork per command), but none names
+    // a live group.
+    for record in run_records(p) {
+        let pgid: u32 = record.rsplit('.').next().unwrap().parse().unwrap();
+        assert!(!group_alive(pgid), "[{}] {record} alive", sh.name);
+    }
+    let before = snapshot(tmp.path());
+    let out = ok(sh, build_r1(p, a, &["echo ok >> count"]));
+    assert_eq!(fact(&out, "build").as_deref(), Some("skipped"));
+    assert_eq!(snapshot(tmp.path()), before);
 }
 
 #[test]
@@ -220,86 +214,85 @@ fn abandoned_attempt_cannot_publish() {
     for sh in shells() {
         let tmp = TempDir::new("abandoned");
         let p = site(&tmp);
-        let a = Attempt::new("ctl-a");
-        lease_as(&sh, &p, &a);
-        ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
-        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
-        let pidf = tmp.path().join("a.pid");
+        let (a, _) = ready_to_build(&sh, &p, "ctl-a", "r1");
         let late = tmp.path().join("a.late");
         let started = Instant::now();
-        let then = format!("echo late > {}", quote(&late.to_string_lossy()));
-        let mut child = spawn_build(
-            &sh,
-            &p,
-            &a,
-            "r1",
-            &sleeper(&pidf, 2, &then),
-            &tmp.path().join("a.out"),
-        );
-        let pid = read_pid(&pidf);
-        // the group is recorded under the attempt and its real process group id
-        let record = format!("{}.{pid}", a.token);
-        assert!(
-            wait_for(Duration::from_secs(5), || run_records(&p)
-                == [record.clone()]),
-            "[{}] records {:?}, expected [{record}]",
-            sh.name,
-            run_records(&p)
-        );
-        // a later attempt of the same holder (the controller restarted) takes over
-        let b = Attempt::new("ctl-a");
-        lease_as(&sh, &p, &b);
-        let out = ok(&sh, Script::for_attempt(&p, &b).prepare("r1").finish());
-        assert!(
-            out.contains(&format!("@@convoy stopped={pid} attempt={}\n", a.token)),
-            "[{}] {out}",
-            sh.name
-        );
-        assert!(
-            out.contains(&format!(
-                "@@convoy removed=r1.{} reason=abandoned\n",
-                a.token
-            )),
-            "[{}] {out}",
-            sh.name
-        );
-        assert!(!pid_alive(pid) && !group_alive(pid), "[{}]", sh.name);
-        assert!(!Path::new(&attempt_dir(&p, "r1", &a)).exists());
-        assert!(run_records(&p).is_empty(), "{:?}", run_records(&p));
-        let code = wait_child(&mut child, Duration::from_secs(10));
-        assert_ne!(code, Some(0), "[{}]", sh.name);
-        let a_out = std::fs::read_to_string(tmp.path().join("a.out")).unwrap();
-        assert!(!a_out.contains("build=done"), "{a_out}");
+        let b = take_over_a_running_build(&sh, &tmp, &p, &a, &late);
         // past the end of A's sleep: its last command never ran
         std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
         assert!(!late.exists(), "[{}] the abandoned build ran on", sh.name);
         assert!(!Path::new(&format!("{p}/releases/r1")).exists());
-        // even a build of A that runs to its end is fenced and discarded
-        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
-        let o = sh.run(
-            &Script::for_attempt(&p, &a)
-                .build("r1", &s(&["echo a > by.txt"]), &Env::default())
-                .finish(),
-        );
-        assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
-        assert!(facts(&stdout(&o)).iter().any(|(k, _)| k == "fenced"));
-        assert!(!Path::new(&attempt_dir(&p, "r1", &a)).exists());
-        assert!(!Path::new(&format!("{p}/releases/r1")).exists());
-        // B builds and publishes
-        std::fs::create_dir_all(attempt_dir(&p, "r1", &b)).unwrap();
-        let out = ok(
-            &sh,
-            Script::for_attempt(&p, &b)
-                .build("r1", &s(&["echo b > by.txt"]), &Env::default())
-                .finish(),
-        );
-        assert_eq!(fact(&out, "build").as_deref(), Some("done"));
-        assert_eq!(
-            std::fs::read_to_string(format!("{p}/releases/r1/by.txt")).unwrap(),
-            "b\n"
-        );
-        assert!(Path::new(&format!("{p}/releases/r1/.convoy-complete")).exists());
+        only_the_new_attempt_publishes(&sh, &p, &a, &b);
     }
+}
+
+/// Starts a two-second build of `a` (its last command writes `late`); then a later attempt
+/// of the same holder (the controller restarted) takes over, which ends A's process group
+/// and removes its build directory. Returns the later attempt.
+fn take_over_a_running_build(
+    sh: &Shell,
+    tmp: &TempDir,
+    p: &str,
+    a: &Attempt,
+    late: &Path,
+) -> Attempt {
+    let pidf = tmp.path().join("a.pid");
+    let then = format!("echo late > {}", quote(&late.to_string_lossy()));
+    let a_out = tmp.path().join("a.out");
+    let mut child = spawn_build(sh, p, a, "r1", &sleeper(&pidf, 2, &then), &a_out);
+    let pid = read_pid(&pidf);
+    // the group is recorded under the attempt and its real process group id
+    let record = format!("{}.{pid}", a.token);
+    assert!(
+        wait_for(Duration::from_secs(5), || run_records(p)
+            == [record.clone()]),
+        "[{}] records {:?}, expected [{record}]",
+        sh.name,
+        run_records(p)
+    );
+    let b = Attempt::new("ctl-a");
+    lease_as(sh, p, &b);
+    let out = ok(sh, Script::for_attempt(p, &b).prepare("r1").finish());
+    assert!(
+        out.contains(&format!("@@convoy stopped={pid} attempt={}\n", a.token)),
+        "[{}] {out}",
+        sh.name
+    );
+    assert!(
+        out.contains(&format!(
+            "@@convoy removed=r1.{} reason=abandoned\n",
+            a.token
+        )),
+        "[{}] {out}",
+        sh.name
+    );
+    assert!(!pid_alive(pid) && !group_alive(pid), "[{}]", sh.name);
+    assert!(!Path::new(&attempt_dir(p, "r1", a)).exists());
+    assert!(run_records(p).is_empty(), "{:?}", run_records(p));
+    let code = wait_child(&mut child, Duration::from_secs(10));
+    assert_ne!(code, Some(0), "[{}]", sh.name);
+    let a_out = std::fs::read_to_string(a_out).unwrap();
+    assert!(!a_out.contains("build=done"), "{a_out}");
+    b
+}
+
+/// Even a build of the abandoned `a` that runs to its end is fenced and discarded; `b`,
+/// which took over, builds and publishes.
+fn only_the_new_attempt_publishes(sh: &Shell, p: &str, a: &Attempt, b: &Attempt) {
+    std::fs::create_dir_all(attempt_dir(p, "r1", a)).unwrap();
+    let o = sh.run(&build_r1(p, a, &["echo a > by.txt"]));
+    assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(sh, &o));
+    assert!(facts(&stdout(&o)).iter().any(|(k, _)| k == "fenced"));
+    assert!(!Path::new(&attempt_dir(p, "r1", a)).exists());
+    assert!(!Path::new(&format!("{p}/releases/r1")).exists());
+    std::fs::create_dir_all(attempt_dir(p, "r1", b)).unwrap();
+    let out = ok(sh, build_r1(p, b, &["echo b > by.txt"]));
+    assert_eq!(fact(&out, "build").as_deref(), Some("done"));
+    assert_eq!(
+        std::fs::read_to_string(format!("{p}/releases/r1/by.txt")).unwrap(),
+        "b\n"
+    );
+    assert!(Path::new(&format!("{p}/releases/r1/.convoy-complete")).exists());
 }
 
 #[test]
@@ -307,10 +300,7 @@ fn build_whose_lease_was_taken_over_is_discarded() {
     for sh in shells() {
         let tmp = TempDir::new("takenover");
         let p = site(&tmp);
-        let a = Attempt::new("ctl-a");
-        let f = lease_as(&sh, &p, &a);
-        ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
-        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+        let (a, f) = ready_to_build(&sh, &p, "ctl-a", "r1");
         // A's lease lapses while it builds and ctl-b takes the host over
         std::fs::write(
             format!("{p}/.convoy/lock"),
@@ -323,11 +313,7 @@ fn build_whose_lease_was_taken_over_is_discarded() {
         let b = Attempt::new("ctl-b");
         let g = lease_as(&sh, &p, &b);
         assert_eq!(g.generation, f.generation + 1);
-        let o = sh.run(
-            &Script::for_attempt(&p, &a)
-                .build("r1", &s(&["touch built"]), &Env::default())
-                .finish(),
-        );
+        let o = sh.run(&build_r1(&p, &a, &["touch built"]));
         assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
         let out = stdout(&o);
         assert_eq!(steps(&out), vec![("build".to_string(), EXIT_FENCED)]);
@@ -346,11 +332,7 @@ fn build_whose_lease_was_taken_over_is_discarded() {
             ),
         )
         .unwrap();
-        let o = sh.run(
-            &Script::for_attempt(&p, &b)
-                .build("r1", &s(&["touch built"]), &Env::default())
-                .finish(),
-        );
+        let o = sh.run(&build_r1(&p, &b, &["touch built"]));
         assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
         assert!(!Path::new(&attempt_dir(&p, "r1", &b)).exists());
         assert!(!Path::new(&format!("{p}/releases/r1")).exists());

@@ -30,18 +30,25 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// A git repository in `tmp` (its path has a space) whose one commit, tagged `v1` on
+/// branch `main`, holds `app.txt` = `v1`. Returns its path and that commit.
+fn repo_at_v1(tmp: &TempDir) -> (PathBuf, String) {
+    let repo = tmp.path().join("repo with space");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    std::fs::write(repo.join("app.txt"), "v1").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "one"]);
+    git(&repo, &["tag", "v1"]);
+    let c1 = git(&repo, &["rev-parse", "HEAD"]);
+    (repo, c1)
+}
+
 #[test]
 fn fetch_git_exports_a_revision_through_the_mirror() {
     for sh in shells() {
         let tmp = TempDir::new("git");
-        let repo = tmp.path().join("repo with space");
-        std::fs::create_dir_all(&repo).unwrap();
-        git(&repo, &["init", "-q"]);
-        std::fs::write(repo.join("app.txt"), "v1").unwrap();
-        git(&repo, &["add", "."]);
-        git(&repo, &["commit", "-qm", "one"]);
-        git(&repo, &["tag", "v1"]);
-        let c1 = git(&repo, &["rev-parse", "HEAD"]);
+        let (repo, c1) = repo_at_v1(&tmp);
         let p = site(&tmp);
         let url = repo.to_string_lossy().into_owned();
         let a = Attempt::new("ctl-a");

@@ -8,47 +8,58 @@ use super::super::*;
 use super::support::*;
 use crate::host::observe::{fact, fact_line, facts, steps};
 
+/// The script of a fresh attempt of `holder` asking for the lease for `ttl_secs`.
+fn acquire(p: &str, holder: &str, ttl_secs: u64) -> String {
+    Script::for_attempt(p, &Attempt::new(holder))
+        .lease_acquire(holder, ttl_secs)
+        .finish()
+}
+
+/// Four holders ask for the free lease at once: exactly one gets it, at generation 1, and
+/// the others are told who holds it. Returns the winner.
+fn exactly_one_contender_wins(sh: &Shell, p: &str) -> String {
+    let outs: Vec<Output> = std::thread::scope(|scope| {
+        let hs: Vec<_> = ["ctl-a", "ctl-b", "ctl-c", "ctl-d"]
+            .into_iter()
+            .map(|h| {
+                let sh = sh.clone();
+                let script = acquire(p, h, 600);
+                scope.spawn(move || sh.run(&script))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "{:?}",
+        outs.iter().map(|o| explain(sh, o)).collect::<Vec<_>>()
+    );
+    let winner_out = stdout(won[0]);
+    let winner = fact_line(&winner_out, "lease").unwrap();
+    let holder = winner
+        .iter()
+        .find(|(k, _)| k == "holder")
+        .unwrap()
+        .1
+        .clone();
+    assert!(winner.contains(&("generation".into(), "1".into())));
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        assert_eq!(o.status.code(), Some(EXIT_LEASE_HELD));
+        let line = fact_line(&stdout(o), "lease").unwrap();
+        assert!(line.contains(&("lease".into(), "held".into())));
+        assert!(line.contains(&("holder".into(), holder.clone())));
+    }
+    holder
+}
+
 #[test]
 fn lease_contention_takeover_and_release() {
     for sh in shells() {
         let tmp = TempDir::new("lease");
         let p = site(&tmp);
-        // contend: exactly one of several holders acquires
-        let outs: Vec<Output> = std::thread::scope(|scope| {
-            let hs: Vec<_> = ["ctl-a", "ctl-b", "ctl-c", "ctl-d"]
-                .into_iter()
-                .map(|h| {
-                    let sh = sh.clone();
-                    let script = Script::for_attempt(&p, &Attempt::new(h))
-                        .lease_acquire(h, 600)
-                        .finish();
-                    scope.spawn(move || sh.run(&script))
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        let won: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
-        assert_eq!(
-            won.len(),
-            1,
-            "{:?}",
-            outs.iter().map(|o| explain(&sh, o)).collect::<Vec<_>>()
-        );
-        let winner_out = stdout(won[0]);
-        let winner = fact_line(&winner_out, "lease").unwrap();
-        let holder = winner
-            .iter()
-            .find(|(k, _)| k == "holder")
-            .unwrap()
-            .1
-            .clone();
-        assert!(winner.contains(&("generation".into(), "1".into())));
-        for o in outs.iter().filter(|o| !o.status.success()) {
-            assert_eq!(o.status.code(), Some(EXIT_LEASE_HELD));
-            let line = fact_line(&stdout(o), "lease").unwrap();
-            assert!(line.contains(&("lease".into(), "held".into())));
-            assert!(line.contains(&("holder".into(), holder.clone())));
-        }
+        let holder = exactly_one_contender_wins(&sh, &p);
         // same holder refresh keeps the generation
         let f = lease(&sh, &p, &holder);
         assert_eq!(f.generation, 1);
@@ -60,11 +71,7 @@ fn lease_contention_takeover_and_release() {
         assert_eq!(g.generation, 2);
         assert_eq!(lock_field(&p, "attempt"), z.token);
         // the old holder is now locked out (and fenced)
-        let o = sh.run(
-            &Script::for_attempt(&p, &Attempt::new(&holder))
-                .lease_acquire(&holder, 60)
-                .finish(),
-        );
+        let o = sh.run(&acquire(&p, &holder, 60));
         assert_eq!(
             o.status.code(),
             Some(EXIT_LEASE_HELD),
@@ -109,11 +116,7 @@ fn held_lease_is_refused_until_expiry() {
         let tmp = TempDir::new("held");
         let p = site(&tmp);
         lease(&sh, &p, "ctl-a");
-        let o = sh.run(
-            &Script::for_attempt(&p, &Attempt::new("ctl-b"))
-                .lease_acquire("ctl-b", 60)
-                .finish(),
-        );
+        let o = sh.run(&acquire(&p, "ctl-b", 60));
         assert_eq!(
             o.status.code(),
             Some(EXIT_LEASE_HELD),
@@ -229,34 +232,7 @@ fn lease_break_spares_a_renewing_holder_unless_forced() {
         assert!(line.contains(&("lease".into(), "renewing".into())));
         assert!(line.contains(&("holder".into(), "ctl-a".into())));
         assert_eq!(std::fs::read_to_string(&lock).unwrap(), before);
-        // forced: broken, generation bumped, the holder's running build ended
-        ok(&sh, Script::for_attempt(&p, &a).prepare("r2").finish());
-        std::fs::create_dir_all(attempt_dir(&p, "r2", &a)).unwrap();
-        let pidf = tmp.path().join("pid");
-        let mut child = spawn_build(
-            &sh,
-            &p,
-            &a,
-            "r2",
-            &sleeper(&pidf, 30, "true"),
-            &tmp.path().join("out"),
-        );
-        let pid = read_pid(&pidf);
-        assert!(wait_for(Duration::from_secs(5), || !run_records(&p).is_empty()));
-        let out = ok(&sh, Script::new(&p).lease_break(60, true).finish());
-        let line = fact_line(&out, "lease").unwrap();
-        assert!(line.contains(&("lease".into(), "broken".into())), "{out}");
-        assert!(line.contains(&("holder".into(), "ctl-a".into())), "{out}");
-        assert!(
-            out.contains(&format!("@@convoy stopped={pid} attempt={}\n", a.token)),
-            "[{}] {out}",
-            sh.name
-        );
-        assert!(!group_alive(pid));
-        assert_ne!(wait_child(&mut child, Duration::from_secs(10)), Some(0));
-        assert!(!Path::new(&format!("{p}/releases/r2")).exists());
-        assert_eq!(lock_field(&p, "holder"), "");
-        assert_eq!(lock_field(&p, "generation"), (f.generation + 1).to_string());
+        forced_break_ends_the_running_build(&sh, &tmp, &p, &a, &f);
         // the old fence no longer switches
         let o = sh.run(&Script::new(&p).switch("r1", &f).finish());
         assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
@@ -277,14 +253,44 @@ fn lease_break_spares_a_renewing_holder_unless_forced() {
         );
         std::fs::write(&lock, stale).unwrap();
         let out = ok(&sh, Script::new(&p).lease_break(60, false).finish());
-        let line = fact_line(&out, "lease").unwrap();
-        assert!(line.contains(&("lease".into(), "broken".into())), "{out}");
-        assert!(line.contains(&("holder".into(), "ctl-b".into())), "{out}");
+        assert_broken(&out, "ctl-b");
         assert_eq!(lock_field(&p, "generation"), (g.generation + 1).to_string());
         let o = sh.run(&Script::new(&p).switch("r1", &g).finish());
         assert_eq!(o.status.code(), Some(EXIT_FENCED), "{}", explain(&sh, &o));
         assert_eq!(read_link(&p), "releases/r1");
     }
+}
+
+/// `out` says the lease of `holder` was broken.
+#[track_caller]
+fn assert_broken(out: &str, holder: &str) {
+    let line = fact_line(out, "lease").unwrap();
+    assert!(line.contains(&("lease".into(), "broken".into())), "{out}");
+    assert!(line.contains(&("holder".into(), holder.into())), "{out}");
+}
+
+/// While `a` (holding the lease with fence `f`) builds `r2`, a forced break frees the lease,
+/// bumps the generation and ends the build's process group.
+fn forced_break_ends_the_running_build(sh: &Shell, tmp: &TempDir, p: &str, a: &Attempt, f: &Fence) {
+    ok(sh, Script::for_attempt(p, a).prepare("r2").finish());
+    std::fs::create_dir_all(attempt_dir(p, "r2", a)).unwrap();
+    let pidf = tmp.path().join("pid");
+    let out_file = tmp.path().join("out");
+    let mut child = spawn_build(sh, p, a, "r2", &sleeper(&pidf, 30, "true"), &out_file);
+    let pid = read_pid(&pidf);
+    assert!(wait_for(Duration::from_secs(5), || !run_records(p).is_empty()));
+    let out = ok(sh, Script::new(p).lease_break(60, true).finish());
+    assert_broken(&out, "ctl-a");
+    assert!(
+        out.contains(&format!("@@convoy stopped={pid} attempt={}\n", a.token)),
+        "[{}] {out}",
+        sh.name
+    );
+    assert!(!group_alive(pid));
+    assert_ne!(wait_child(&mut child, Duration::from_secs(10)), Some(0));
+    assert!(!Path::new(&format!("{p}/releases/r2")).exists());
+    assert_eq!(lock_field(p, "holder"), "");
+    assert_eq!(lock_field(p, "generation"), (f.generation + 1).to_string());
 }
 
 #[test]
@@ -304,11 +310,7 @@ fn lease_release_needs_the_same_attempt() {
             assert_eq!(fact(&out, "lease").as_deref(), Some("notheld"), "{out}");
             assert_eq!(std::fs::read_to_string(&lock).unwrap(), before);
         }
-        let o = sh.run(
-            &Script::for_attempt(&p, &Attempt::new("ctl-b"))
-                .lease_acquire("ctl-b", 60)
-                .finish(),
-        );
+        let o = sh.run(&acquire(&p, "ctl-b", 60));
         assert_eq!(
             o.status.code(),
             Some(EXIT_LEASE_HELD),

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::super::*;
 use super::support::*;
+use crate::host::RemoteCommand;
+use crate::host::local::LocalHost;
 use crate::host::observe::{fact, facts, steps};
 
 #[test]
@@ -15,10 +17,7 @@ fn watchdog_ends_the_group_when_the_session_is_gone() {
     for sh in shells() {
         let tmp = TempDir::new("watchdog");
         let p = site(&tmp);
-        let a = Attempt::new("ctl-a");
-        lease_as(&sh, &p, &a);
-        ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
-        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+        let (a, _) = ready_to_build(&sh, &p, "ctl-a", "r1");
         let pidf = tmp.path().join("pid");
         let script = Script::for_attempt(&p, &a)
             .build("r1", &[sleeper(&pidf, 30, "true")], &Env::default())
@@ -65,10 +64,7 @@ fn a_command_started_after_the_controller_went_never_runs_on() {
     for sh in shells() {
         let tmp = TempDir::new("gone-before");
         let p = site(&tmp);
-        let a = Attempt::new("ctl-a");
-        lease_as(&sh, &p, &a);
-        ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
-        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+        let (a, _) = ready_to_build(&sh, &p, "ctl-a", "r1");
         let pidf = tmp.path().join("pid");
         // The lifeline is at its end before the build starts (the controller died
         // during an earlier step of the same script).
@@ -113,10 +109,7 @@ fn stop_ends_only_this_attempts_groups() {
         );
         assert_eq!(steps(&out), vec![("stop".to_string(), 0)]);
         assert!(!Path::new(&p).exists());
-        let a = Attempt::new("ctl-a");
-        lease_as(&sh, &p, &a);
-        ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
-        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+        let (a, _) = ready_to_build(&sh, &p, "ctl-a", "r1");
         let pidf = tmp.path().join("pid");
         let mut child = spawn_build(
             &sh,
@@ -161,95 +154,105 @@ fn stop_ends_only_this_attempts_groups() {
     }
 }
 
-#[test]
-fn env_values_never_appear_in_argv() {
-    use crate::host::RemoteCommand;
-    use crate::host::local::LocalHost;
-    let secret = format!("s3cr3t-{}", Attempt::new("x").token);
-    // reads every process's arguments while the build runs, and this build's ancestry
-    let cmd = r#"printf '%s' "$SECRET" > secret.out
+/// A build command that reads every process's arguments while it runs (`argv.txt`), and
+/// its own ancestry (`ancestry.txt`), after saving `$SECRET` to `secret.out`.
+const SPY_ON_ARGV: &str = r#"printf '%s' "$SECRET" > secret.out
 for f in /proc/[0-9]*/cmdline; do { tr '\000' ' ' < "$f"; } 2>/dev/null || :; echo; done > argv.txt
 i=$$; : > ancestry.txt
 while [ -n "$i" ] && [ "$i" -gt 1 ]; do
   tr '\000' ' ' < /proc/$i/cmdline >> ancestry.txt; echo >> ancestry.txt
   i=$(sed 's/.*) //' /proc/$i/stat | cut -d' ' -f2)
 done"#;
+
+/// The spying build of `r1` by `a`, with `secret` in its environment: a private command
+/// whose words never hold the secret (only the stdin prefix does).
+fn private_build(p: &str, a: &Attempt, secret: &str) -> RemoteCommand {
     let env = Env(vec![
-        ("SECRET".into(), secret.clone()),
+        ("SECRET".into(), secret.to_string()),
         ("CONVOY_RELEASE".into(), "r1".into()),
     ]);
-    // the script file the bootstrap ran, named in the build's ancestry
-    let script_file = |p: &str| -> String {
-        let anc = std::fs::read_to_string(format!("{p}/releases/r1/ancestry.txt")).unwrap();
-        anc.split_whitespace()
-            .find(|w| {
-                Path::new(w)
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("convoy."))
-            })
-            .unwrap_or_else(|| panic!("no script file in the ancestry: {anc}"))
-            .to_string()
-    };
-    let check = |name: &str, p: &str, status: i32, out: &str| {
-        assert_eq!(status, 0, "[{name}] {out}");
-        assert_eq!(
-            fact(out, "build").as_deref(),
-            Some("done"),
-            "[{name}] {out}"
-        );
-        let d = format!("{p}/releases/r1");
-        assert_eq!(
-            std::fs::read_to_string(format!("{d}/secret.out")).unwrap(),
-            secret
-        );
-        let argv = std::fs::read_to_string(format!("{d}/argv.txt")).unwrap();
-        assert!(argv.contains("secret.out"), "[{name}] {argv}");
-        assert!(!argv.contains(&secret), "[{name}] the value is in argv");
-        let file = script_file(p);
-        assert!(
-            std::fs::symlink_metadata(&file).is_err(),
-            "[{name}] {file} left behind"
-        );
-    };
-    let build = |p: &str, a: &Attempt| {
-        let script = Script::for_attempt(p, a).build("r1", &[cmd.to_string()], &env);
-        assert!(script.is_private());
-        let rc = RemoteCommand::of(script, Duration::from_secs(30));
-        assert!(rc.private && rc.has_stdin());
-        let (words, prefix) = rc.invocation();
-        assert!(words.iter().all(|w| !w.contains(&secret)));
-        assert!(prefix.is_some_and(|b| String::from_utf8_lossy(b).contains(&secret)));
-        rc
-    };
+    let script = Script::for_attempt(p, a).build("r1", &[SPY_ON_ARGV.to_string()], &env);
+    assert!(script.is_private());
+    let rc = RemoteCommand::of(script, Duration::from_secs(30));
+    assert!(rc.private && rc.has_stdin());
+    let (words, prefix) = rc.invocation();
+    assert!(words.iter().all(|w| !w.contains(secret)));
+    assert!(prefix.is_some_and(|b| String::from_utf8_lossy(b).contains(secret)));
+    rc
+}
+
+/// The script file the bootstrap ran, named in the build's ancestry.
+fn script_file(p: &str) -> String {
+    let anc = std::fs::read_to_string(format!("{p}/releases/r1/ancestry.txt")).unwrap();
+    anc.split_whitespace()
+        .find(|w| {
+            Path::new(w)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("convoy."))
+        })
+        .unwrap_or_else(|| panic!("no script file in the ancestry: {anc}"))
+        .to_string()
+}
+
+/// The spying build succeeded and got `secret`, no process showed it in its arguments,
+/// and the script file is gone.
+#[track_caller]
+fn check_secret_kept(name: &str, p: &str, secret: &str, status: i32, out: &str) {
+    assert_eq!(status, 0, "[{name}] {out}");
+    assert_eq!(
+        fact(out, "build").as_deref(),
+        Some("done"),
+        "[{name}] {out}"
+    );
+    let d = format!("{p}/releases/r1");
+    assert_eq!(
+        std::fs::read_to_string(format!("{d}/secret.out")).unwrap(),
+        secret
+    );
+    let argv = std::fs::read_to_string(format!("{d}/argv.txt")).unwrap();
+    assert!(argv.contains("secret.out"), "[{name}] {argv}");
+    assert!(!argv.contains(secret), "[{name}] the value is in argv");
+    let file = script_file(p);
+    assert!(
+        std::fs::symlink_metadata(&file).is_err(),
+        "[{name}] {file} left behind"
+    );
+}
+
+/// Runs `rc` under `sh` as the transports do: the private prefix goes on stdin, which stays
+/// open (the lifeline) until the script ends. Returns the exit status and stdout.
+fn run_as_transport(sh: &Shell, rc: &RemoteCommand, tmpdir: &Path) -> (i32, String) {
+    let (words, prefix) = rc.invocation();
+    let mut child = sh
+        .command(&words[0])
+        .args(&words[1..])
+        .env("TMPDIR", tmpdir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lifeline = child.stdin.take().unwrap();
+    lifeline.write_all(prefix.unwrap()).unwrap();
+    lifeline.flush().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    drop(lifeline);
+    (status.unwrap_or(-1), out)
+}
+
+#[test]
+fn env_values_never_appear_in_argv() {
+    let secret = format!("s3cr3t-{}", Attempt::new("x").token);
     for sh in shells() {
         let tmp = TempDir::new("argv");
         let p = site(&tmp);
         let tmpdir = tmp.path().join("tmpdir");
         std::fs::create_dir_all(&tmpdir).unwrap();
-        let a = Attempt::new("ctl-a");
-        lease_as(&sh, &p, &a);
-        ok(&sh, Script::for_attempt(&p, &a).prepare("r1").finish());
-        std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
-        let rc = build(&p, &a);
-        let (words, prefix) = rc.invocation();
-        let mut child = sh
-            .command(&words[0])
-            .args(&words[1..])
-            .env("TMPDIR", &tmpdir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // as the transports do: stdin (the lifeline) stays open until the script ends
-        let mut lifeline = child.stdin.take().unwrap();
-        lifeline.write_all(prefix.unwrap()).unwrap();
-        lifeline.flush().unwrap();
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-        let status = wait_child(&mut child, Duration::from_secs(30));
-        drop(lifeline);
-        check(sh.name, &p, status.unwrap_or(-1), &out);
+        let (a, _) = ready_to_build(&sh, &p, "ctl-a", "r1");
+        let (status, out) = run_as_transport(&sh, &private_build(&p, &a, &secret), &tmpdir);
+        check_secret_kept(sh.name, &p, &secret, status, &out);
         assert!(script_file(&p).starts_with(&*tmpdir.to_string_lossy()));
         assert_eq!(
             std::fs::read_dir(&tmpdir).unwrap().count(),
@@ -261,21 +264,16 @@ done"#;
     // the local transport itself (the system sh)
     let tmp = TempDir::new("argv-local");
     let p = site(&tmp);
-    let sh = &shells()[0];
-    let a = Attempt::new("ctl-a");
-    lease_as(sh, &p, &a);
-    ok(sh, Script::for_attempt(&p, &a).prepare("r1").finish());
-    std::fs::create_dir_all(attempt_dir(&p, "r1", &a)).unwrap();
+    let (a, _) = ready_to_build(&shells()[0], &p, "ctl-a", "r1");
     let host = LocalHost {
         name: "local".into(),
         root: None,
     };
-    let rc = build(&p, &a);
     let o = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(host.run(&rc))
+        .block_on(host.run(&private_build(&p, &a, &secret)))
         .unwrap();
-    check("local", &p, o.status, &o.stdout_text());
+    check_secret_kept("local", &p, &secret, o.status, &o.stdout_text());
 }

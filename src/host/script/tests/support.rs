@@ -216,6 +216,17 @@ pub(crate) fn lease_as(sh: &Shell, p: &str, attempt: &Attempt) -> Fence {
     }
 }
 
+/// A fresh attempt of `holder` that holds the lease and has prepared release `id`, its
+/// (empty) build directory made: ready to build. Returns it with its fence.
+#[track_caller]
+pub(crate) fn ready_to_build(sh: &Shell, p: &str, holder: &str, id: &str) -> (Attempt, Fence) {
+    let a = Attempt::new(holder);
+    let f = lease_as(sh, p, &a);
+    ok(sh, Script::for_attempt(p, &a).prepare(id).finish());
+    std::fs::create_dir_all(attempt_dir(p, id, &a)).unwrap();
+    (a, f)
+}
+
 /// Take the lease (600 s) as a fresh attempt of `holder`.
 #[track_caller]
 pub(crate) fn lease(sh: &Shell, p: &str, holder: &str) -> Fence {
