@@ -55,7 +55,9 @@ pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> P
         ..PassState::default()
     };
     // From now on this Release's revision is fixed: a later edit is a validation error.
-    let _ = state.record_applied_revision(&site.name, &site.release, &site.revision);
+    // Unrecorded, that guard is off for this release, so the operator must hear of it.
+    let applied = state.record_applied_revision(&site.name, &site.release, &site.revision);
+    let _ = wrote(&ctx.metrics, "applied", applied);
     let mut revision = state.revision(&site.name, &site.release);
     if revision.is_none()
         && let FetchSpec::Git { repository } = &site.fetch

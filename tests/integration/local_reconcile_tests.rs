@@ -256,6 +256,15 @@ fn a_failed_attempt_the_state_dir_cannot_record_is_reported_and_fails_the_run() 
         metrics.contains("convoy_state_write_errors_total{kind=\"status\"} 1"),
         "{metrics}"
     );
+    // The Release's first applied revision could not be pinned either: said and counted.
+    assert!(
+        errors.contains("applied.json`: Read-only file system"),
+        "{errors}"
+    );
+    assert!(
+        metrics.contains("convoy_state_write_errors_total{kind=\"applied\"} 1"),
+        "{metrics}"
+    );
 
     // Writable again: the same failure is recorded, and the run still fails with exit 1.
     let out = convoy_in(tmp.path(), &args);
