@@ -12,7 +12,7 @@ use crate::controller::{self, RunOptions};
 use crate::desired::DesiredState;
 use crate::exit_code;
 use crate::manifest::{self, Catalog, LoadOptions, crd, types::Kind};
-use crate::plan::{self, PassState, Step};
+use crate::plan::{self, Step};
 use crate::state::StateDir;
 use crate::status::render;
 
@@ -260,11 +260,7 @@ fn plan(
         .filter(|s| site.is_none_or(|name| s.name == name))
     {
         let observed = runtime.block_on(crate::execute::observe_site(&ctx, s));
-        let key = controller::desired_key(s);
-        let pass = PassState {
-            attempts: state.attempts(&s.name, &key).attempts,
-            ..PassState::default()
-        };
+        let pass = controller::pass_state(s, &state);
         let (steps, outcome) = plan::preview(s, &observed, &pass);
         writeln!(out, "{}: desired {}", s.name, s.release)?;
         for (host, reach) in &observed {

@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::plan::Outcome;
 use crate::progress::Progress;
 use crate::state::{self, StateDir};
-pub use pass::{Pass, pass_once, publish, wrote};
+pub use pass::{Pass, pass_once, pass_state, publish, wrote};
 use queue::Requeue;
 pub use run_once::{SiteResult, render_site, run_once};
 

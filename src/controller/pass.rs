@@ -38,22 +38,28 @@ pub struct Pass {
     pub hold_lost: Option<String>,
 }
 
-/// One pass of one site, with its bookkeeping: history, the resolved revision, failed
-/// attempts, metrics. The caller publishes the status (it knows about retries).
-pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> Pass {
-    let key = desired_key(site);
-    let attempts = state.attempts(&site.name, &key).attempts;
+/// What the state dir knows of `site` before a pass: the failed attempts of its desired
+/// state, and the stages whose `once` already ran for its release. Every pass starts from
+/// this, and `convoy plan` previews from it, so the preview is the pass.
+pub fn pass_state(site: &DesiredSite, state: &StateDir) -> PassState {
     let once_done = state
         .history(&site.name)
         .into_iter()
         .filter(|e| e.action == Action::OnceRan && e.release == site.release)
         .filter_map(|e| e.stage)
         .collect();
-    let pass = PassState {
-        attempts,
+    PassState {
+        attempts: state.attempts(&site.name, &desired_key(site)).attempts,
         once_done,
         ..PassState::default()
-    };
+    }
+}
+
+/// One pass of one site, with its bookkeeping: history, the resolved revision, failed
+/// attempts, metrics. The caller publishes the status (it knows about retries).
+pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> Pass {
+    let key = desired_key(site);
+    let pass = pass_state(site, state);
     // From now on this Release's revision is fixed: a later edit is a validation error.
     // Unrecorded, that guard is off for this release, so the operator must hear of it.
     let applied = state.record_applied_revision(&site.name, &site.release, &site.revision);

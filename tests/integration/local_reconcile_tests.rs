@@ -157,6 +157,51 @@ fn reconcile_once_deploys_the_example_and_a_second_run_changes_nothing() {
     assert_eq!(history.matches("Switched").count(), 3, "{history}");
 }
 
+/// `plan` starts from the same pass state as a real pass: with the host's `once` record
+/// gone, the history alone proves the `once` commands ran, so neither runs them again.
+#[test]
+fn plan_and_a_pass_agree_when_only_the_history_proves_once_ran() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifests = example_in(tmp.path());
+    let m = manifests.display().to_string();
+    let state = tmp.path().join("state").display().to_string();
+    let reconcile = [
+        "reconcile",
+        "--once",
+        "-f",
+        m.as_str(),
+        "--state-dir",
+        state.as_str(),
+    ];
+    let out = convoy_in(tmp.path(), &reconcile);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let once = tmp
+        .path()
+        .join("hosts/sched1/srv/jobs-manager/.convoy/once");
+    assert!(
+        once.is_dir(),
+        "the example's scheduler stage has `once` commands"
+    );
+    fs::remove_dir_all(&once).unwrap();
+
+    let out = convoy_in(
+        tmp.path(),
+        &["plan", "-f", m.as_str(), "--state-dir", state.as_str()],
+    );
+    let plan = stdout(&out);
+    assert!(!plan.contains("run `once`"), "{plan}");
+    assert!(plan.contains("nothing to do"), "{plan}");
+    let out = convoy_in(tmp.path(), &reconcile);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("OnceRan"), "{}", stdout(&out));
+    let migrations = fs::read_to_string(
+        tmp.path()
+            .join("hosts/sched1/srv/jobs-manager/shared/var/migrations.log"),
+    )
+    .unwrap();
+    assert_eq!(migrations.lines().count(), 1, "{migrations}");
+}
+
 #[test]
 fn a_second_controller_on_the_same_state_dir_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
