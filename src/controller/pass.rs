@@ -184,7 +184,46 @@ fn status_of(
     retry: &Retry,
     hold_lost: Option<&str>,
 ) -> SiteStatus {
-    let (phase, mut message) = match &report.outcome {
+    let (phase, mut message) = phase_and_message(site, &report.outcome, retry);
+    if let Some(error) = hold_lost {
+        message.push_str(&format!(
+            "; this failed attempt was not recorded, the failure hold does not count it: {error}"
+        ));
+    }
+    let previous = state.load_status(&site.name);
+    let last_transition_time = match &previous {
+        Some(p) if p.phase == phase && p.desired_release == site.release => {
+            p.last_transition_time.clone()
+        }
+        _ => Some(state::now_rfc3339()),
+    };
+    SiteStatus {
+        phase,
+        desired_release: site.release.clone(),
+        revision: report
+            .revision
+            .clone()
+            .or_else(|| state.revision(&site.name, &site.release)),
+        message,
+        attempts: state.attempts(&site.name, &desired_key(site)).attempts,
+        last_transition_time,
+        hosts: report
+            .hosts
+            .iter()
+            .map(|h| HostStatus {
+                name: h.name.clone(),
+                stage: h.stage.clone(),
+                release: h.release.clone(),
+                reachable: h.reachable,
+                last_error: h.last_error.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The phase `outcome` puts the site in, and the one-line message saying why.
+fn phase_and_message(site: &DesiredSite, outcome: &Outcome, retry: &Retry) -> (Phase, String) {
+    match outcome {
         Outcome::Converged => (
             Phase::Converged,
             format!("every host runs {}", site.release),
@@ -223,39 +262,5 @@ fn status_of(
             Phase::Suspended,
             "suspended: observed only, nothing changed".to_string(),
         ),
-    };
-    if let Some(error) = hold_lost {
-        message.push_str(&format!(
-            "; this failed attempt was not recorded, the failure hold does not count it: {error}"
-        ));
-    }
-    let previous = state.load_status(&site.name);
-    let last_transition_time = match &previous {
-        Some(p) if p.phase == phase && p.desired_release == site.release => {
-            p.last_transition_time.clone()
-        }
-        _ => Some(state::now_rfc3339()),
-    };
-    SiteStatus {
-        phase,
-        desired_release: site.release.clone(),
-        revision: report
-            .revision
-            .clone()
-            .or_else(|| state.revision(&site.name, &site.release)),
-        message,
-        attempts: state.attempts(&site.name, &desired_key(site)).attempts,
-        last_transition_time,
-        hosts: report
-            .hosts
-            .iter()
-            .map(|h| HostStatus {
-                name: h.name.clone(),
-                stage: h.stage.clone(),
-                release: h.release.clone(),
-                reachable: h.reachable,
-                last_error: h.last_error.clone(),
-            })
-            .collect(),
     }
 }

@@ -52,47 +52,68 @@ pub async fn run_once(
     let sites: Vec<String> = desired.sites.keys().cloned().collect();
     let ctx = context(&desired, options, &shared, None);
     let started = Instant::now();
-    let progress = shared.progress.clone();
+    let redraw = shared.progress.is_some();
     let mut controller = Controller::new(Mode::Once, state, shared, Out::Print(out));
     controller.deadline = Some((started + options.timeout, options.timeout));
     controller.desired = Some(Arc::new(desired));
     controller.ctx = Some(Arc::new(ctx));
     controller.enqueue(sites.iter().cloned());
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sources = Sources {
-        sigterm: signal(SignalKind::terminate()).ok(),
-        sigint: signal(SignalKind::interrupt()).ok(),
-        redraw: progress
-            .is_some()
-            .then(|| tokio::time::interval(Duration::from_millis(200))),
-        ..Sources::default()
-    };
+    let mut sources = once_sources(redraw);
     let stopped = controller.run(&mut sources).await;
     if let Some(why) = &stopped {
         // Every pass abandons its round trips, ends its commands on the hosts and releases
         // its leases; they get a bounded time to do so.
         controller.stop(why, &mut sources, STOP_GRACE).await;
     }
-    if progress.is_some() {
+    if redraw {
         progress::clear(&mut std::io::stderr());
     }
     let mut codes: Vec<u8> = controller.codes.values().copied().collect();
     if let Some(why) = &stopped {
-        let pending: Vec<&str> = sites
-            .iter()
-            .map(String::as_str)
-            .filter(|n| !controller.codes.contains_key(*n))
-            .collect();
-        controller.say(&format!(
-            "error: {why}: stopped the commands under way on the hosts and released the leases; unfinished: {}",
-            if pending.is_empty() {
-                "none".to_string()
-            } else {
-                pending.join(", ")
-            }
-        ));
+        report_unfinished(&mut controller, &sites, why);
         codes.push(exit_code::FAILED);
     }
+    finish(&mut controller, options, sites.len(), started).await;
+    worst(codes)
+}
+
+/// What `--once` listens to besides its passes: SIGTERM, SIGINT and, when a terminal shows
+/// the progress, its redraw tick.
+fn once_sources(redraw: bool) -> Sources {
+    use tokio::signal::unix::{SignalKind, signal};
+    Sources {
+        sigterm: signal(SignalKind::terminate()).ok(),
+        sigint: signal(SignalKind::interrupt()).ok(),
+        redraw: redraw.then(|| tokio::time::interval(Duration::from_millis(200))),
+        ..Sources::default()
+    }
+}
+
+/// After a stop (`why`): which of `sites` never finished.
+fn report_unfinished(controller: &mut Controller<'_>, sites: &[String], why: &str) {
+    let pending: Vec<&str> = sites
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !controller.codes.contains_key(*n))
+        .collect();
+    controller.say(&format!(
+        "error: {why}: stopped the commands under way on the hosts and released the leases; unfinished: {}",
+        if pending.is_empty() {
+            "none".to_string()
+        } else {
+            pending.join(", ")
+        }
+    ));
+}
+
+/// The end of a run: the metrics textfile (when asked for), the SSH masters closed, and
+/// the summary line.
+async fn finish(
+    controller: &mut Controller<'_>,
+    options: &RunOptions,
+    sites: usize,
+    started: Instant,
+) {
     if let Some(path) = &options.metrics_textfile
         && let Err(e) = controller.shared.metrics.write_textfile(path)
     {
@@ -103,12 +124,10 @@ pub async fn run_once(
     }
     controller.shared.close().await;
     controller.say(&format!(
-        "{} site{} in {:.1}s",
-        sites.len(),
-        if sites.len() == 1 { "" } else { "s" },
+        "{sites} site{} in {:.1}s",
+        if sites == 1 { "" } else { "s" },
         started.elapsed().as_secs_f64()
     ));
-    worst(codes)
 }
 
 /// One site's block of output: what happened per host, then the phase line.
