@@ -162,18 +162,11 @@ fn reconcile_once_deploys_the_example_and_a_second_run_changes_nothing() {
 #[test]
 fn plan_and_a_pass_agree_when_only_the_history_proves_once_ran() {
     let tmp = tempfile::tempdir().unwrap();
-    let manifests = example_in(tmp.path());
-    let m = manifests.display().to_string();
+    let m = example_in(tmp.path()).display().to_string();
     let state = tmp.path().join("state").display().to_string();
-    let reconcile = [
-        "reconcile",
-        "--once",
-        "-f",
-        m.as_str(),
-        "--state-dir",
-        state.as_str(),
-    ];
-    let out = convoy_in(tmp.path(), &reconcile);
+    let dirs = ["-f", m.as_str(), "--state-dir", state.as_str()];
+    let run = |command: &[&str]| convoy_in(tmp.path(), &[command, &dirs[..]].concat());
+    let out = run(&["reconcile", "--once"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let once = tmp
         .path()
@@ -184,14 +177,10 @@ fn plan_and_a_pass_agree_when_only_the_history_proves_once_ran() {
     );
     fs::remove_dir_all(&once).unwrap();
 
-    let out = convoy_in(
-        tmp.path(),
-        &["plan", "-f", m.as_str(), "--state-dir", state.as_str()],
-    );
-    let plan = stdout(&out);
+    let plan = stdout(&run(&["plan"]));
     assert!(!plan.contains("run `once`"), "{plan}");
     assert!(plan.contains("nothing to do"), "{plan}");
-    let out = convoy_in(tmp.path(), &reconcile);
+    let out = run(&["reconcile", "--once"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stdout(&out).contains("OnceRan"), "{}", stdout(&out));
     let migrations = fs::read_to_string(

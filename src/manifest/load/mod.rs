@@ -262,9 +262,7 @@ fn parse_header(
                     .iter()
                     .any(|k| f.starts_with(k))
             });
-            loaded
-                .diagnostics
-                .push(diag(file, e.pos, None, field, e.message));
+            envelope_problem(loaded, file, e.pos, field, e.message);
             if let Some(identity) = guess_identity(&chunk.text) {
                 loaded.broken.insert(identity);
             }
@@ -274,9 +272,7 @@ fn parse_header(
     let name = header.metadata.and_then(|m| m.name);
     let Some(api_version) = header.api_version else {
         let message = "missing field `apiVersion` (expected `convoy.dev/v1alpha1`)".into();
-        loaded
-            .diagnostics
-            .push(diag(file, chunk.start(), None, None, message));
+        envelope_problem(loaded, file, chunk.start(), None, message);
         return None;
     };
     if api_version.value != API_VERSION {
@@ -288,21 +284,19 @@ fn parse_header(
             "unsupported apiVersion `{}`: this convoy understands `{API_VERSION}`",
             api_version.value
         );
-        loaded.diagnostics.push(diag(
+        envelope_problem(
+            loaded,
             file,
             api_version.pos,
-            None,
             Some("apiVersion".into()),
             message,
-        ));
+        );
         return None;
     }
     let Some(kind_text) = header.kind else {
         let message =
             "missing field `kind` (one of Site, ServerGroup, Release, Notification)".into();
-        loaded
-            .diagnostics
-            .push(diag(file, chunk.start(), None, None, message));
+        envelope_problem(loaded, file, chunk.start(), None, message);
         return None;
     };
     let Some(kind) = Kind::parse(&kind_text) else {
@@ -310,16 +304,23 @@ fn parse_header(
             "unknown kind `{}`: expected one of Site, ServerGroup, Release, Notification",
             kind_text.value
         );
-        loaded.diagnostics.push(diag(
-            file,
-            kind_text.pos,
-            None,
-            Some("kind".into()),
-            message,
-        ));
+        envelope_problem(loaded, file, kind_text.pos, Some("kind".into()), message);
         return None;
     };
     Some((kind, name))
+}
+
+/// Reports a problem of the document's envelope: no object is known yet.
+fn envelope_problem(
+    loaded: &mut Loaded,
+    file: &Arc<str>,
+    pos: Pos,
+    field: Option<String>,
+    message: String,
+) {
+    loaded
+        .diagnostics
+        .push(diag(file, pos, None, field, message));
 }
 
 struct ParseError {

@@ -12,6 +12,13 @@ use crate::host::RemoteCommand;
 use crate::host::local::LocalHost;
 use crate::host::observe::{fact, facts, steps};
 
+/// The script of a build of `r1` by `a` that writes its pid to `pidf` and sleeps 30 s.
+fn long_build(p: &str, a: &Attempt, pidf: &Path) -> String {
+    Script::for_attempt(p, a)
+        .build("r1", &[sleeper(pidf, 30, "true")], &Env::default())
+        .finish()
+}
+
 #[test]
 fn watchdog_ends_the_group_when_the_session_is_gone() {
     for sh in shells() {
@@ -19,9 +26,7 @@ fn watchdog_ends_the_group_when_the_session_is_gone() {
         let p = site(&tmp);
         let (a, _) = ready_to_build(&sh, &p, "ctl-a", "r1");
         let pidf = tmp.path().join("pid");
-        let script = Script::for_attempt(&p, &a)
-            .build("r1", &[sleeper(&pidf, 30, "true")], &Env::default())
-            .finish();
+        let script = long_build(&p, &a, &pidf);
         // as the transports run it: stdin (the lifeline) open while the controller waits
         let mut child = sh
             .command(&script)
@@ -68,9 +73,7 @@ fn a_command_started_after_the_controller_went_never_runs_on() {
         let pidf = tmp.path().join("pid");
         // The lifeline is at its end before the build starts (the controller died
         // during an earlier step of the same script).
-        let script = Script::for_attempt(&p, &a)
-            .build("r1", &[sleeper(&pidf, 30, "true")], &Env::default())
-            .finish();
+        let script = long_build(&p, &a, &pidf);
         let started = Instant::now();
         let out = sh
             .command(&script)
