@@ -3,7 +3,7 @@
 # OpenSSH server + client and git; prometheus + promtool for the
 # dashboard tests (tests/integration/prom.rs); shellcheck for the shell lint
 # (tests/integration/shellcheck_tests.rs); busybox for the host script tests
-# (src/host/script.rs runs them under dash and, when present, busybox sh).
+# (src/host/script/tests/ runs them under dash and, when present, busybox sh).
 # Idempotent; quiet when nothing is missing.
 # Never starts the system sshd or prometheus services: the tests run their own.
 set -euo pipefail

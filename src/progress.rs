@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Mutex;
 
-use crate::state::Action;
+use crate::plan::EventKind;
 
 #[derive(Default)]
 struct SiteProgress {
@@ -33,13 +33,15 @@ impl Progress {
         };
     }
 
-    pub fn record(&self, site: &str, action: Action) {
+    pub fn record(&self, site: &str, kind: EventKind) {
         let mut sites = self.sites.lock().expect("not poisoned");
         let entry = sites.entry(site.to_string()).or_default();
-        match action {
-            Action::Built => entry.built += 1,
-            Action::Switched => entry.switched += 1,
-            Action::BuildFailed | Action::HealthFailed | Action::OnceFailed => entry.failed += 1,
+        match kind {
+            EventKind::Built => entry.built += 1,
+            EventKind::Switched => entry.switched += 1,
+            EventKind::BuildFailed | EventKind::HealthFailed | EventKind::OnceFailed => {
+                entry.failed += 1
+            }
             _ => {}
         }
     }

@@ -24,6 +24,7 @@ use crate::desired::{DesiredSite, DesiredState};
 use crate::exit_code;
 use crate::host::Host;
 use crate::manifest;
+use crate::metrics::Metrics;
 use crate::state::{self, StateDir};
 
 /// Settings of the daemon.
@@ -69,45 +70,10 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         }
     };
     let ready = Arc::new(AtomicBool::new(false));
-    let listener = match tokio::net::TcpListener::bind(options.metrics_addr).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            let _ = writeln!(
-                err,
-                "error: failed to listen on {} for metrics: {e}",
-                options.metrics_addr
-            );
-            return exit_code::FAILED;
-        }
-    };
-    let heartbeat = Arc::new(super::http::Heartbeat::new(stale_after(options.resync)));
-    heartbeat.beat();
-    tokio::spawn(super::http::serve(
-        listener,
-        shared.metrics.clone(),
-        ready.clone(),
-        heartbeat.clone(),
-    ));
-    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
-    let _watch = match super::watch::start(&options.manifests, reload_tx) {
-        Ok(watch) => watch,
-        Err(e) => {
-            let _ = writeln!(
-                err,
-                "error: failed to watch `{}`: {e}",
-                options.manifests.display()
-            );
-            return exit_code::FAILED;
-        }
-    };
-    let (sigterm, sigint, sighup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            let _ = writeln!(err, "error: failed to install signal handlers");
+    let (mut sources, _watch) = match listen(&options, &shared, &ready).await {
+        Ok(listening) => listening,
+        Err(message) => {
+            let _ = writeln!(err, "error: {message}");
             return exit_code::FAILED;
         }
     };
@@ -120,6 +86,7 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
 
     let mut resync = tokio::time::interval(options.resync);
     resync.tick().await;
+    sources.resync = Some(resync);
     let mut controller = Controller::new(Mode::Daemon, state, shared, Out::Log);
     controller.manifests = Some(Manifests {
         options,
@@ -127,16 +94,6 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         reload_retry: None,
     });
     controller.reload();
-    let mut sources = Sources {
-        sigterm: Some(sigterm),
-        sigint: Some(sigint),
-        sighup: Some(sighup),
-        reloads: Some(reload_rx),
-        resync: Some(resync),
-        probe: Some(tokio::time::interval(PROBE_EVERY)),
-        heartbeat: Some(heartbeat),
-        ..Sources::default()
-    };
     // The daemon's loop ends only when a signal stops it.
     let why = controller
         .run(&mut sources)
@@ -153,6 +110,52 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
     controller.shared.close().await;
     log("stopped");
     exit_code::OK
+}
+
+/// Starts serving `/metrics`, `/healthz` and `/readyz`, watching the manifests and taking
+/// the signals: what wakes the daemon's loop, all but the resync, with the watcher's
+/// handle (the watch ends when it is dropped). `Err` says what could not be set up.
+async fn listen(
+    options: &DaemonOptions,
+    shared: &Shared,
+    ready: &Arc<AtomicBool>,
+) -> Result<(Sources, super::watch::Watch), String> {
+    let listener = tokio::net::TcpListener::bind(options.metrics_addr)
+        .await
+        .map_err(|e| {
+            format!(
+                "failed to listen on {} for metrics: {e}",
+                options.metrics_addr
+            )
+        })?;
+    let heartbeat = Arc::new(super::http::Heartbeat::new(stale_after(options.resync)));
+    heartbeat.beat();
+    tokio::spawn(super::http::serve(
+        listener,
+        shared.metrics.clone(),
+        ready.clone(),
+        heartbeat.clone(),
+    ));
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch = super::watch::start(&options.manifests, reload_tx)
+        .map_err(|e| format!("failed to watch `{}`: {e}", options.manifests.display()))?;
+    let (Ok(sigterm), Ok(sigint), Ok(sighup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return Err("failed to install signal handlers".to_string());
+    };
+    let sources = Sources {
+        sigterm: Some(sigterm),
+        sigint: Some(sigint),
+        sighup: Some(sighup),
+        reloads: Some(reload_rx),
+        probe: Some(tokio::time::interval(PROBE_EVERY)),
+        heartbeat: Some(heartbeat),
+        ..Sources::default()
+    };
+    Ok((sources, watch))
 }
 
 /// Where the daemon's desired state comes from: the manifest directory.
@@ -180,49 +183,10 @@ impl Controller<'_> {
             return;
         };
         let metrics = self.shared.metrics.clone();
-        let state = &self.state;
-        let loaded = manifest::load_classified(&source.options.manifests, &source.options.load)
-            .and_then(|catalog| {
-                manifest::validate::check_immutable(&catalog, |site, release| {
-                    state.applied_revision(site, release)
-                })
-                .map(|()| catalog)
-                .map_err(|diagnostics| manifest::LoadFailure {
-                    diagnostics,
-                    read_failed: false,
-                })
-            });
-        let catalog = match loaded {
+        let catalog = match load_checked(&source.options, &self.state) {
             Ok(catalog) => catalog,
             Err(failure) => {
-                let diagnostics = failure.diagnostics;
-                metrics.manifests_loaded(false);
-                let errors: Vec<String> = diagnostics.0.iter().map(ToString::to_string).collect();
-                let _ = wrote(
-                    &metrics,
-                    "manifests",
-                    self.state.save_manifests(false, &errors),
-                );
-                source.ready.store(false, Ordering::SeqCst);
-                let retry = if failure.read_failed {
-                    let retry = source.reload_retry.get_or_insert_with(|| ReloadRetry {
-                        at: Instant::now(),
-                        delays: Box::new(backoff()),
-                    });
-                    let delay = retry.delays.next().unwrap_or(Duration::from_secs(30));
-                    retry.at = Instant::now() + delay;
-                    format!(
-                        "; reading them failed, retrying in {:.1}s",
-                        delay.as_secs_f64()
-                    )
-                } else {
-                    // Invalid content is fixed by an edit, which the watcher reports.
-                    source.reload_retry = None;
-                    String::new()
-                };
-                log(&format!(
-                    "manifests invalid; still acting on the last valid state{retry}:\n{diagnostics}"
-                ));
+                source.invalid(failure, &metrics, &self.state);
                 return;
             }
         };
@@ -236,17 +200,7 @@ impl Controller<'_> {
         }
         let run_options = source.options.run.clone();
         let old = self.desired.take();
-        let mut changed = vec![];
-        for (name, site) in &new.sites {
-            let same = old.as_ref().is_some_and(|old| {
-                old.sites.get(name) == Some(site)
-                    && hosts_of(old, site) == hosts_of(&new, site)
-                    && old.group_limits == new.group_limits
-            });
-            if !same {
-                changed.push(name.clone());
-            }
-        }
+        let changed = changed_sites(old.as_deref(), &new);
         if let Some(old) = &old {
             for name in old.sites.keys().filter(|n| !new.sites.contains_key(*n)) {
                 self.queue.remove(name);
@@ -309,6 +263,70 @@ impl Controller<'_> {
             self.queue.probed(&name, answered, now);
         }
     }
+}
+
+impl Manifests {
+    /// The manifests did not load: says so (state dir, metrics, `/readyz`, log) while the
+    /// last valid state stays in force. Invalid content waits for the edit the watcher
+    /// reports; a failed read is retried on backoff.
+    fn invalid(&mut self, failure: manifest::LoadFailure, metrics: &Metrics, state: &StateDir) {
+        let diagnostics = failure.diagnostics;
+        metrics.manifests_loaded(false);
+        let errors: Vec<String> = diagnostics.0.iter().map(ToString::to_string).collect();
+        let _ = wrote(metrics, "manifests", state.save_manifests(false, &errors));
+        self.ready.store(false, Ordering::SeqCst);
+        let retry = if failure.read_failed {
+            let retry = self.reload_retry.get_or_insert_with(|| ReloadRetry {
+                at: Instant::now(),
+                delays: Box::new(backoff()),
+            });
+            let delay = retry.delays.next().unwrap_or(Duration::from_secs(30));
+            retry.at = Instant::now() + delay;
+            format!(
+                "; reading them failed, retrying in {:.1}s",
+                delay.as_secs_f64()
+            )
+        } else {
+            self.reload_retry = None;
+            String::new()
+        };
+        log(&format!(
+            "manifests invalid; still acting on the last valid state{retry}:\n{diagnostics}"
+        ));
+    }
+}
+
+/// The manifests, loaded and validated, also against the revisions Releases were first
+/// applied with (an edited `spec.revision` is invalid).
+fn load_checked(
+    options: &DaemonOptions,
+    state: &StateDir,
+) -> Result<manifest::Catalog, manifest::LoadFailure> {
+    let catalog = manifest::load_classified(&options.manifests, &options.load)?;
+    manifest::validate::check_immutable(&catalog, |site, release| {
+        state.applied_revision(site, release)
+    })
+    .map_err(|diagnostics| manifest::LoadFailure {
+        diagnostics,
+        read_failed: false,
+    })?;
+    Ok(catalog)
+}
+
+/// The sites of `new` whose desired state differs from `old`'s: their spec, how their
+/// hosts are reached, or the group limits. Every site when there is no `old`.
+fn changed_sites(old: Option<&DesiredState>, new: &DesiredState) -> Vec<String> {
+    new.sites
+        .iter()
+        .filter(|(name, site)| {
+            !old.is_some_and(|old| {
+                old.sites.get(*name) == Some(*site)
+                    && hosts_of(old, site) == hosts_of(new, site)
+                    && old.group_limits == new.group_limits
+            })
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// Where to probe a host: its SSH address and port (local hosts are always there).

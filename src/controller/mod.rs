@@ -1,36 +1,40 @@
-//! The reconcile controller: one pass of one site ([`pass_once`]) with its bookkeeping in
-//! the state dir, and the rule that tells `--once` from the daemon ([`requeue`]). The loop
-//! that runs passes is `run.rs`, its queue `queue.rs`; `convoy reconcile --once` converges
-//! every selected site (sites in parallel, each serial), retrying transient trouble (an
-//! unreachable required host) with per-site exponential backoff and jitter until
-//! `--timeout`, and maps the result to the documented exit codes.
+//! The reconcile controller: what every pass shares (SSH masters, metrics, the lease name,
+//! the execution context) and the rule that tells `--once` from the daemon ([`requeue`]).
+//! One pass of one site with its bookkeeping in the state dir is `pass.rs`; the loop that
+//! runs passes is `run.rs`, its queue `queue.rs`; `run_once.rs` is `convoy reconcile
+//! --once`, which converges every selected site (sites in parallel, each serial), retrying
+//! transient trouble (an unreachable required host) with per-site exponential backoff and
+//! jitter until `--timeout`, and maps the result to the documented exit codes.
+//! `revision.rs` resolves a branch to its commit on the controller.
 
 pub mod daemon;
 mod http;
 pub mod once_record;
+mod pass;
 pub mod queue;
+mod revision;
 mod run;
+mod run_once;
 pub mod watch;
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::BackoffBuilder;
 
-use crate::desired::{DesiredSite, DesiredState, FetchSpec};
-use crate::execute::{self, Context, Limits, SiteReport};
+use crate::desired::{DesiredSite, DesiredState};
+use crate::execute::{Context, Limits};
 use crate::exit_code;
 use crate::host::Host;
 use crate::host::ssh::SshPool;
 use crate::metrics::Metrics;
-use crate::plan::{Outcome, PassState};
-use crate::progress::{self, Progress};
-use crate::state::{self, Action, HistoryEvent, StateDir, StateError};
-use crate::status::{HostStatus, Phase, SiteStatus};
+use crate::plan::Outcome;
+use crate::progress::Progress;
+use crate::state::{self, StateDir};
+pub use pass::{Pass, pass_once, pass_state, publish, wrote};
 use queue::Requeue;
-use run::{Controller, Out, Sources};
+pub use run_once::{SiteResult, render_site, run_once};
 
 /// Knobs of one `reconcile --once` run.
 #[derive(Debug, Clone)]
@@ -44,21 +48,18 @@ pub struct RunOptions {
     pub metrics_textfile: Option<std::path::PathBuf>,
 }
 
-/// A site's result as the run reports it.
-pub struct SiteResult {
-    pub name: String,
-    pub report: SiteReport,
-    pub status: SiteStatus,
-}
-
 /// Bounds of the per-site backoff while a required host is unreachable.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
+
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// How long a host lease lasts without renewal (renewed every third of it while a round
 /// trip runs): a SIGKILLed controller frees its hosts this long after its last renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
+
 /// How long passes get, after a cancel, to end their commands and release their leases.
 pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
 /// How long an idle SSH master survives, even if convoy is killed.
 const MASTER_IDLE: Duration = Duration::from_secs(30);
 
@@ -225,287 +226,6 @@ pub enum Retry {
     Dropped { n: u32, why: String },
 }
 
-/// A failed state-dir write: one stderr line naming the file and the OS error, and one more
-/// in `convoy_state_write_errors_total{kind}`. Returns the error's message.
-pub fn wrote<T>(
-    metrics: &Metrics,
-    kind: &'static str,
-    result: Result<T, StateError>,
-) -> Result<T, String> {
-    result.map_err(|e| {
-        let message = state::error_chain(&e);
-        metrics.state_write_failed(kind);
-        eprintln!("error: {message}");
-        message
-    })
-}
-
-/// One pass's report, and what its bookkeeping could not record.
-pub struct Pass {
-    pub report: SiteReport,
-    /// Set when the pass was a failed attempt that could not be recorded: the failure hold
-    /// did not count it.
-    pub hold_lost: Option<String>,
-}
-
-/// One pass of one site, with its bookkeeping: history, the resolved revision, failed
-/// attempts, metrics. The caller publishes the status (it knows about retries).
-pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> Pass {
-    let key = desired_key(site);
-    let attempts = state.attempts(&site.name, &key).attempts;
-    let once_done = state
-        .history(&site.name)
-        .into_iter()
-        .filter(|e| e.action == Action::OnceRan && e.release == site.release)
-        .filter_map(|e| e.stage)
-        .collect();
-    let pass = PassState {
-        attempts,
-        once_done,
-        ..PassState::default()
-    };
-    // From now on this Release's revision is fixed: a later edit is a validation error.
-    let _ = state.record_applied_revision(&site.name, &site.release, &site.revision);
-    let mut revision = state.revision(&site.name, &site.release);
-    if revision.is_none()
-        && let FetchSpec::Git { repository } = &site.fetch
-        && let Some(commit) = resolve_revision(repository, &site.revision).await
-    {
-        // One commit per release, decided once: every host builds exactly this.
-        let recorded = state.record_revision(&site.name, &site.release, &commit);
-        revision = wrote(&ctx.metrics, "revisions", recorded)
-            .ok()
-            .or(Some(commit));
-    }
-    let started = Instant::now();
-    let mut report = execute::reconcile_site(ctx, site, pass, revision).await;
-    once_record::explain(ctx, site, &mut report).await;
-    ctx.metrics
-        .reconciled(&site.name, &report.outcome, started.elapsed());
-    let rollbacks = report
-        .events
-        .iter()
-        .filter(|e| e.kind == Action::RolledBack)
-        .count();
-    for _ in 0..rollbacks {
-        ctx.metrics.rolled_back(&site.name);
-    }
-    let hold_lost = record(ctx, state, site, &key, &report);
-    Pass { report, hold_lost }
-}
-
-/// Resolves a branch or tag to its commit on the controller (`git ls-remote`), so that all
-/// hosts build the same commit even if the branch moves during the rollout. `None` when the
-/// revision is already a full commit id, or the controller cannot reach the repository (the
-/// first host that fetches resolves it then, and the state dir records it).
-async fn resolve_revision(repository: &str, revision: &str) -> Option<String> {
-    if revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut git = tokio::process::Command::new("git");
-    git.args(["ls-remote", "--", repository, revision])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    if std::env::var_os("GIT_SSH_COMMAND").is_none() {
-        git.env(
-            "GIT_SSH_COMMAND",
-            "ssh -o BatchMode=yes -o ConnectTimeout=10",
-        );
-    }
-    let out = tokio::time::timeout(Duration::from_secs(20), git.output())
-        .await
-        .ok()?
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    pick_commit(&String::from_utf8_lossy(&out.stdout), revision)
-}
-
-/// From `git ls-remote` output: a peeled tag first, then the tag, then the branch.
-fn pick_commit(listing: &str, revision: &str) -> Option<String> {
-    let refs: Vec<(&str, &str)> = listing.lines().filter_map(|l| l.split_once('\t')).collect();
-    [
-        format!("refs/tags/{revision}^{{}}"),
-        format!("refs/tags/{revision}"),
-        format!("refs/heads/{revision}"),
-        revision.to_string(),
-    ]
-    .iter()
-    .find_map(|wanted| refs.iter().find(|(_, name)| name == wanted))
-    .map(|(sha, _)| sha.to_string())
-    .filter(|sha| sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// Saves the Site's status and mirrors it into the metrics.
-pub fn publish(
-    ctx: &Context,
-    state: &StateDir,
-    site: &DesiredSite,
-    report: &SiteReport,
-    retry: &Retry,
-    hold_lost: Option<&str>,
-) -> SiteStatus {
-    let status = status_of(state, site, report, retry, hold_lost);
-    let _ = wrote(
-        &ctx.metrics,
-        "status",
-        state.save_status(&site.name, &status),
-    );
-    ctx.metrics
-        .site_state(&site.name, status.phase, &site.release);
-    ctx.metrics.hosts(&site.name, &report.hosts);
-    let backoff = match retry {
-        Retry::Due { delay, .. } => *delay,
-        _ => Duration::ZERO,
-    };
-    ctx.metrics.backoff(&site.name, backoff);
-    status
-}
-
-/// Persists what a pass did: history, the resolved revision, failed attempts. A write that
-/// fails is reported and counted; the one of a failed attempt is returned too, for the
-/// status and the exit code.
-fn record(
-    ctx: &Context,
-    state: &StateDir,
-    site: &DesiredSite,
-    key: &str,
-    report: &SiteReport,
-) -> Option<String> {
-    let metrics = &ctx.metrics;
-    let mut hold_lost = None;
-    let mut events: Vec<HistoryEvent> = report
-        .events
-        .iter()
-        .map(|e| {
-            let event = HistoryEvent::new(&site.name, &e.release, e.kind)
-                .host(&e.host)
-                .stage(&e.stage);
-            match &e.detail {
-                Some(detail) => event.detail(detail),
-                None => event,
-            }
-        })
-        .collect();
-    if let Some(revision) = &report.revision {
-        let recorded = state.record_revision(&site.name, &site.release, revision);
-        let _ = wrote(metrics, "revisions", recorded);
-    }
-    match &report.outcome {
-        Outcome::Converged | Outcome::Degraded { .. } => {
-            let _ = wrote(metrics, "attempts", state.reset_attempts(&site.name));
-            if !report.events.is_empty() {
-                events.push(HistoryEvent::new(
-                    &site.name,
-                    &site.release,
-                    Action::Converged,
-                ));
-            }
-        }
-        Outcome::Failed { reason, .. } if report.failed_attempt => {
-            let recorded = state.record_failure(&site.name, key, &site.release, reason);
-            hold_lost = wrote(metrics, "attempts", recorded).err();
-        }
-        Outcome::Blocked { hosts, reason } if !report.events.is_empty() => {
-            events.push(
-                HistoryEvent::new(&site.name, &site.release, Action::Blocked)
-                    .detail(format!("{reason}: {}", hosts.join(", "))),
-            );
-        }
-        _ => {}
-    }
-    if !events.is_empty() {
-        let _ = wrote(metrics, "history", state.append_history(&events));
-    }
-    hold_lost
-}
-
-/// The Site's status object after a pass.
-fn status_of(
-    state: &StateDir,
-    site: &DesiredSite,
-    report: &SiteReport,
-    retry: &Retry,
-    hold_lost: Option<&str>,
-) -> SiteStatus {
-    let (phase, mut message) = match &report.outcome {
-        Outcome::Converged => (
-            Phase::Converged,
-            format!("every host runs {}", site.release),
-        ),
-        Outcome::Progressing => (Phase::Progressing, "rollout under way".to_string()),
-        Outcome::Degraded { skipped } => (
-            Phase::Degraded,
-            format!(
-                "every reachable host runs {}; optional hosts unreachable: {}",
-                site.release,
-                skipped.join(", ")
-            ),
-        ),
-        Outcome::Blocked { hosts, reason } => {
-            let mut message = format!("{reason}: {}", hosts.join(", "));
-            match retry {
-                Retry::None => {}
-                Retry::Due { n, delay } => message.push_str(&format!(
-                    "; retry {n} in {}s (backoff)",
-                    delay.as_secs().max(1)
-                )),
-                Retry::Dropped { n, why } => {
-                    message.push_str(&format!("; no retry {n} (backoff): {why}"));
-                }
-            }
-            (Phase::Blocked, message)
-        }
-        Outcome::Failed { reason, host } => (
-            Phase::Failed,
-            match host {
-                Some(host) => format!("{reason} (host {host})"),
-                None => reason.clone(),
-            },
-        ),
-        Outcome::Suspended => (
-            Phase::Suspended,
-            "suspended: observed only, nothing changed".to_string(),
-        ),
-    };
-    if let Some(error) = hold_lost {
-        message.push_str(&format!(
-            "; this failed attempt was not recorded, the failure hold does not count it: {error}"
-        ));
-    }
-    let previous = state.load_status(&site.name);
-    let last_transition_time = match &previous {
-        Some(p) if p.phase == phase && p.desired_release == site.release => {
-            p.last_transition_time.clone()
-        }
-        _ => Some(state::now_rfc3339()),
-    };
-    SiteStatus {
-        phase,
-        desired_release: site.release.clone(),
-        revision: report
-            .revision
-            .clone()
-            .or_else(|| state.revision(&site.name, &site.release)),
-        message,
-        attempts: state.attempts(&site.name, &desired_key(site)).attempts,
-        last_transition_time,
-        hosts: report
-            .hosts
-            .iter()
-            .map(|h| HostStatus {
-                name: h.name.clone(),
-                stage: h.stage.clone(),
-                release: h.release.clone(),
-                reachable: h.reachable,
-                last_error: h.last_error.clone(),
-            })
-            .collect(),
-    }
-}
-
 /// Exit code of a site: 1 for Failed, Blocked or unfinished; 3 for Degraded; else 0.
 pub fn exit_code_of(outcome: &Outcome) -> u8 {
     match outcome {
@@ -528,143 +248,6 @@ pub fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
             _ => 4,
         })
         .unwrap_or(exit_code::OK)
-}
-
-/// `convoy reconcile --once`: every selected site, in parallel; prints each site's block
-/// (per host, never interleaved) as it finishes. Returns the exit code.
-pub async fn run_once(
-    desired: &DesiredState,
-    state: Arc<StateDir>,
-    options: &RunOptions,
-    out: &mut dyn std::io::Write,
-) -> u8 {
-    let mut shared = match Shared::new(options, &state) {
-        Ok(shared) => shared,
-        Err(e) => {
-            let _ = writeln!(
-                out,
-                "error: failed to create a private directory for SSH control sockets: {e}"
-            );
-            return exit_code::FAILED;
-        }
-    };
-    if std::io::stderr().is_terminal() {
-        shared.progress = Some(Arc::new(Progress::default()));
-    }
-    let mut desired = desired.clone();
-    if let Some(only) = &options.site {
-        desired.sites.retain(|name, _| name == only);
-    }
-    let sites: Vec<String> = desired.sites.keys().cloned().collect();
-    let ctx = context(&desired, options, &shared, None);
-    let started = Instant::now();
-    let progress = shared.progress.clone();
-    let mut controller = Controller::new(Mode::Once, state, shared, Out::Print(out));
-    controller.deadline = Some((started + options.timeout, options.timeout));
-    controller.desired = Some(Arc::new(desired));
-    controller.ctx = Some(Arc::new(ctx));
-    controller.enqueue(sites.iter().cloned());
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sources = Sources {
-        sigterm: signal(SignalKind::terminate()).ok(),
-        sigint: signal(SignalKind::interrupt()).ok(),
-        redraw: progress
-            .is_some()
-            .then(|| tokio::time::interval(Duration::from_millis(200))),
-        ..Sources::default()
-    };
-    let stopped = controller.run(&mut sources).await;
-    if let Some(why) = &stopped {
-        // Every pass abandons its round trips, ends its commands on the hosts and releases
-        // its leases; they get a bounded time to do so.
-        controller.stop(why, &mut sources, STOP_GRACE).await;
-    }
-    if progress.is_some() {
-        progress::clear(&mut std::io::stderr());
-    }
-    let mut codes: Vec<u8> = controller.codes.values().copied().collect();
-    if let Some(why) = &stopped {
-        let pending: Vec<&str> = sites
-            .iter()
-            .map(String::as_str)
-            .filter(|n| !controller.codes.contains_key(*n))
-            .collect();
-        controller.say(&format!(
-            "error: {why}: stopped the commands under way on the hosts and released the leases; unfinished: {}",
-            if pending.is_empty() {
-                "none".to_string()
-            } else {
-                pending.join(", ")
-            }
-        ));
-        codes.push(exit_code::FAILED);
-    }
-    if let Some(path) = &options.metrics_textfile
-        && let Err(e) = controller.shared.metrics.write_textfile(path)
-    {
-        controller.say(&format!(
-            "warning: failed to write metrics textfile `{}`: {e}",
-            path.display()
-        ));
-    }
-    controller.shared.close().await;
-    controller.say(&format!(
-        "{} site{} in {:.1}s",
-        sites.len(),
-        if sites.len() == 1 { "" } else { "s" },
-        started.elapsed().as_secs_f64()
-    ));
-    worst(codes)
-}
-
-/// One site's block of output: what happened per host, then the phase line.
-pub fn render_site(result: &SiteResult) -> String {
-    let mut text = String::new();
-    let mut per_host: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for event in &result.report.events {
-        let mut line = format!("{} {}", event.kind, event.release);
-        if let Some(detail) = &event.detail {
-            line.push_str(": ");
-            line.push_str(detail.lines().last().unwrap_or(""));
-        }
-        per_host.entry(&event.host).or_default().push(line);
-    }
-    for host in &result.report.hosts {
-        let lines = per_host.remove(host.name.as_str()).unwrap_or_default();
-        let live = host.release.as_deref().unwrap_or("-");
-        let state = if host.reachable {
-            format!("live {live}")
-        } else {
-            "unreachable".to_string()
-        };
-        text.push_str(&format!(
-            "{}: {} ({}): {state}\n",
-            result.name, host.name, host.stage
-        ));
-        let explained = result
-            .report
-            .events
-            .iter()
-            .any(|e| e.host == host.name && e.detail.is_some());
-        for line in lines {
-            text.push_str(&format!("    {line}\n"));
-        }
-        if let (Some(error), false) = (&host.last_error, explained) {
-            let tail: Vec<&str> = error.lines().rev().take(5).collect();
-            for line in tail.into_iter().rev() {
-                text.push_str(&format!("    | {line}\n"));
-            }
-        }
-    }
-    let status = &result.status;
-    text.push_str(&format!(
-        "{}: {:?}: {}\n",
-        result.name, status.phase, status.message
-    ));
-    if status.phase == Phase::Degraded {
-        text.push_str(&format!("warning: {}: {}\n", result.name, status.message));
-    }
-    text
 }
 
 #[cfg(test)]
@@ -712,31 +295,5 @@ mod tests {
         assert!(delays.iter().all(|d| *d <= 2 * BACKOFF_MAX), "{delays:?}");
         assert!(delays[0] < Duration::from_secs(2), "{delays:?}");
         assert!(delays[11] >= BACKOFF_MAX, "{delays:?}");
-    }
-
-    #[test]
-    fn ls_remote_prefers_the_peeled_tag_then_the_tag_then_the_branch() {
-        let a = "a".repeat(40);
-        let b = "b".repeat(40);
-        let c = "c".repeat(40);
-        let listing = format!("{a}\trefs/heads/v1\n{b}\trefs/tags/v1\n{c}\trefs/tags/v1^{{}}\n");
-        assert_eq!(pick_commit(&listing, "v1"), Some(c.clone()));
-        let listing = format!("{a}\trefs/heads/main\n{b}\trefs/heads/main-old\n");
-        assert_eq!(pick_commit(&listing, "main"), Some(a));
-        assert_eq!(pick_commit("", "main"), None);
-        assert_eq!(pick_commit("garbage\n", "main"), None);
-    }
-
-    #[tokio::test]
-    async fn a_full_commit_id_needs_no_resolution() {
-        assert_eq!(
-            resolve_revision("/nonexistent", &"f".repeat(40)).await,
-            None
-        );
-        assert_eq!(
-            resolve_revision("/nonexistent/repo", "main").await,
-            None,
-            "unreachable repository: hosts resolve"
-        );
     }
 }

@@ -24,7 +24,7 @@ use super::{
 use crate::desired::{DesiredSite, DesiredState};
 use crate::execute::Context;
 use crate::exit_code;
-use crate::plan::EventKind as Action;
+use crate::plan::EventKind;
 use crate::plan::Outcome;
 use crate::progress;
 use crate::state::{HistoryEvent, StateDir};
@@ -332,13 +332,13 @@ impl<'o> Controller<'o> {
         let changes = report
             .events
             .iter()
-            .filter(|e| matches!(e.kind, Action::Switched | Action::Built))
+            .filter(|e| matches!(e.kind, EventKind::Switched | EventKind::Built))
             .count();
         if self.converged.get(name) == Some(&key) && changes > 0 {
             let hosts: BTreeSet<&str> = report
                 .events
                 .iter()
-                .filter(|e| e.kind == Action::Switched)
+                .filter(|e| e.kind == EventKind::Switched)
                 .map(|e| e.host.as_str())
                 .collect();
             ctx.metrics.drift_corrected(name, hosts.len().max(1) as u64);
@@ -346,7 +346,8 @@ impl<'o> Controller<'o> {
                 "drift corrected on {}",
                 hosts.into_iter().collect::<Vec<_>>().join(", ")
             );
-            let event = HistoryEvent::new(name, &site.release, Action::Converged).detail(&detail);
+            let event =
+                HistoryEvent::new(name, &site.release, EventKind::Converged).detail(&detail);
             let _ = wrote(&ctx.metrics, "history", self.state.append_history(&[event]));
             self.say(&format!(
                 "site {name}: {detail}{}",

@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 pub use crate::host::observe::OnceState;
-pub use crate::state::Action as EventKind;
 
 /// What one host reported (or why it could not).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,4 +224,57 @@ pub struct Event {
     pub release: String,
     pub kind: EventKind,
     pub detail: Option<String>,
+}
+
+/// What kind of thing happened: the kinds of history events and of a pass's events. Written in PascalCase, like the status phases
+/// (`"Built"`, `"HealthFailed"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A release finished building on a host.
+    Built,
+    /// A release failed to build on a host.
+    BuildFailed,
+    /// A host's `current` now points at the release.
+    Switched,
+    /// A host was put back on its previous release after a failed health check or activate.
+    RolledBack,
+    /// The `once` commands of a release ran successfully.
+    OnceRan,
+    /// The `once` commands of a release failed.
+    OnceFailed,
+    /// A host's health check failed after its switch.
+    HealthFailed,
+    /// Old releases were removed from a host.
+    CleanedUp,
+    /// The rollout waited on an unreachable host of a required stage.
+    Blocked,
+    /// Every host runs the desired release.
+    Converged,
+    /// convoy stopped (SIGTERM, SIGINT, `--timeout`) and ended the commands it had started
+    /// on a host.
+    Stopped,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Built => "Built",
+            EventKind::BuildFailed => "BuildFailed",
+            EventKind::Switched => "Switched",
+            EventKind::RolledBack => "RolledBack",
+            EventKind::OnceRan => "OnceRan",
+            EventKind::OnceFailed => "OnceFailed",
+            EventKind::HealthFailed => "HealthFailed",
+            EventKind::CleanedUp => "CleanedUp",
+            EventKind::Blocked => "Blocked",
+            EventKind::Converged => "Converged",
+            EventKind::Stopped => "Stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

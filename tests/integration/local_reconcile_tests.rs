@@ -157,6 +157,40 @@ fn reconcile_once_deploys_the_example_and_a_second_run_changes_nothing() {
     assert_eq!(history.matches("Switched").count(), 3, "{history}");
 }
 
+/// `plan` starts from the same pass state as a real pass: with the host's `once` record
+/// gone, the history alone proves the `once` commands ran, so neither runs them again.
+#[test]
+fn plan_and_a_pass_agree_when_only_the_history_proves_once_ran() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = example_in(tmp.path()).display().to_string();
+    let state = tmp.path().join("state").display().to_string();
+    let dirs = ["-f", m.as_str(), "--state-dir", state.as_str()];
+    let run = |command: &[&str]| convoy_in(tmp.path(), &[command, &dirs[..]].concat());
+    let out = run(&["reconcile", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let once = tmp
+        .path()
+        .join("hosts/sched1/srv/jobs-manager/.convoy/once");
+    assert!(
+        once.is_dir(),
+        "the example's scheduler stage has `once` commands"
+    );
+    fs::remove_dir_all(&once).unwrap();
+
+    let plan = stdout(&run(&["plan"]));
+    assert!(!plan.contains("run `once`"), "{plan}");
+    assert!(plan.contains("nothing to do"), "{plan}");
+    let out = run(&["reconcile", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("OnceRan"), "{}", stdout(&out));
+    let migrations = fs::read_to_string(
+        tmp.path()
+            .join("hosts/sched1/srv/jobs-manager/shared/var/migrations.log"),
+    )
+    .unwrap();
+    assert_eq!(migrations.lines().count(), 1, "{migrations}");
+}
+
 #[test]
 fn a_second_controller_on_the_same_state_dir_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -254,6 +288,15 @@ fn a_failed_attempt_the_state_dir_cannot_record_is_reported_and_fails_the_run() 
     );
     assert!(
         metrics.contains("convoy_state_write_errors_total{kind=\"status\"} 1"),
+        "{metrics}"
+    );
+    // The Release's first applied revision could not be pinned either: said and counted.
+    assert!(
+        errors.contains("applied.json`: Read-only file system"),
+        "{errors}"
+    );
+    assert!(
+        metrics.contains("convoy_state_write_errors_total{kind=\"applied\"} 1"),
         "{metrics}"
     );
 

@@ -1,5 +1,5 @@
 # shellcheck shell=sh
-# The files in src/host/sh/ are fragments of ONE script: src/host/script.rs concatenates
+# The files in src/host/sh/ are fragments of ONE script: src/host/script/mod.rs concatenates
 # them (lib.sh first) and appends `P=<site path>`, `H=`/`T=` and the operations. A
 # variable one file sets and another reads is therefore fine; shellcheck, which reads one
 # file at a time, is told so where it happens (SC2034/SC2154, each with its reason).

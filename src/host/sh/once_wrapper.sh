@@ -2,7 +2,7 @@
 # The once wrapper: cv_once_start runs it as `sh -c "$CV_ONCE_WRAPPER" convoy-once DIR CMD...`
 # in its own session, so the commands outlive the connection. It records its pid, runs the
 # commands in order until one fails, then records their end (status, host, time) in DIR/done.
-# script.rs puts this file between single quotes (CV_ONCE_WRAPPER=...): it must hold none.
+# script/mod.rs puts this file between single quotes (CV_ONCE_WRAPPER=...): it must hold none.
 trap "" HUP
 O=$1; shift
 echo $$ >"$O/pid.tmp" && mv -f "$O/pid.tmp" "$O/pid"

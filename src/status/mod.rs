@@ -1,6 +1,11 @@
 //! What the controller saw and did, per site: the `status` of a Site object.
 //! Kubernetes-shaped so the same objects fit a real API server later; the Site CRD's
-//! `status` schema is generated from these types.
+//! `status` schema is generated from these types. How people see them is `render.rs`.
+//! Holds values only: nothing here reads or writes the state dir.
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+pub mod render;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -1,17 +1,11 @@
-//! Reading manifests from disk: files, `---`-separated documents, kinds, and located
+//! Reading manifests: files (`files.rs`), `---`-separated documents, kinds, and located
 //! parse errors. Each document is parsed on its own, so one broken document never hides
 //! the problems of the others. Cross-object rules are `validate`'s job, not this one's.
-//!
-//! Reading is bounded: only regular files are read (a symlink to `/dev/zero` or a FIFO is an
-//! error, never a hang), symlinks must stay inside the manifest root, and a file may hold at
-//! most [`MAX_FILE_BYTES`]. The daemon reads manifests on its control loop, so a read that
-//! could block or grow without bound would stall every site.
+
+mod files;
 
 use std::collections::BTreeSet;
-use std::fs;
-use std::io::Read as _;
-use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -21,6 +15,7 @@ use serde_saphyr::MessageFormatter;
 use super::diagnostic::Diagnostic;
 use super::located::{Located, Pos, with_line_offset};
 use super::types::*;
+pub use files::{MAX_FILE_BYTES, load_path};
 
 /// One parsed manifest object of any kind.
 #[derive(Debug, Clone)]
@@ -74,201 +69,6 @@ pub struct Loaded {
     /// files, a dangling link, a file that vanished mid-read), as opposed to content that is
     /// wrong: reading again later may succeed without anyone changing the manifests.
     pub unreadable: usize,
-}
-
-/// Largest manifest file convoy reads: far above any real manifest, small enough that a
-/// runaway file cannot exhaust the controller's memory.
-pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
-
-/// Why one file could not be read.
-enum ReadError {
-    /// The file is not something convoy reads (special file, too large, link out of root).
-    Refused(String),
-    /// The read itself failed: may succeed later.
-    Io(std::io::Error),
-}
-
-/// Reads every `.yaml`/`.yml` file under `root` (or `root` itself if it is a file).
-/// Hidden files and folders (`.git`) are skipped; files are read in sorted order.
-pub fn load_path(root: &Path) -> Loaded {
-    let mut loaded = Loaded::default();
-    let shown = root.display().to_string();
-    loaded.root = Some(if root.is_file() {
-        match root.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
-    } else {
-        root.to_path_buf()
-    });
-    let meta = match fs::metadata(root) {
-        Ok(meta) => meta,
-        Err(e) => {
-            loaded.unreadable += 1;
-            loaded.diagnostics.push(Diagnostic::file_level(
-                &shown,
-                format!("failed to read manifests: {e}"),
-            ));
-            return loaded;
-        }
-    };
-    let mut files = Vec::new();
-    // Symlinks under a manifest directory must resolve inside it; a single file named by
-    // the operator is trusted wherever it points (it is still read with the same bounds).
-    let mut inside = None;
-    if meta.is_file() {
-        files.push(root.to_path_buf());
-    } else if !meta.is_dir() {
-        loaded.diagnostics.push(Diagnostic::file_level(
-            &shown,
-            format!(
-                "failed to read manifests: not a regular file or directory (a {})",
-                kind_of(&meta.file_type())
-            ),
-        ));
-        return loaded;
-    } else if let Err((path, e)) = collect_yaml_files(root, &mut files) {
-        loaded.unreadable += 1;
-        loaded.diagnostics.push(Diagnostic::file_level(
-            &path.display().to_string(),
-            format!("failed to read manifest directory: {e}"),
-        ));
-    } else {
-        match fs::canonicalize(root) {
-            Ok(canonical) => inside = Some(canonical),
-            Err(e) => {
-                loaded.unreadable += 1;
-                loaded.diagnostics.push(Diagnostic::file_level(
-                    &shown,
-                    format!("failed to read manifest directory: {e}"),
-                ));
-                return loaded;
-            }
-        }
-    }
-    files.sort();
-    if files.is_empty() && loaded.diagnostics.is_empty() {
-        loaded.diagnostics.push(Diagnostic::file_level(
-            &shown,
-            "no manifests found (looked for *.yaml and *.yml files, recursively)",
-        ));
-    }
-    for file in files {
-        let shown = file.display().to_string();
-        loaded.files += 1;
-        match read_manifest(&file, inside.as_deref()) {
-            Ok(bytes) => parse_file_into(&shown, &bytes, &mut loaded),
-            Err(ReadError::Refused(why)) => loaded.diagnostics.push(Diagnostic::file_level(
-                &shown,
-                format!("failed to read manifest: {why}"),
-            )),
-            Err(ReadError::Io(e)) => {
-                loaded.unreadable += 1;
-                loaded.diagnostics.push(Diagnostic::file_level(
-                    &shown,
-                    format!("failed to read manifest: {e}"),
-                ));
-            }
-        }
-    }
-    loaded
-}
-
-/// Reads one manifest file with every bound applied. `root`: the canonical manifest
-/// directory a symlink must resolve into, if any.
-fn read_manifest(file: &Path, root: Option<&Path>) -> Result<Vec<u8>, ReadError> {
-    if let Some(root) = root {
-        let link = fs::symlink_metadata(file).map_err(ReadError::Io)?;
-        if link.file_type().is_symlink() {
-            let target = fs::canonicalize(file).map_err(ReadError::Io)?;
-            if !target.starts_with(root) {
-                return Err(ReadError::Refused(format!(
-                    "it is a symlink to `{}`, outside the manifest directory `{}`; only links that stay inside it are followed",
-                    target.display(),
-                    root.display()
-                )));
-            }
-        }
-    }
-    // Checked before opening: opening a device or FIFO can block or have side effects.
-    let meta = fs::metadata(file).map_err(ReadError::Io)?;
-    check_regular(&meta)?;
-    // O_NONBLOCK: if a FIFO is swapped in between the check and the open, the open
-    // returns at once instead of waiting for a writer; the fstat below then refuses it.
-    let opened = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(file)
-        .map_err(ReadError::Io)?;
-    check_regular(&opened.metadata().map_err(ReadError::Io)?)?;
-    let mut bytes = Vec::new();
-    opened
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(ReadError::Io)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(too_large());
-    }
-    Ok(bytes)
-}
-
-fn check_regular(meta: &fs::Metadata) -> Result<(), ReadError> {
-    if !meta.is_file() {
-        return Err(ReadError::Refused(format!(
-            "not a regular file (a {}); manifests must be regular files",
-            kind_of(&meta.file_type())
-        )));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(too_large());
-    }
-    Ok(())
-}
-
-fn too_large() -> ReadError {
-    ReadError::Refused(format!(
-        "file is larger than the limit of {} MiB for one manifest file; split it",
-        MAX_FILE_BYTES / (1024 * 1024)
-    ))
-}
-
-/// What a non-regular file is, in words.
-fn kind_of(file_type: &fs::FileType) -> &'static str {
-    if file_type.is_dir() {
-        "directory"
-    } else if file_type.is_fifo() {
-        "FIFO"
-    } else if file_type.is_char_device() {
-        "character device"
-    } else if file_type.is_block_device() {
-        "block device"
-    } else if file_type.is_socket() {
-        "socket"
-    } else {
-        "special file"
-    }
-}
-
-fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), (PathBuf, std::io::Error)> {
-    let entries = fs::read_dir(dir).map_err(|e| (dir.to_path_buf(), e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| (dir.to_path_buf(), e))?;
-        let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        // file_type() does not follow symlinks, so a symlinked folder cannot loop us.
-        let file_type = entry.file_type().map_err(|e| (path.clone(), e))?;
-        if file_type.is_dir() {
-            collect_yaml_files(&path, out)?;
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// Parses the bytes of one file (shown to the operator as `file`). Never panics.
@@ -401,72 +201,7 @@ struct HeaderMeta {
 }
 
 fn parse_document(file: &Arc<str>, chunk: &Chunk, loaded: &mut Loaded) {
-    let diag =
-        |pos: Pos, object: Option<String>, field: Option<String>, message: String| Diagnostic {
-            file: file.to_string(),
-            pos,
-            object,
-            field,
-            message,
-        };
-    let header: Header = match parse_tracked(chunk) {
-        Ok(header) => header,
-        Err(e) => {
-            // Only the envelope fields are meaningful paths here; anything else was a syntax
-            // error that happened to occur under some key.
-            let field = e.field.filter(|f| {
-                ["apiVersion", "kind", "metadata"]
-                    .iter()
-                    .any(|k| f.starts_with(k))
-            });
-            loaded.diagnostics.push(diag(e.pos, None, field, e.message));
-            if let Some(identity) = guess_identity(&chunk.text) {
-                loaded.broken.insert(identity);
-            }
-            return;
-        }
-    };
-    let name = header.metadata.and_then(|m| m.name);
-    let Some(api_version) = header.api_version else {
-        let message = "missing field `apiVersion` (expected `convoy.dev/v1alpha1`)".into();
-        loaded
-            .diagnostics
-            .push(diag(chunk.start(), None, None, message));
-        return;
-    };
-    if api_version.value != API_VERSION {
-        if let (Some(kind), Some(name)) = (header.kind.as_ref().and_then(|k| Kind::parse(k)), &name)
-        {
-            loaded.broken.insert((kind, name.clone()));
-        }
-        let message = format!(
-            "unsupported apiVersion `{}`: this convoy understands `{API_VERSION}`",
-            api_version.value
-        );
-        loaded.diagnostics.push(diag(
-            api_version.pos,
-            None,
-            Some("apiVersion".into()),
-            message,
-        ));
-        return;
-    }
-    let Some(kind_text) = header.kind else {
-        let message =
-            "missing field `kind` (one of Site, ServerGroup, Release, Notification)".into();
-        loaded
-            .diagnostics
-            .push(diag(chunk.start(), None, None, message));
-        return;
-    };
-    let Some(kind) = Kind::parse(&kind_text) else {
-        let message = format!(
-            "unknown kind `{}`: expected one of Site, ServerGroup, Release, Notification",
-            kind_text.value
-        );
-        loaded
-            .diagnostics
-            .push(diag(kind_text.pos, None, Some("kind".into()), message));
+    let Some((kind, name)) = parse_header(file, chunk, loaded) else {
         return;
     };
     let object = match kind {
@@ -484,12 +219,108 @@ fn parse_document(file: &Arc<str>, chunk: &Chunk, loaded: &mut Loaded) {
             let object = name.as_ref().map(|n| format!("{}/{n}", kind.as_str()));
             loaded
                 .diagnostics
-                .push(diag(e.pos, object, e.field, e.message));
+                .push(diag(file, e.pos, object, e.field, e.message));
             if let Some(name) = name {
                 loaded.broken.insert((kind, name));
             }
         }
     }
+}
+
+/// A problem found in `file`.
+fn diag(
+    file: &Arc<str>,
+    pos: Pos,
+    object: Option<String>,
+    field: Option<String>,
+    message: String,
+) -> Diagnostic {
+    Diagnostic {
+        file: file.to_string(),
+        pos,
+        object,
+        field,
+        message,
+    }
+}
+
+/// The document's envelope: its kind and name, once `apiVersion` and `kind` are known to be
+/// convoy's. `None` after reporting why not; an object that names itself but cannot be used
+/// is remembered as broken, so references to it are not reported again.
+fn parse_header(
+    file: &Arc<str>,
+    chunk: &Chunk,
+    loaded: &mut Loaded,
+) -> Option<(Kind, Option<String>)> {
+    let header: Header = match parse_tracked(chunk) {
+        Ok(header) => header,
+        Err(e) => {
+            // Only the envelope fields are meaningful paths here; anything else was a syntax
+            // error that happened to occur under some key.
+            let field = e.field.filter(|f| {
+                ["apiVersion", "kind", "metadata"]
+                    .iter()
+                    .any(|k| f.starts_with(k))
+            });
+            envelope_problem(loaded, file, e.pos, field, e.message);
+            if let Some(identity) = guess_identity(&chunk.text) {
+                loaded.broken.insert(identity);
+            }
+            return None;
+        }
+    };
+    let name = header.metadata.and_then(|m| m.name);
+    let Some(api_version) = header.api_version else {
+        let message = "missing field `apiVersion` (expected `convoy.dev/v1alpha1`)".into();
+        envelope_problem(loaded, file, chunk.start(), None, message);
+        return None;
+    };
+    if api_version.value != API_VERSION {
+        if let (Some(kind), Some(name)) = (header.kind.as_ref().and_then(|k| Kind::parse(k)), &name)
+        {
+            loaded.broken.insert((kind, name.clone()));
+        }
+        let message = format!(
+            "unsupported apiVersion `{}`: this convoy understands `{API_VERSION}`",
+            api_version.value
+        );
+        envelope_problem(
+            loaded,
+            file,
+            api_version.pos,
+            Some("apiVersion".into()),
+            message,
+        );
+        return None;
+    }
+    let Some(kind_text) = header.kind else {
+        let message =
+            "missing field `kind` (one of Site, ServerGroup, Release, Notification)".into();
+        envelope_problem(loaded, file, chunk.start(), None, message);
+        return None;
+    };
+    let Some(kind) = Kind::parse(&kind_text) else {
+        let message = format!(
+            "unknown kind `{}`: expected one of Site, ServerGroup, Release, Notification",
+            kind_text.value
+        );
+        envelope_problem(loaded, file, kind_text.pos, Some("kind".into()), message);
+        return None;
+    };
+    Some((kind, name))
+}
+
+/// Reports a problem of the document's envelope: no object is known yet.
+fn envelope_problem(
+    loaded: &mut Loaded,
+    file: &Arc<str>,
+    pos: Pos,
+    field: Option<String>,
+    message: String,
+) {
+    loaded
+        .diagnostics
+        .push(diag(file, pos, None, field, message));
 }
 
 struct ParseError {

@@ -1,0 +1,91 @@
+//! `convoy reconcile`: checks its flags, then hands over to the daemon, or to
+//! `reconcile --once` with the validated desired state. The controller does the work.
+
+use std::io::Write;
+use std::time::Duration;
+
+use super::{desired, runtime};
+use crate::cli::Cli;
+use crate::controller::{self, RunOptions};
+use crate::exit_code;
+use crate::manifest::{self, LoadOptions};
+use crate::state::StateDir;
+
+/// The `reconcile` flags as given: durations and the address are still text, checked here.
+pub(super) struct ReconcileArgs<'a> {
+    pub(super) once: bool,
+    pub(super) site: Option<String>,
+    pub(super) timeout: &'a str,
+    pub(super) max_parallel: usize,
+    pub(super) resync: &'a str,
+    pub(super) metrics_addr: &'a str,
+    pub(super) metrics_textfile: Option<std::path::PathBuf>,
+    pub(super) load: LoadOptions,
+}
+
+/// A positive duration from the command line, or the usage error to print.
+fn duration_arg(flag: &str, text: &str) -> Result<Duration, String> {
+    match manifest::Duration::parse(text) {
+        // At most a year: far enough for any operator, and no overflow adding it to a clock.
+        Ok(d) if !d.as_std().is_zero() && d.as_std() <= Duration::from_secs(365 * 86_400) => {
+            Ok(d.as_std())
+        }
+        _ => Err(format!(
+            "error: invalid {flag} `{text}`: expected a duration from 1s to 365d, such as `15m`"
+        )),
+    }
+}
+
+pub(super) fn reconcile(
+    cli: &Cli,
+    args: ReconcileArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let (timeout, resync) = match (
+        duration_arg("--timeout", args.timeout),
+        duration_arg("--resync", args.resync),
+    ) {
+        (Ok(t), Ok(r)) => (t, r),
+        (Err(e), _) | (_, Err(e)) => {
+            writeln!(err, "{e}")?;
+            return Ok(exit_code::INVALID);
+        }
+    };
+    let options = RunOptions {
+        site: args.site.clone(),
+        timeout,
+        max_parallel: args.max_parallel,
+        known_hosts: cli.known_hosts.clone(),
+        metrics_textfile: args.metrics_textfile,
+    };
+    if !args.once {
+        let Ok(addr) = args.metrics_addr.parse::<std::net::SocketAddr>() else {
+            writeln!(
+                err,
+                "error: invalid --metrics-addr `{}`: expected HOST:PORT, e.g. 127.0.0.1:9469",
+                args.metrics_addr
+            )?;
+            return Ok(exit_code::INVALID);
+        };
+        let state = StateDir::lock(&cli.state_dir)?;
+        let daemon = controller::daemon::DaemonOptions {
+            manifests: cli.manifests.clone(),
+            load: args.load.clone(),
+            resync,
+            metrics_addr: addr,
+            run: options,
+        };
+        return Ok(runtime()?.block_on(controller::daemon::run(daemon, state, err)));
+    }
+    let desired = match desired(cli, args.site.as_deref(), &args.load, err)? {
+        Ok(desired) => desired,
+        Err(code) => return Ok(code),
+    };
+    let state = std::sync::Arc::new(StateDir::lock(&cli.state_dir)?);
+    let code = runtime()?.block_on(controller::run_once(&desired, state.clone(), &options, out));
+    for warning in state.take_warnings() {
+        writeln!(err, "warning: {warning}")?;
+    }
+    Ok(code)
+}

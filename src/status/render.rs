@@ -1,0 +1,259 @@
+//! Statuses and history as people read them: the `convoy status` table and its `-o json|yaml`
+//! list, and `convoy history` lines. Text in, text out: reads no state dir, writes nothing.
+
+use crate::manifest::types::API_VERSION;
+use crate::state::HistoryEvent;
+
+use super::SiteStatus;
+
+/// `convoy status` as a table: one line per site, then its hosts indented beneath it.
+///
+/// ```text
+/// SITE          DESIRED        PHASE     HOSTS     SINCE                 MESSAGE
+/// jobs-manager  r2026-11-24.1  Degraded  1/2 live  2026-11-25T10:00:00Z  web2 unreachable
+///   web1  scheduler  r2026-11-24.1
+///   web2  frontend   r2026-11-23.1  unreachable  ssh: connect timed out
+/// ```
+/// `HOSTS` counts the hosts whose live release is the desired one. Multi-line messages and
+/// errors show their first line. With no sites, only the header is printed.
+pub fn render_status_table(statuses: &[(String, SiteStatus)]) -> String {
+    let mut site_rows = vec![
+        ["SITE", "DESIRED", "PHASE", "HOSTS", "SINCE", "MESSAGE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    let mut host_rows = Vec::new();
+    for (name, status) in statuses {
+        let live = status
+            .hosts
+            .iter()
+            .filter(|h| h.release.as_deref() == Some(status.desired_release.as_str()))
+            .count();
+        site_rows.push(vec![
+            name.clone(),
+            status.desired_release.clone(),
+            format!("{:?}", status.phase),
+            format!("{live}/{} live", status.hosts.len()),
+            dash(status.last_transition_time.as_deref()),
+            dash(Some(first_line(&status.message))),
+        ]);
+        host_rows.push(
+            status
+                .hosts
+                .iter()
+                .map(|h| {
+                    vec![
+                        h.name.clone(),
+                        h.stage.clone(),
+                        dash(h.release.as_deref()),
+                        if h.reachable { "" } else { "unreachable" }.to_owned(),
+                        first_line(h.last_error.as_deref().unwrap_or("")).to_owned(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    let site_lines = align(&site_rows, "");
+    let host_lines = align(&host_rows.concat(), "  ");
+    let mut out = String::new();
+    let mut site_lines = site_lines.into_iter();
+    let mut host_lines = host_lines.into_iter();
+    out.push_str(&site_lines.next().unwrap_or_default());
+    out.push('\n');
+    for (site_line, hosts) in site_lines.zip(&host_rows) {
+        out.push_str(&site_line);
+        out.push('\n');
+        for line in host_lines.by_ref().take(hosts.len()) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `convoy status -o json|yaml`: a Kubernetes `List` of Site objects carrying their status.
+pub fn status_list(statuses: &[(String, SiteStatus)]) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = statuses
+        .iter()
+        .map(|(name, status)| {
+            serde_json::json!({
+                "apiVersion": API_VERSION,
+                "kind": "Site",
+                "metadata": {"name": name},
+                "status": status,
+            })
+        })
+        .collect();
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+/// `convoy history`: one aligned line per event, no header:
+/// time, action, release, `host/stage`, detail (first line). When the events span several
+/// sites, the site is shown after the time. `host/stage` is `web1/frontend`, `web1`,
+/// `-/frontend`, or `-`.
+pub fn render_history(events: &[HistoryEvent]) -> String {
+    let several_sites = events.iter().any(|e| e.site != events[0].site);
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            let place = match (&e.host, &e.stage) {
+                (Some(host), Some(stage)) => format!("{host}/{stage}"),
+                (Some(host), None) => host.clone(),
+                (None, Some(stage)) => format!("-/{stage}"),
+                (None, None) => "-".to_owned(),
+            };
+            let mut row = vec![e.time.clone()];
+            if several_sites {
+                row.push(e.site.clone());
+            }
+            row.extend([
+                e.kind.to_string(),
+                e.release.clone(),
+                place,
+                first_line(e.detail.as_deref().unwrap_or("")).to_owned(),
+            ]);
+            row
+        })
+        .collect();
+    align(&rows, "")
+        .into_iter()
+        .map(|line| line + "\n")
+        .collect()
+}
+
+fn dash(value: Option<&str>) -> String {
+    match value {
+        Some(v) if !v.is_empty() => v.to_owned(),
+        _ => "-".to_owned(),
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("").trim_end()
+}
+
+/// Pads cells into columns two spaces apart; columns empty in every row are dropped and
+/// trailing spaces trimmed.
+fn align(rows: &[Vec<String>], indent: &str) -> Vec<String> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let mut line = indent.to_owned();
+            for (cell, &width) in row.iter().zip(&widths) {
+                if width == 0 {
+                    continue;
+                }
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', width - cell.chars().count() + 2));
+            }
+            line.trim_end().to_owned()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::EventKind;
+    use crate::status::fixtures::{event, host, status};
+    use crate::status::{HostStatus, Phase};
+
+    #[test]
+    fn status_table() {
+        let mut degraded = status(Phase::Degraded, "r2026-11-24.1");
+        degraded.last_transition_time = Some("2026-11-25T10:00:00Z".into());
+        degraded.message = "web2 unreachable\nmore detail".into();
+        degraded.hosts = vec![
+            host("web1", "scheduler", Some("r2026-11-24.1"), true),
+            HostStatus {
+                last_error: Some("ssh: connect timed out\nsecond line".into()),
+                ..host("web2", "frontend", Some("r2026-11-23.1"), false)
+            },
+        ];
+        let mut failed = status(Phase::Failed, "r7");
+        failed.message = "build failed on lic1".into();
+        failed.hosts = vec![HostStatus {
+            last_error: Some("build failed: exit 1".into()),
+            ..host("lic1", "app", None, true)
+        }];
+        let table = render_status_table(&[
+            ("jobs-manager".into(), degraded),
+            ("licensing".into(), failed),
+            ("empty".into(), status(Phase::Suspended, "r1")),
+        ]);
+        assert_eq!(
+            table,
+            "\
+SITE          DESIRED        PHASE      HOSTS     SINCE                 MESSAGE
+jobs-manager  r2026-11-24.1  Degraded   1/2 live  2026-11-25T10:00:00Z  web2 unreachable
+  web1  scheduler  r2026-11-24.1
+  web2  frontend   r2026-11-23.1  unreachable  ssh: connect timed out
+licensing     r7             Failed     0/1 live  -                     build failed on lic1
+  lic1  app        -                           build failed: exit 1
+empty         r1             Suspended  0/0 live  -                     -
+"
+        );
+        assert_eq!(
+            render_status_table(&[]),
+            "SITE  DESIRED  PHASE  HOSTS  SINCE  MESSAGE\n"
+        );
+    }
+
+    #[test]
+    fn status_list_shape() {
+        let list = status_list(&[("web".into(), status(Phase::Converged, "r1"))]);
+        assert_eq!(
+            list,
+            serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [{
+                "apiVersion": "convoy.dev/v1alpha1", "kind": "Site",
+                "metadata": {"name": "web"},
+                "status": {"phase": "Converged", "desiredRelease": "r1", "revision": "3f2a9c1",
+                           "message": "", "attempts": 0, "hosts": []}
+            }]})
+        );
+    }
+
+    #[test]
+    fn history_rendering() {
+        let events = [
+            event("web", "2025-11-25T00:00:01Z", EventKind::Built)
+                .host("web1")
+                .stage("frontend"),
+            event("web", "2025-11-25T00:00:02Z", EventKind::HealthFailed)
+                .host("web10")
+                .detail("curl: (7) refused\nmore"),
+            event("web", "2025-11-25T00:00:03Z", EventKind::OnceRan).stage("scheduler"),
+            event("web", "2025-11-25T00:00:04Z", EventKind::Converged),
+        ];
+        assert_eq!(
+            render_history(&events),
+            "\
+2025-11-25T00:00:01Z  Built         r1  web1/frontend
+2025-11-25T00:00:02Z  HealthFailed  r1  web10          curl: (7) refused
+2025-11-25T00:00:03Z  OnceRan       r1  -/scheduler
+2025-11-25T00:00:04Z  Converged     r1  -
+"
+        );
+        let mixed = [
+            event("web", "2025-11-25T00:00:01Z", EventKind::Built),
+            event("api", "2025-11-25T00:00:02Z", EventKind::Switched),
+        ];
+        assert_eq!(
+            render_history(&mixed),
+            "\
+2025-11-25T00:00:01Z  web  Built     r1  -
+2025-11-25T00:00:02Z  api  Switched  r1  -
+"
+        );
+        assert_eq!(render_history(&[]), "");
+    }
+}
