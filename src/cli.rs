@@ -79,6 +79,11 @@ pub enum Command {
         /// that runs user commands (build, once, activate, health).
         #[arg(long, value_name = "DURATION", default_value = "15m")]
         timeout: String,
+        /// With --once: how long to wait for an unreachable required host (retrying with
+        /// backoff, one line per attempt) before reporting the site Blocked. Builds are
+        /// bounded by --timeout only.
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        wait_unreachable: String,
         /// Global cap on hosts worked on at once, across all sites.
         #[arg(long, value_name = "N", default_value_t = 32)]
         max_parallel: usize,

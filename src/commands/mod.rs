@@ -36,6 +36,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             once,
             site,
             timeout,
+            wait_unreachable,
             max_parallel,
             resync,
             metrics_addr,
@@ -46,6 +47,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 once: *once,
                 site: site.clone(),
                 timeout,
+                wait_unreachable,
                 max_parallel: *max_parallel,
                 resync,
                 metrics_addr,
@@ -166,6 +168,7 @@ fn one_off(
     let options = RunOptions {
         site: site.map(str::to_string),
         timeout: Duration::from_secs(60),
+        wait_unreachable: Duration::from_secs(60),
         max_parallel,
         known_hosts: cli.known_hosts.clone(),
         metrics_textfile: None,

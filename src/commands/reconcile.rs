@@ -16,6 +16,7 @@ pub(super) struct ReconcileArgs<'a> {
     pub(super) once: bool,
     pub(super) site: Option<String>,
     pub(super) timeout: &'a str,
+    pub(super) wait_unreachable: &'a str,
     pub(super) max_parallel: usize,
     pub(super) resync: &'a str,
     pub(super) metrics_addr: &'a str,
@@ -42,12 +43,13 @@ pub(super) fn reconcile(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<u8> {
-    let (timeout, resync) = match (
+    let (timeout, wait_unreachable, resync) = match (
         duration_arg("--timeout", args.timeout),
+        duration_arg("--wait-unreachable", args.wait_unreachable),
         duration_arg("--resync", args.resync),
     ) {
-        (Ok(t), Ok(r)) => (t, r),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(t), Ok(w), Ok(r)) => (t, w, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             writeln!(err, "{e}")?;
             return Ok(exit_code::INVALID);
         }
@@ -55,6 +57,7 @@ pub(super) fn reconcile(
     let options = RunOptions {
         site: args.site.clone(),
         timeout,
+        wait_unreachable,
         max_parallel: args.max_parallel,
         known_hosts: cli.known_hosts.clone(),
         metrics_textfile: args.metrics_textfile,

@@ -59,7 +59,7 @@ pub(super) fn log(line: &str) {
 /// Runs the controller until SIGTERM/SIGINT. Returns the exit code.
 pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -> u8 {
     let state = Arc::new(state);
-    let shared = match Shared::new(&options.run, &state) {
+    let mut shared = match Shared::new(&options.run, &state) {
         Ok(shared) => shared,
         Err(e) => {
             let _ = writeln!(
@@ -69,6 +69,12 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
             return exit_code::FAILED;
         }
     };
+    // Host events go to the log as they happen; no status line.
+    shared.progress = Some(Arc::new(crate::progress::Progress::new(
+        0,
+        false,
+        Box::new(log),
+    )));
     let ready = Arc::new(AtomicBool::new(false));
     let (mut sources, _watch) = match listen(&options, &shared, &ready).await {
         Ok(listening) => listening,
@@ -102,7 +108,7 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
     log(&format!(
         "{why}: stopping the host steps under way, releasing leases"
     ));
-    if !controller.stop(&why, &mut sources, SHUTDOWN_GRACE).await {
+    if !controller.stop(&why, SHUTDOWN_GRACE).await {
         log(
             "shutdown grace period over; leaving the remaining passes (their hosts keep a complete release)",
         );

@@ -34,13 +34,15 @@ use crate::progress::Progress;
 use crate::state::{self, StateDir};
 pub use pass::{Pass, pass_once, pass_state, publish, wrote};
 use queue::Requeue;
-pub use run_once::{SiteResult, render_site, run_once};
+pub use run_once::{SiteResult, render_site, run_once, state_line};
 
 /// Knobs of one `reconcile --once` run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub site: Option<String>,
     pub timeout: Duration,
+    /// `--once`: how long a site may wait for an unreachable required host.
+    pub wait_unreachable: Duration,
     pub max_parallel: usize,
     /// known_hosts to use instead of the ssh client's default.
     pub known_hosts: Option<std::path::PathBuf>,
@@ -70,7 +72,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub cancel: Arc<crate::cancel::Cancel>,
     pub holder: String,
-    /// Set when a terminal watches a `--once` run.
+    /// Prints host events as they happen (`--once`: stdout, and a status line on a
+    /// terminal; the daemon: its log).
     pub progress: Option<Arc<Progress>>,
     control_dir: std::path::PathBuf,
 }

@@ -88,8 +88,25 @@ pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> P
     for _ in 0..rollbacks {
         ctx.metrics.rolled_back(&site.name);
     }
+    keep_outputs(ctx, state, site, &mut report);
     let hold_lost = record(ctx, state, site, &key, &report);
     Pass { report, hold_lost }
+}
+
+/// Keeps the whole output of every failed command in the state dir and says where in the
+/// event's detail (so history and the run's output point to it).
+fn keep_outputs(ctx: &Context, state: &StateDir, site: &DesiredSite, report: &mut SiteReport) {
+    for event in &mut report.events {
+        let Some(output) = event.output.take() else {
+            continue;
+        };
+        let kept = state.keep_output(&site.name, &event.host, event.kind.as_str(), &output);
+        if let Ok(path) = wrote(&ctx.metrics, "output", kept) {
+            let detail = event.detail.get_or_insert_with(String::new);
+            detail.push_str(&format!(" (full output: {})", path.display()));
+            event.kept = Some(path);
+        }
+    }
 }
 
 /// Saves the Site's status and mirrors it into the metrics.
@@ -254,8 +271,11 @@ fn phase_and_message(site: &DesiredSite, outcome: &Outcome, retry: &Retry) -> (P
         Outcome::Failed { reason, host } => (
             Phase::Failed,
             match host {
-                Some(host) => format!("{reason} (host {host})"),
-                None => reason.clone(),
+                // The reason may name the host already: never twice.
+                Some(host) if !reason.contains(&format!("`{host}`")) => {
+                    format!("{reason} (host {host})")
+                }
+                _ => reason.clone(),
             },
         ),
         Outcome::Suspended => (

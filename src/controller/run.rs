@@ -19,14 +19,13 @@ use tokio::task::JoinSet;
 use super::queue::{Queue, Requeue};
 use super::{
     Mode, Pass, Retry, Shared, SiteResult, exit_code_of, pass_once, publish, render_site, requeue,
-    wrote,
+    state_line, wrote,
 };
 use crate::desired::{DesiredSite, DesiredState};
 use crate::execute::Context;
 use crate::exit_code;
 use crate::plan::EventKind;
 use crate::plan::Outcome;
-use crate::progress;
 use crate::state::{HistoryEvent, StateDir};
 
 /// Where each pass's result goes.
@@ -48,8 +47,6 @@ pub(super) struct Sources {
     pub resync: Option<tokio::time::Interval>,
     /// Probes of the hosts of waiting sites, and a due manifest reload retry.
     pub probe: Option<tokio::time::Interval>,
-    /// Redraws the progress line of a terminal.
-    pub redraw: Option<tokio::time::Interval>,
     pub heartbeat: Option<Arc<super::http::Heartbeat>>,
 }
 
@@ -71,12 +68,20 @@ pub(super) struct Controller<'o> {
     converged: BTreeMap<String, String>,
     /// `--once`: the deadline and the `--timeout` it comes from.
     pub deadline: Option<(Instant, Duration)>,
+    /// `--once`: how long a site waits for an unreachable required host, and since when
+    /// each site has been waiting.
+    pub wait_unreachable: Option<Duration>,
+    blocked_since: BTreeMap<String, Instant>,
     /// Why the loop stopped: from then on no retry is made or promised.
     stopped: Option<String>,
     /// The last result of each site waiting for a retry, to report if the retry never comes.
     waiting: BTreeMap<String, SiteResult>,
     /// `--once`: the exit code of each site that is done.
     pub codes: BTreeMap<String, u8>,
+    /// `--once`: sites that were converged and stayed so (nothing printed for them).
+    pub quiet: usize,
+    /// Each site's last reported state line: the daemon reports a site only on a change.
+    last_state: BTreeMap<String, String>,
     out: Out<'o>,
     /// The daemon's manifest source; `None` for `--once`.
     pub manifests: Option<super::daemon::Manifests>,
@@ -96,17 +101,26 @@ impl<'o> Controller<'o> {
             resync_passes: BTreeSet::new(),
             converged: BTreeMap::new(),
             deadline: None,
+            wait_unreachable: None,
+            blocked_since: BTreeMap::new(),
             stopped: None,
             waiting: BTreeMap::new(),
             codes: BTreeMap::new(),
+            quiet: 0,
+            last_state: BTreeMap::new(),
             out,
             manifests: None,
         }
     }
 
-    /// Writes a line to the `--once` output, or logs it.
+    /// Writes a line to the `--once` output (above the status line of a terminal), or logs it.
     pub fn say(&mut self, line: &str) {
         match &mut self.out {
+            Out::Print(_) if self.shared.progress.is_some() => {
+                if let Some(p) = &self.shared.progress {
+                    p.say(line);
+                }
+            }
             Out::Print(out) => {
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
@@ -151,7 +165,6 @@ impl<'o> Controller<'o> {
                         self.finished(&site, pass);
                     }
                 }
-                () = tick(&mut src.redraw) => self.redraw(),
             }
         }
     }
@@ -160,7 +173,7 @@ impl<'o> Controller<'o> {
     /// reported as they are, and the passes under way are cancelled and get `grace` to end
     /// their commands and release their leases. False when some did not end in time (they
     /// are abandoned; their hosts keep a complete release).
-    pub async fn stop(&mut self, why: &str, src: &mut Sources, grace: Duration) -> bool {
+    pub async fn stop(&mut self, why: &str, grace: Duration) -> bool {
         self.stopped = Some(why.to_string());
         self.shared.cancel.cancel();
         for name in self.queue.waiting() {
@@ -196,7 +209,6 @@ impl<'o> Controller<'o> {
                     self.passes.abort_all();
                     return false;
                 }
-                () = tick(&mut src.redraw) => self.redraw(),
             }
         }
     }
@@ -256,10 +268,26 @@ impl<'o> Controller<'o> {
                 .retry_no_later(&name, now + expiry + Duration::from_secs(1))
                 .or(again);
         }
+        // --once waits for an unreachable host only so long: a last retry at the limit.
+        let mut waited_out = None;
+        if let (Some(at), Some((limit, wait))) =
+            (again, self.unreachable_limit(&name, &report, now))
+            && at > limit
+        {
+            if now < limit {
+                again = self.queue.retry_no_later(&name, limit).or(again);
+            } else {
+                waited_out = Some(wait);
+            }
+        }
         let scheduled = self.queue.retry_at(&name);
         // A retry that will not come is not promised.
         let dropped = match (&self.stopped, self.deadline) {
             (Some(why), _) => Some(why.clone()),
+            _ if waited_out.is_some() => Some(format!(
+                "the host stayed unreachable for the --wait-unreachable of {}s",
+                waited_out.unwrap_or_default().as_secs()
+            )),
             (None, Some((deadline, timeout))) if again.is_some_and(|at| at >= deadline) => {
                 Some(format!(
                     "it would come after the --timeout of {}s",
@@ -296,21 +324,53 @@ impl<'o> Controller<'o> {
         }
     }
 
-    /// Prints a `--once` site's block when it is `done`, or logs every daemon pass.
+    /// `--once` and a site Blocked by an unreachable (not a locked) host: until when it may
+    /// wait, and the wait it was given. Forgets the wait once the site is not so blocked.
+    fn unreachable_limit(
+        &mut self,
+        name: &str,
+        report: &crate::execute::SiteReport,
+        now: Instant,
+    ) -> Option<(Instant, Duration)> {
+        let wait = self.wait_unreachable?;
+        let unreachable =
+            matches!(report.outcome, Outcome::Blocked { .. }) && report.lease_expires_in.is_none();
+        if !unreachable {
+            self.blocked_since.remove(name);
+            return None;
+        }
+        let since = *self.blocked_since.entry(name.to_string()).or_insert(now);
+        Some((since + wait, wait))
+    }
+
+    /// `--once`: a site's closing lines when it is `done` (nothing for a site that was
+    /// converged and stayed so), a line per retry while it waits. The daemon: a site's lines
+    /// when its state changed. Host events were printed as they happened.
     fn report(&mut self, result: &SiteResult, done: bool, hold_lost: bool) {
-        match &mut self.out {
-            Out::Log => {
+        let changed = !result.report.events.is_empty()
+            || self.last_state.get(&result.name) != Some(&state_line(result));
+        self.last_state
+            .insert(result.name.clone(), state_line(result));
+        match &self.out {
+            Out::Log if changed => {
                 for line in render_site(result).lines() {
                     super::daemon::log(line);
                 }
             }
-            Out::Print(out) if done => {
+            Out::Log => {}
+            Out::Print(_) if done => {
                 if let Some(p) = &self.shared.progress {
                     p.finish(&result.name);
-                    progress::clear(&mut std::io::stderr());
                 }
-                let _ = out.write_all(render_site(result).as_bytes());
-                let _ = out.flush();
+                let quiet = matches!(result.report.outcome, Outcome::Converged)
+                    && result.report.events.is_empty();
+                if quiet {
+                    self.quiet += 1;
+                } else {
+                    for line in render_site(result).lines() {
+                        self.say(line);
+                    }
+                }
                 // A failed attempt the hold did not count must not pass for a recorded one.
                 let code = if hold_lost {
                     exit_code::FAILED
@@ -319,7 +379,12 @@ impl<'o> Controller<'o> {
                 };
                 self.codes.insert(result.name.clone(), code);
             }
-            Out::Print(_) => {}
+            // Waiting for a retry: say so each time, naming the hosts and their errors.
+            Out::Print(_) => {
+                for line in render_site(result).lines() {
+                    self.say(line);
+                }
+            }
         }
     }
 
@@ -361,15 +426,6 @@ impl<'o> Controller<'o> {
             _ => {
                 self.converged.remove(name);
             }
-        }
-    }
-
-    fn redraw(&self) {
-        if let Some(p) = &self.shared.progress {
-            let total = self.desired.as_ref().map_or(0, |d| d.sites.len());
-            let mut err = std::io::stderr();
-            let _ = write!(err, "\r\x1b[2K{}", p.line(total, 100));
-            let _ = err.flush();
         }
     }
 }

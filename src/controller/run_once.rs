@@ -3,17 +3,16 @@
 //! worst site decides the exit code. Passes, retries and the loop live elsewhere; this only
 //! sets them up, reports and ends.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::run::{Controller, Out, Sources};
 use super::{Mode, RunOptions, STOP_GRACE, Shared, context, worst};
 use crate::desired::DesiredState;
 use crate::execute::SiteReport;
 use crate::exit_code;
-use crate::progress::{self, Progress};
+use crate::progress::Progress;
 use crate::state::StateDir;
 use crate::status::{Phase, SiteStatus};
 
@@ -42,31 +41,30 @@ pub async fn run_once(
             return exit_code::FAILED;
         }
     };
-    if std::io::stderr().is_terminal() {
-        shared.progress = Some(Arc::new(Progress::default()));
-    }
     let mut desired = desired.clone();
     if let Some(only) = &options.site {
         desired.sites.retain(|name, _| name == only);
     }
+    shared.progress = Some(Arc::new(Progress::new(
+        desired.sites.len(),
+        std::io::stderr().is_terminal(),
+        Box::new(print_line),
+    )));
     let sites: Vec<String> = desired.sites.keys().cloned().collect();
     let ctx = context(&desired, options, &shared, None);
     let started = Instant::now();
-    let redraw = shared.progress.is_some();
     let mut controller = Controller::new(Mode::Once, state, shared, Out::Print(out));
     controller.deadline = Some((started + options.timeout, options.timeout));
+    controller.wait_unreachable = Some(options.wait_unreachable);
     controller.desired = Some(Arc::new(desired));
     controller.ctx = Some(Arc::new(ctx));
     controller.enqueue(sites.iter().cloned());
-    let mut sources = once_sources(redraw);
+    let mut sources = once_sources();
     let stopped = controller.run(&mut sources).await;
     if let Some(why) = &stopped {
         // Every pass abandons its round trips, ends its commands on the hosts and releases
         // its leases; they get a bounded time to do so.
-        controller.stop(why, &mut sources, STOP_GRACE).await;
-    }
-    if redraw {
-        progress::clear(&mut std::io::stderr());
+        controller.stop(why, STOP_GRACE).await;
     }
     let mut codes: Vec<u8> = controller.codes.values().copied().collect();
     if let Some(why) = &stopped {
@@ -77,16 +75,22 @@ pub async fn run_once(
     worst(codes)
 }
 
-/// What `--once` listens to besides its passes: SIGTERM, SIGINT and, when a terminal shows
-/// the progress, its redraw tick.
-fn once_sources(redraw: bool) -> Sources {
+/// What `--once` listens to besides its passes: SIGTERM and SIGINT.
+fn once_sources() -> Sources {
     use tokio::signal::unix::{SignalKind, signal};
     Sources {
         sigterm: signal(SignalKind::terminate()).ok(),
         sigint: signal(SignalKind::interrupt()).ok(),
-        redraw: redraw.then(|| tokio::time::interval(Duration::from_millis(200))),
         ..Sources::default()
     }
+}
+
+/// A finished line of `--once` output, on stdout.
+fn print_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// After a stop (`why`): which of `sites` never finished.
@@ -123,59 +127,60 @@ async fn finish(
         ));
     }
     controller.shared.close().await;
-    controller.say(&format!(
-        "{sites} site{} in {:.1}s",
-        if sites == 1 { "" } else { "s" },
-        started.elapsed().as_secs_f64()
-    ));
+    let seconds = started.elapsed().as_secs_f64();
+    let plural = if sites == 1 { "" } else { "s" };
+    let summary = if controller.quiet == sites && sites > 0 {
+        format!("{sites} site{plural} converged, nothing to do ({seconds:.1}s)")
+    } else {
+        format!("{sites} site{plural} in {seconds:.1}s")
+    };
+    controller.say(&summary);
+    if let Some(p) = &controller.shared.progress {
+        p.clear();
+    }
 }
 
-/// One site's block of output: what happened per host, then the phase line.
+/// A site's state in one line: `shop: Converged: every host runs r7`.
+pub fn state_line(result: &SiteResult) -> String {
+    let status = &result.status;
+    format!("{}: {:?}: {}", result.name, status.phase, status.message)
+}
+
+/// A site's closing lines: its state, then per host an error no event explained (an
+/// unreachable host, a failed lease release...). The events were printed as they happened.
 pub fn render_site(result: &SiteResult) -> String {
-    let mut text = String::new();
-    let mut per_host: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for event in &result.report.events {
-        let mut line = format!("{} {}", event.kind, event.release);
-        if let Some(detail) = &event.detail {
-            line.push_str(": ");
-            line.push_str(detail.lines().last().unwrap_or(""));
-        }
-        per_host.entry(&event.host).or_default().push(line);
-    }
+    let mut text = state_line(result) + "\n";
     for host in &result.report.hosts {
-        let lines = per_host.remove(host.name.as_str()).unwrap_or_default();
-        let live = host.release.as_deref().unwrap_or("-");
-        let state = if host.reachable {
-            format!("live {live}")
-        } else {
-            "unreachable".to_string()
-        };
-        text.push_str(&format!(
-            "{}: {} ({}): {state}\n",
-            result.name, host.name, host.stage
-        ));
         let explained = result
             .report
             .events
             .iter()
             .any(|e| e.host == host.name && e.detail.is_some());
-        for line in lines {
-            text.push_str(&format!("    {line}\n"));
-        }
-        if let (Some(error), false) = (&host.last_error, explained) {
-            let tail: Vec<&str> = error.lines().rev().take(5).collect();
-            for line in tail.into_iter().rev() {
-                text.push_str(&format!("    | {line}\n"));
-            }
+        let Some(error) = host.last_error.as_ref().filter(|_| !explained) else {
+            continue;
+        };
+        let tail: Vec<&str> = error.lines().rev().take(5).collect();
+        for line in tail.into_iter().rev() {
+            text.push_str(&format!("{}: {}: | {line}\n", result.name, host.name));
         }
     }
-    let status = &result.status;
-    text.push_str(&format!(
-        "{}: {:?}: {}\n",
-        result.name, status.phase, status.message
-    ));
-    if status.phase == Phase::Degraded {
-        text.push_str(&format!("warning: {}: {}\n", result.name, status.message));
+    for event in &result.report.events {
+        if let Some(path) = &event.kept {
+            text.push_str(&format!(
+                "{}: {}: {} {}: full output: {}\n",
+                result.name,
+                event.host,
+                event.kind,
+                event.release,
+                path.display()
+            ));
+        }
+    }
+    if result.status.phase == Phase::Degraded {
+        text.push_str(&format!(
+            "warning: {}: {}\n",
+            result.name, result.status.message
+        ));
     }
     text
 }

@@ -10,7 +10,7 @@ mod steps;
 mod unlock;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -65,15 +65,24 @@ pub struct SiteReport {
     pub lease_expires_in: Option<Duration>,
 }
 
+/// What a pass has learned so far, folded from the hosts' answers. Behind a lock so an
+/// answer is folded (and its events shown) the moment it arrives while other round trips
+/// are still under way; never held across an await.
+#[derive(Default)]
+struct Book {
+    observed: plan::Observed,
+    pass: PassState,
+    /// When this pass last took the lease on each host (its fence is in `pass.fences`).
+    taken: BTreeMap<String, Instant>,
+    events: Vec<Event>,
+}
+
 /// Per-pass state of one site while it is being reconciled.
 struct SiteRun<'a> {
     ctx: &'a Context,
     site: &'a DesiredSite,
     site_limit: Arc<Semaphore>,
-    observed: plan::Observed,
-    pass: PassState,
-    /// When this pass last took the lease on each host (its fence is in `pass.fences`).
-    taken: BTreeMap<String, Instant>,
+    book: Mutex<Book>,
     /// This pass as host scripts know it: lease holder and attempt token.
     attempt: Attempt,
     /// Hosts where this pass may hold the lease or have commands running: released (and
@@ -81,16 +90,15 @@ struct SiteRun<'a> {
     leased: Mutex<BTreeSet<String>>,
     /// When the background renewal last extended the lease on a host.
     renewed: Mutex<BTreeMap<String, Instant>>,
-    events: Vec<Event>,
     /// Host → (stage, group) within this site.
     membership: BTreeMap<String, (String, String)>,
 }
 
 /// Observes the site's hosts and returns what each reported (used by `plan` and `status`).
 pub async fn observe_site(ctx: &Context, site: &DesiredSite) -> plan::Observed {
-    let mut run = SiteRun::new(ctx, site, PassState::default());
+    let run = SiteRun::new(ctx, site, PassState::default());
     let reports = run.observe_hosts(false).await;
-    plan::observe(site, &ctx.holder, &mut run.pass, &reports)
+    plan::observe(site, &ctx.holder, &mut run.book().pass, &reports)
 }
 
 /// One reconcile pass of one site: observe, then plan and execute until nothing is left.
@@ -102,7 +110,7 @@ pub async fn reconcile_site(
     revision: Option<String>,
 ) -> SiteReport {
     pass.revision = revision;
-    let mut run = SiteRun::new(ctx, site, pass);
+    let run = SiteRun::new(ctx, site, pass);
     if let Some(progress) = &ctx.progress {
         progress.start(&site.name, run.membership.len());
     }
@@ -127,23 +135,31 @@ impl<'a> SiteRun<'a> {
             ctx,
             site,
             site_limit: Arc::new(Semaphore::new(site.rollout.max_parallel.max(1))),
-            observed: BTreeMap::new(),
-            pass,
-            taken: BTreeMap::new(),
+            book: Mutex::new(Book {
+                pass,
+                ..Book::default()
+            }),
             attempt: Attempt::new(&ctx.holder),
             leased: Mutex::default(),
             renewed: Mutex::default(),
-            events: vec![],
             membership,
         }
     }
 
     /// Observes every host; for git, hosts lacking the release build it in the same round
     /// trip (see [`SiteRun::speculates`]).
-    async fn first_round_trip(&mut self) {
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().expect("not poisoned")
+    }
+
+    async fn first_round_trip(&self) {
         let speculate = self.speculates();
         let reports = self.observe_hosts(speculate).await;
-        self.observed = plan::observe(self.site, &self.ctx.holder, &mut self.pass, &reports);
+        {
+            let mut book = self.book();
+            let Book { observed, pass, .. } = &mut *book;
+            *observed = plan::observe(self.site, &self.ctx.holder, pass, &reports);
+        }
         if speculate {
             for report in reports {
                 if report.ran().is_some_and(|a| a.observed().is_ok()) {
@@ -157,10 +173,13 @@ impl<'a> SiteRun<'a> {
     }
 
     /// Plans and runs steps until the planner has none left.
-    async fn converge(&mut self) -> Outcome {
+    async fn converge(&self) -> Outcome {
         let mut previous: Option<Vec<Step>> = None;
         loop {
-            let next = plan::plan(self.site, &self.observed, &self.pass);
+            let next = {
+                let book = self.book();
+                plan::plan(self.site, &book.observed, &book.pass)
+            };
             if next.steps.is_empty() {
                 return next.outcome;
             }
@@ -186,52 +205,60 @@ impl<'a> SiteRun<'a> {
     /// and a git fetch needs nothing uploaded (an archive would go to every host each pass).
     fn speculates(&self) -> bool {
         !self.site.suspend
-            && self.pass.attempts < self.site.rollout.failure_retries
+            && self.book().pass.attempts < self.site.rollout.failure_retries
             && matches!(self.site.fetch, FetchSpec::Git { .. })
     }
 
-    /// Hands a step's answers to the planner, and keeps the events it found.
-    fn fold(&mut self, step: &Step, reports: &[StepReport]) {
-        let events = plan::fold(self.site, &mut self.observed, &mut self.pass, step, reports);
-        self.note_leases_taken(reports);
-        self.record(events);
+    /// Hands a step's answers to the planner, and keeps (and shows) the events it found.
+    fn fold(&self, step: &Step, reports: &[StepReport]) {
+        let mut book = self.book();
+        let Book { observed, pass, .. } = &mut *book;
+        let events = plan::fold(self.site, observed, pass, step, reports);
+        self.record(&mut book, reports, events);
     }
 
-    fn note_leases_taken(&mut self, reports: &[StepReport]) {
+    /// Notes the leases the answers took, and keeps and shows the events.
+    fn record(&self, book: &mut Book, reports: &[StepReport], events: Vec<Event>) {
         for report in reports {
             let acquired = report
                 .ran()
                 .and_then(|a| a.lease.as_ref())
                 .is_some_and(|l| l.state == LeaseState::Acquired);
-            if acquired && self.pass.fences.contains_key(&report.host) {
-                self.taken.insert(report.host.clone(), Instant::now());
+            if acquired && book.pass.fences.contains_key(&report.host) {
+                book.taken.insert(report.host.clone(), Instant::now());
             }
         }
-    }
-
-    fn record(&mut self, events: Vec<Event>) {
         if let Some(progress) = &self.ctx.progress {
             for event in &events {
-                progress.record(&self.site.name, event.kind);
+                progress.record(&self.site.name, event);
             }
         }
-        self.events.extend(events);
+        book.events.extend(events);
     }
 
     fn report(self, outcome: Outcome) -> SiteReport {
-        let hosts =
-            self.site
-                .stages
-                .iter()
-                .flat_map(|stage| stage.hosts.iter().map(move |h| (h, stage)))
-                .map(|(host, stage)| {
-                    let reach = self.observed.get(host);
-                    let release = match reach {
-                        Some(Reach::Reachable(view)) => view.current.clone(),
-                        _ => None,
-                    };
-                    let last_error = self.pass.errors.get(host).map(ToString::to_string).or_else(
-                        || match reach {
+        let Book {
+            observed,
+            pass,
+            events,
+            ..
+        } = self.book.into_inner().expect("not poisoned");
+        let hosts = self
+            .site
+            .stages
+            .iter()
+            .flat_map(|stage| stage.hosts.iter().map(move |h| (h, stage)))
+            .map(|(host, stage)| {
+                let reach = observed.get(host);
+                let release = match reach {
+                    Some(Reach::Reachable(view)) => view.current.clone(),
+                    _ => None,
+                };
+                let last_error =
+                    pass.errors
+                        .get(host)
+                        .map(ToString::to_string)
+                        .or_else(|| match reach {
                             Some(Reach::Unreachable { reason } | Reach::Refused { reason }) => {
                                 Some(reason.clone())
                             }
@@ -239,25 +266,23 @@ impl<'a> SiteRun<'a> {
                                 view.locked_by.as_ref().map(|h| format!("locked by {h}"))
                             }
                             None => None,
-                        },
-                    );
-                    HostStatus {
-                        name: host.clone(),
-                        stage: stage.name.clone(),
-                        release,
-                        reachable: matches!(reach, Some(Reach::Reachable(_))),
-                        last_error,
-                    }
-                })
-                .collect();
+                        });
+                HostStatus {
+                    name: host.clone(),
+                    stage: stage.name.clone(),
+                    release,
+                    reachable: matches!(reach, Some(Reach::Reachable(_))),
+                    last_error,
+                }
+            })
+            .collect();
         SiteReport {
             outcome,
             hosts,
-            events: self.events,
-            revision: self.pass.revision,
-            failed_attempt: self.pass.failed_attempt,
-            lease_expires_in: self
-                .pass
+            events,
+            revision: pass.revision,
+            failed_attempt: pass.failed_attempt,
+            lease_expires_in: pass
                 .locked_for
                 .values()
                 .max()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
-use super::SiteRun;
+use super::{Book, SiteRun};
 use crate::host::protocol::{Answer, LeaseState, OpStatus, StepReport};
 use crate::host::script::{Fence, Script};
 use crate::host::{Host, HostError, RemoteCommand};
@@ -151,32 +151,32 @@ impl SiteRun<'_> {
     /// The fence for `host`, taking the lease first if this pass has not yet (a host that
     /// needed no build), or not for half a lease time. `None` when the host is unreachable
     /// or held by someone else.
-    pub(super) async fn fence(&mut self, host: &str) -> Option<Fence> {
+    pub(super) async fn fence(&self, host: &str) -> Option<Fence> {
         let renewed = self
             .renewed
             .lock()
             .expect("not poisoned")
             .get(host)
             .copied();
-        let fresh = self.taken.get(host).is_some_and(|taken| {
-            renewed.map_or(*taken, |r| r.max(*taken)).elapsed() < self.ctx.lease_ttl / 2
-        });
-        if !fresh || !self.pass.fences.contains_key(host) {
+        let fresh = {
+            let book = self.book();
+            let recent = book.taken.get(host).is_some_and(|taken| {
+                renewed.map_or(*taken, |r| r.max(*taken)).elapsed() < self.ctx.lease_ttl / 2
+            });
+            recent && book.pass.fences.contains_key(host)
+        };
+        if !fresh {
             let script = Script::for_attempt(&self.path_on(host), &self.attempt)
                 .lease_acquire(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
                 .finish();
             let command = RemoteCommand::new(script, self.ctx.observe_timeout);
-            let report = self.run_on(host, command, true).await;
-            let events = plan::fold_lease(
-                self.site,
-                &mut self.observed,
-                &mut self.pass,
-                std::slice::from_ref(&report),
-            );
-            self.note_leases_taken(std::slice::from_ref(&report));
-            self.record(events);
+            let reports = [self.run_on(host, command, true).await];
+            let mut book = self.book();
+            let Book { observed, pass, .. } = &mut *book;
+            let events = plan::fold_lease(self.site, observed, pass, &reports);
+            self.record(&mut book, &reports, events);
         }
-        self.pass.fences.get(host).map(|generation| Fence {
+        self.book().pass.fences.get(host).map(|generation| Fence {
             holder: self.ctx.holder.clone(),
             generation: *generation,
         })
@@ -184,12 +184,15 @@ impl SiteRun<'_> {
 
     /// Every exit of a pass but SIGKILL: end the commands this pass started on its hosts
     /// and give their leases back, so another controller never waits for an expiry.
-    pub(super) async fn release_leases(&mut self) {
-        let hosts: Vec<String> = std::mem::take(&mut *self.leased.lock().expect("not poisoned"))
-            .into_iter()
-            .filter(|h| !matches!(self.observed.get(h), Some(Reach::Refused { .. })))
-            .collect();
-        let this = &*self;
+    pub(super) async fn release_leases(&self) {
+        let hosts: Vec<String> = {
+            let book = self.book();
+            std::mem::take(&mut *self.leased.lock().expect("not poisoned"))
+                .into_iter()
+                .filter(|h| !matches!(book.observed.get(h), Some(Reach::Refused { .. })))
+                .collect()
+        };
+        let this = self;
         let reports = join_all(hosts.iter().map(|host| async move {
             let script = Script::for_attempt(&this.path_on(host), &this.attempt)
                 .stop()
@@ -209,7 +212,8 @@ impl SiteRun<'_> {
             }
         }))
         .await;
-        let events = plan::fold_release(self.site, &mut self.pass, &reports);
-        self.record(events);
+        let mut book = self.book();
+        let events = plan::fold_release(self.site, &mut book.pass, &reports);
+        self.record(&mut book, &reports, events);
     }
 }

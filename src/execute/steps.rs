@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use futures_util::future::join_all;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 
 use super::SiteRun;
 use super::archive::{Archive, pack_archive};
@@ -15,7 +16,7 @@ use crate::host::script::{Env, Fence, Script};
 use crate::plan::{self, Reach, Step, StepError};
 
 impl SiteRun<'_> {
-    pub(super) async fn execute(&mut self, steps: Vec<Step>) {
+    pub(super) async fn execute(&self, steps: Vec<Step>) {
         let (builds, others): (Vec<Step>, Vec<Step>) = steps
             .into_iter()
             .partition(|s| matches!(s, Step::Build { .. }));
@@ -23,14 +24,38 @@ impl SiteRun<'_> {
             self.build_all(&builds).await;
         }
         for step in others {
-            let reports = match &step {
+            match &step {
                 Step::Build { .. } => unreachable!("partitioned"),
-                Step::Once { stage, host } => self.once(stage, host).await,
                 Step::Switch { .. } => self.switch_batch(&step).await,
-                Step::Rollback { hosts, .. } => self.rollback(&step, hosts).await,
-                Step::Cleanup { host, remove } => vec![self.cleanup(host, remove).await],
-            };
-            self.fold(&step, &reports);
+                Step::Once { stage, host } => {
+                    let reports = self.once(stage, host).await;
+                    self.fold(&step, &reports);
+                }
+                Step::Rollback { hosts, .. } => {
+                    let reports = self.rollback(&step, hosts).await;
+                    self.fold(&step, &reports);
+                }
+                Step::Cleanup { host, remove } => {
+                    let report = self.cleanup(host, remove).await;
+                    self.fold(&step, &[report]);
+                }
+            }
+        }
+    }
+
+    /// Runs `commands` at once, folding each answer as it arrives (so each host's line
+    /// shows when that host is done, not when the slowest is).
+    async fn run_folding(
+        &self,
+        step_of: impl Fn(&str) -> Step,
+        commands: Vec<(String, RemoteCommand)>,
+    ) {
+        let mut pending: FuturesUnordered<_> = commands
+            .into_iter()
+            .map(|(host, command)| async move { self.run_on(&host, command, true).await })
+            .collect();
+        while let Some(report) = pending.next().await {
+            self.fold(&step_of(&report.host), &[report]);
         }
     }
 
@@ -53,7 +78,8 @@ impl SiteRun<'_> {
     }
 
     fn revision(&self) -> String {
-        self.pass
+        self.book()
+            .pass
             .revision
             .clone()
             .unwrap_or_else(|| self.site.revision.clone())
@@ -92,7 +118,7 @@ impl SiteRun<'_> {
 
     // ------------------------------------------------------------------ build
 
-    async fn build_all(&mut self, builds: &[Step]) {
+    async fn build_all(&self, builds: &[Step]) {
         let archive = match &self.site.fetch {
             FetchSpec::Archive { path, roots } => {
                 match pack_archive(path, roots, &self.site.release)
@@ -104,7 +130,7 @@ impl SiteRun<'_> {
                         for step in builds {
                             for host in step.hosts() {
                                 plan::fold_unsent(
-                                    &mut self.pass,
+                                    &mut self.book().pass,
                                     step,
                                     host,
                                     StepError::Local(e.clone()),
@@ -117,15 +143,15 @@ impl SiteRun<'_> {
             }
             FetchSpec::Git { .. } => None,
         };
-        let this = &*self;
-        let reports = join_all(builds.iter().flat_map(Step::hosts).map(|host| {
-            let command = this.build_command(host, archive.as_ref());
-            async move { this.run_on(host, command, true).await }
-        }))
-        .await;
-        for (step, report) in builds.iter().zip(reports) {
-            self.fold(step, &[report]);
-        }
+        let commands = builds
+            .iter()
+            .flat_map(Step::hosts)
+            .map(|host| (host.clone(), self.build_command(host, archive.as_ref())))
+            .collect();
+        let step_of = |host: &str| Step::Build {
+            host: host.to_string(),
+        };
+        self.run_folding(step_of, commands).await;
     }
 
     fn build_command(&self, host: &str, archive: Option<&(Archive, u64)>) -> RemoteCommand {
@@ -175,7 +201,7 @@ impl SiteRun<'_> {
 
     // ------------------------------------------------------------------ once
 
-    async fn once(&mut self, stage: &str, host: &str) -> Vec<StepReport> {
+    async fn once(&self, stage: &str, host: &str) -> Vec<StepReport> {
         let Some(fence) = self.fence(host).await else {
             return vec![];
         };
@@ -195,7 +221,7 @@ impl SiteRun<'_> {
     // ------------------------------------------------------------------ switch
 
     /// After the pause, each host of the batch in one round trip, all at once.
-    async fn switch_batch(&mut self, step: &Step) -> Vec<StepReport> {
+    async fn switch_batch(&self, step: &Step) {
         let Step::Switch {
             stage,
             hosts,
@@ -223,13 +249,7 @@ impl SiteRun<'_> {
                 )
             })
             .collect();
-        let this = &*self;
-        join_all(
-            commands
-                .into_iter()
-                .map(|(host, command)| async move { this.run_on(&host, command, true).await }),
-        )
-        .await
+        self.run_folding(|_| step.clone(), commands).await;
     }
 
     /// Pending, switch, activate, health, settled, clean-up, lease release: one round trip.
@@ -268,18 +288,18 @@ impl SiteRun<'_> {
 
     /// Back to the recorded previous release, then `activate` with that release's
     /// variables. Rare, one round trip each: one after another keeps events in order.
-    async fn rollback(&mut self, step: &Step, hosts: &[String]) -> Vec<StepReport> {
+    async fn rollback(&self, step: &Step, hosts: &[String]) -> Vec<StepReport> {
         let mut reports = vec![];
         for host in hosts {
             let Some(fence) = self.fence(host).await else {
                 continue;
             };
-            let previous = match self.observed.get(host) {
+            let previous = match self.book().observed.get(host) {
                 Some(Reach::Reachable(view)) => view.previous.clone(),
                 _ => None,
             };
             let Some(previous) = previous else {
-                plan::fold_unsent(&mut self.pass, step, host, StepError::NoPrevious);
+                plan::fold_unsent(&mut self.book().pass, step, host, StepError::NoPrevious);
                 continue;
             };
             let stage = self.stage_of(host).to_string();
@@ -298,7 +318,7 @@ impl SiteRun<'_> {
 
     // ------------------------------------------------------------------ cleanup
 
-    async fn cleanup(&mut self, host: &str, remove: &[String]) -> StepReport {
+    async fn cleanup(&self, host: &str, remove: &[String]) -> StepReport {
         let script = Script::for_attempt(&self.path_on(host), &self.attempt)
             .lease_acquire(&self.ctx.holder, self.ctx.lease_ttl.as_secs())
             .remove_releases(remove, std::slice::from_ref(&self.site.release))

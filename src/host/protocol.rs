@@ -59,6 +59,9 @@ pub struct HostAnswer {
     pub timings: Vec<(String, f64)>,
     /// The end of the user-visible output (stderr), or the exit status when there is none.
     pub tail: String,
+    /// A failed script's user-visible output as captured (the last 64 KiB, may be empty),
+    /// to keep in full where an operator can read it. Empty when the script succeeded.
+    pub output: String,
 }
 
 /// An operation of a host script, by the name its step line carries.
@@ -267,11 +270,25 @@ impl HostAnswer {
             snapshot: text.contains("@@observe ").then(|| observe::parse(&text)),
             timings: observe::step_timings(&text),
             tail: tail(out),
+            output: if out.success() {
+                String::new()
+            } else {
+                out.stderr_text().trim_end().to_string()
+            },
         }
     }
 
     pub fn success(&self) -> bool {
         self.exit == 0
+    }
+
+    /// The end of what a failed script's commands said; empty when they said nothing.
+    pub fn said(&self) -> String {
+        if self.output.is_empty() {
+            String::new()
+        } else {
+            self.tail.clone()
+        }
     }
 
     /// How `op` ended, if it ran.

@@ -33,10 +33,10 @@ pub(super) fn plan(site: &DesiredSite, members: &[Member], pass: &PassState) -> 
         }));
     }
     if let Some((host, error)) = pass.build_failed.iter().next() {
-        return Some(failed(format!("build failed: {error}"), host));
+        return Some(failed(format!("build failed: {}", error.headline()), host));
     }
     if let Some((host, error)) = pass.host_errors.iter().next() {
-        return Some(failed(format!("host error: {error}"), host));
+        return Some(failed(format!("host error: {}", error.headline()), host));
     }
     if let Some(once) = &pass.once_failed {
         return Some(failed(
@@ -46,7 +46,7 @@ pub(super) fn plan(site: &DesiredSite, members: &[Member], pass: &PassState) -> 
     }
     pass.health_failed.as_ref().map(|health| {
         failed(
-            format!("health check failed: {}", health.error),
+            format!("health check failed: {}", health.error.headline()),
             &health.host,
         )
     })

@@ -43,12 +43,22 @@ pub fn fold(
     match step {
         Step::Switch { stage, .. } => {
             // A host went live and then failed: its whole stage goes back (see `failures`).
+            // It names the failure, unless a host that went live and failed already does
+            // (a batch's answers may be folded one by one, as they arrive).
             if let Some((host, error)) = unhealthy {
-                f.pass.health_failed = Some(HealthFailure {
-                    stage: stage.clone(),
-                    host,
-                    error,
-                });
+                let went_live = |h: &HealthFailure| {
+                    f.pass
+                        .switched
+                        .get(&h.stage)
+                        .is_some_and(|s| s.contains(&h.host))
+                };
+                if !f.pass.health_failed.as_ref().is_some_and(went_live) {
+                    f.pass.health_failed = Some(HealthFailure {
+                        stage: stage.clone(),
+                        host,
+                        error,
+                    });
+                }
                 f.pass.failed_attempt = true;
             }
         }
@@ -215,6 +225,8 @@ fn event(
         release,
         kind,
         detail,
+        output: None,
+        kept: None,
     }
 }
 
@@ -223,7 +235,7 @@ fn operation_error(host: &str, answer: &HostAnswer) -> StepError {
     StepError::Operation {
         host: host.to_string(),
         op: answer.failure(),
-        tail: answer.tail.clone(),
+        tail: answer.said(),
     }
 }
 
@@ -294,6 +306,20 @@ impl<'a> Folder<'a> {
         };
         self.events
             .push(event(self.site, host, release, kind, detail));
+    }
+
+    /// A failure event: its headline, and the command's whole output to keep.
+    fn record_failure(
+        &mut self,
+        host: &str,
+        kind: EventKind,
+        error: &StepError,
+        answer: &HostAnswer,
+    ) {
+        self.record(host, kind, Some(error.headline()));
+        if let Some(event) = self.events.last_mut() {
+            event.output = (!answer.output.is_empty()).then(|| answer.output.clone());
+        }
     }
 
     fn fail(&mut self, host: &str, error: StepError) {
@@ -376,7 +402,7 @@ impl<'a> Folder<'a> {
                 .build_failed
                 .insert(host.to_string(), error.clone());
             self.pass.failed_attempt = true;
-            self.record(host, EventKind::BuildFailed, Some(error.to_string()));
+            self.record_failure(host, EventKind::BuildFailed, &error, answer);
         }
     }
 
@@ -408,12 +434,12 @@ impl<'a> Folder<'a> {
         let error = StepError::Once {
             stage: stage.to_string(),
             host: host.to_string(),
-            tail: answer.tail.clone(),
+            tail: answer.said(),
         };
         self.fail(host, error.clone());
         self.pass.once_failed = Some(failure);
         self.pass.failed_attempt = true;
-        self.record(host, EventKind::OnceFailed, Some(error.to_string()));
+        self.record_failure(host, EventKind::OnceFailed, &error, answer);
     }
 
     /// Returns the error of a host that went live and then failed activate or health.
@@ -431,7 +457,7 @@ impl<'a> Folder<'a> {
         let live_error = || StepError::Live {
             host: host.to_string(),
             op: answer.failure(),
-            tail: answer.tail.clone(),
+            tail: answer.said(),
         };
         match answer.failed_op() {
             // Live and healthy. A clean-up problem is reported, never a reason to roll a
@@ -451,7 +477,7 @@ impl<'a> Folder<'a> {
             Some(_) if switched => {
                 let error = live_error();
                 self.fail(host, error.clone());
-                self.record(host, EventKind::HealthFailed, Some(error.to_string()));
+                self.record_failure(host, EventKind::HealthFailed, &error, answer);
                 Some(error)
             }
             Some(_) => {

@@ -14,14 +14,16 @@ fn ran(ops: &[(Op, i32)]) -> HostAnswer {
         n => OpStatus::Failed(n),
     };
     let exit = ops.iter().map(|(_, c)| *c).find(|c| *c != 0).unwrap_or(0);
+    let said = if exit == 0 { "" } else { "it broke" };
     HostAnswer {
         exit,
         ops: ops.iter().map(|(op, c)| (op.clone(), status(*c))).collect(),
         tail: if exit == 0 {
             "exit status 0".into()
         } else {
-            "it broke".into()
+            said.into()
         },
+        output: said.into(),
         ..HostAnswer::default()
     }
 }
@@ -104,6 +106,7 @@ fn live_cases() -> Vec<Case> {
         (Op::Health, 7),
     ]);
     w2_unhealthy.tail = "curl: 500".into();
+    w2_unhealthy.output = "curl: 500".into();
     let mut cleanup_failed = ran(LIVE);
     cleanup_failed.ops.push((Op::Cleanup, OpStatus::Failed(1)));
     cleanup_failed.exit = 1;
@@ -265,6 +268,7 @@ fn the_rollback_step_puts_every_switched_host_back_and_the_site_fails() {
     let (s, mut o, mut pass) = ready();
     let mut unhealthy = ran(&[(Op::Pending, 0), (Op::Switch, 0), (Op::Activate, 3)]);
     unhealthy.tail = "activate broke".into();
+    unhealthy.output = "activate broke".into();
     let step = switch(&["w1", "w2"], &[]);
     fold(
         &s,
@@ -325,6 +329,7 @@ fn a_host_that_cannot_write_its_lease_fails_the_attempt_with_its_words() {
     let (s, mut o, mut pass) = ready();
     let mut full = ran(&[(Op::LeaseAcquire, 1)]);
     full.tail = "No space left on device".into();
+    full.output = "No space left on device".into();
     fold_lease(&s, &mut o, &mut pass, &[report("w1", full)]);
     assert!(pass.failed_attempt);
     let p = plan(&s, &o, &pass);

@@ -50,20 +50,20 @@ pub type Observed = BTreeMap<String, Reach>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {
     /// An operation of a build or of convoy's own bookkeeping (a lease write) exited non-zero.
-    #[error("{op} on host `{host}`: {tail}")]
+    #[error("{op} on host `{host}`{}", said(.tail))]
     Operation {
         host: String,
         op: String,
         tail: String,
     },
     /// Switch, activate or health check exited non-zero.
-    #[error("{op} failed on host `{host}`: {tail}")]
+    #[error("{op} failed on host `{host}`{}", said(.tail))]
     Live {
         host: String,
         op: String,
         tail: String,
     },
-    #[error("`once` of stage `{stage}` failed on host `{host}`: {tail}")]
+    #[error("`once` of stage `{stage}` failed on host `{host}`{}", said(.tail))]
     Once {
         stage: String,
         host: String,
@@ -88,6 +88,46 @@ pub enum StepError {
     /// The controller could not prepare the step (e.g. pack the archive).
     #[error("{0}")]
     Local(String),
+}
+
+/// What a command said, after a colon; nothing when it said nothing (its exit status is
+/// in the operation already: no "exit 1 ... exit status 1").
+fn said(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {tail}")
+    }
+}
+
+impl StepError {
+    /// One line: the error with only the last line of what the command said (usually the
+    /// error; the first is usually noise). For history, the run's output and status.
+    pub fn headline(&self) -> String {
+        let mut short = self.clone();
+        if let Some(tail) = short.tail_mut() {
+            *tail = tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_string();
+        }
+        short.to_string()
+    }
+
+    fn tail_mut(&mut self) -> Option<&mut String> {
+        match self {
+            StepError::Operation { tail, .. }
+            | StepError::Live { tail, .. }
+            | StepError::Once { tail, .. }
+            | StepError::OnceUnfinished { tail, .. }
+            | StepError::Rollback { tail }
+            | StepError::Cleanup { tail } => Some(tail),
+            _ => None,
+        }
+    }
 }
 
 /// A stage whose `once` commands failed on a host.
@@ -223,7 +263,12 @@ pub struct Event {
     pub stage: String,
     pub release: String,
     pub kind: EventKind,
+    /// One line: what happened, or the error.
     pub detail: Option<String>,
+    /// A failed command's whole output (bounded), to keep in the state dir.
+    pub output: Option<String>,
+    /// Where that output was kept.
+    pub kept: Option<std::path::PathBuf>,
 }
 
 /// What kind of thing happened: the kinds of history events and of a pass's events. Written in PascalCase, like the status phases

@@ -24,6 +24,7 @@
 
 mod files;
 mod history;
+mod output;
 #[cfg(test)]
 mod tests;
 mod time;
@@ -41,6 +42,7 @@ use crate::status::SiteStatus;
 
 use files::{read_json, write_atomic, write_json_atomic};
 pub use history::HistoryEvent;
+pub use output::KEEP_OUTPUTS;
 pub use time::{now_rfc3339, rfc3339};
 
 /// Where convoy keeps its state when `--state-dir` is not given.

@@ -407,3 +407,50 @@ fn a_blocked_site_whose_retry_will_not_come_is_not_promised_one() {
         "{message}"
     );
 }
+
+#[test]
+fn once_waits_for_an_unreachable_required_host_at_most_wait_unreachable_saying_so_each_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = example_blocked_in(tmp.path()).display().to_string();
+    let state = tmp.path().join("state").display().to_string();
+    let started = std::time::Instant::now();
+    // No --timeout: the default (15m) bounds builds, not the wait for a host that is down.
+    let out = convoy_in(
+        tmp.path(),
+        &[
+            "reconcile",
+            "--once",
+            "-f",
+            m.as_str(),
+            "--state-dir",
+            state.as_str(),
+            "--wait-unreachable",
+            "3s",
+        ],
+    );
+    let took = started.elapsed();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "took {took:?}: {text}"
+    );
+    let attempts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("jobs-manager: sched1: | ") && l.contains("unreachable"))
+        .collect();
+    assert!(
+        attempts.len() >= 2,
+        "a line per attempt naming the host and its error: {text}"
+    );
+    let last = text
+        .lines()
+        .rfind(|l| l.starts_with("jobs-manager: Blocked: "))
+        .unwrap();
+    assert!(
+        last.contains("sched1")
+            && last.contains("no retry")
+            && last.contains("--wait-unreachable of 3s"),
+        "{last}"
+    );
+}
