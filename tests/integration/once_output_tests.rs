@@ -62,6 +62,20 @@ fn once_args(m: &Path, state: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `reconcile --once` that must fail (exit 1); its output.
+fn failing_run(root: &Path, m: &Path, state: &Path) -> String {
+    let args = once_args(m, state);
+    let out = convoy_in(root, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    stdout(&out)
+}
+
+fn line_starting<'t>(text: &'t str, prefix: &str) -> &'t str {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?}: {text}"))
+}
+
 #[test]
 fn host_lines_appear_as_they_happen_and_a_pass_with_nothing_to_do_is_one_line() {
     let tmp = tempfile::tempdir().unwrap();
@@ -128,17 +142,8 @@ fn a_failure_is_one_line_with_its_error_and_the_whole_output_is_kept() {
         "true\n",
     );
     let state = tmp.path().join("state");
-    let args = once_args(&m, &state);
-    let out = convoy_in(
-        tmp.path(),
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let text = stdout(&out);
-    let failed = text
-        .lines()
-        .find(|l| l.starts_with("app: web1: BuildFailed r1: "))
-        .unwrap_or_else(|| panic!("{text}"));
+    let text = failing_run(tmp.path(), &m, &state);
+    let failed = line_starting(&text, "app: web1: BuildFailed r1: ");
     assert!(
         failed.contains("build (exit 3) on host `web1`: ERROR: the real problem"),
         "the error line, not the first line of output: {failed}"
@@ -179,18 +184,8 @@ fn a_failure_is_one_line_with_its_error_and_the_whole_output_is_kept() {
 fn a_silent_health_failure_is_said_once() {
     let tmp = tempfile::tempdir().unwrap();
     let m = site_in(tmp.path(), "true\n", "exit 1\n");
-    let state = tmp.path().join("state");
-    let args = once_args(&m, &state);
-    let out = convoy_in(
-        tmp.path(),
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let text = stdout(&out);
-    let failed = text
-        .lines()
-        .find(|l| l.starts_with("app: Failed: "))
-        .unwrap_or_else(|| panic!("{text}"));
+    let text = failing_run(tmp.path(), &m, &tmp.path().join("state"));
+    let failed = line_starting(&text, "app: Failed: ");
     assert!(
         failed.contains("health (exit 1) failed on host `web"),
         "{failed}"
