@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 
 use super::{
-    HostLabel, Metrics, OperationLabel, PHASES, RESULTS, STATE_FILE_KINDS, SiteLabel,
-    SiteOperationLabels, SiteResultLabels, StateFileLabel, phase_labels,
+    HostLabel, Metrics, OperationLabel, RESULTS, STATE_FILE_KINDS, SiteLabel, SiteOperationLabels,
+    SiteResultLabels, StateFileLabel, phase_labels,
 };
 
 /// The host operations whose series exist before they first run or fail: those a rollout
@@ -98,7 +98,7 @@ impl Metrics {
         }
         create(&self.reconcile_duration, &label);
         create(&self.site_converged, &label);
-        for phase in PHASES {
+        for phase in super::phases() {
             create(&self.site_phase, &phase_labels(name, phase));
         }
         self.desired_release(name, &site.release);
@@ -132,7 +132,7 @@ impl Metrics {
         }
         self.reconcile_duration.remove(&label);
         self.site_converged.remove(&label);
-        for phase in PHASES {
+        for phase in super::phases() {
             self.site_phase.remove(&phase_labels(site, phase));
         }
         self.backoff.remove(&label);

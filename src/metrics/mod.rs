@@ -92,15 +92,9 @@ fn seconds_buckets() -> Histogram {
 }
 
 /// The phases a managed site can be in, as label values (an Unmanaged site has no series).
-pub const PHASES: [Phase; 7] = [
-    Phase::Converged,
-    Phase::Progressing,
-    Phase::Degraded,
-    Phase::Blocked,
-    Phase::Failed,
-    Phase::Suspended,
-    Phase::Interrupted,
-];
+pub fn phases() -> impl Iterator<Item = Phase> {
+    Phase::ALL.into_iter().filter(|p| *p != Phase::Unmanaged)
+}
 
 /// Every `result` label value: [`result_label`] of each outcome.
 pub const RESULTS: [&str; 6] = [
@@ -276,7 +270,7 @@ impl Metrics {
         self.site_converged
             .get_or_create(&label)
             .set(i64::from(phase == Phase::Converged));
-        for p in PHASES {
+        for p in phases() {
             self.site_phase
                 .get_or_create(&phase_labels(site, p))
                 .set(i64::from(p == phase));

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::daemon_tests::wait_until;
+use crate::fleet::assert_exit;
 use crate::util::{convoy_in, stderr, stdout};
 
 /// A scratch manifest directory of local sites, and the state dir beside it.
@@ -164,16 +165,6 @@ spec:
     }
 }
 
-fn assert_code(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(out),
-        stderr(out)
-    );
-}
-
 /// `convoy reconcile` as a daemon, killed when dropped.
 struct LocalDaemon {
     child: Option<Child>,
@@ -251,7 +242,7 @@ fn textfile_of_a_once_run_holds_correct_gauges_and_no_per_run_counters() {
     let textfile = prom_dir.join("convoy.prom");
     let t = textfile.to_str().unwrap();
     let out = local.once(&["--metrics-textfile", t]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     let first = fs::read_to_string(&textfile).unwrap();
     // The manifests were valid: the bundled ConvoyManifestsInvalid alert must stay quiet.
     assert_eq!(
@@ -289,7 +280,7 @@ fn textfile_of_a_once_run_holds_correct_gauges_and_no_per_run_counters() {
         ..LocalSite::default()
     });
     let out = local.once(&["--metrics-textfile", t]);
-    assert_code(&out, 1);
+    assert_exit(&out, 1);
     let second = fs::read_to_string(&textfile).unwrap();
     assert_eq!(
         sample(&second, r#"convoy_site_phase{site="app",phase="Failed"}"#),
@@ -301,7 +292,7 @@ fn textfile_of_a_once_run_holds_correct_gauges_and_no_per_run_counters() {
     // Invalid manifests: exit 2 before any host, and the textfile says so.
     fs::write(local.manifests().join("broken.yaml"), "kind: Nonsense\n").unwrap();
     let out = local.once(&["--metrics-textfile", t]);
-    assert_code(&out, 2);
+    assert_exit(&out, 2);
     let third = fs::read_to_string(&textfile).unwrap();
     assert_eq!(
         sample(&third, "convoy_manifests_valid"),
@@ -317,7 +308,7 @@ fn textfile_in_a_missing_directory_is_an_error_naming_it() {
     let textfile = local.dir.path().join("no-such-dir/convoy.prom");
     let out = local.once(&["--metrics-textfile", textfile.to_str().unwrap()]);
     // A usage error, found before any host is touched.
-    assert_code(&out, 2);
+    assert_exit(&out, 2);
     assert!(
         !local.dir.path().join("hosts").exists(),
         "a host was touched"
@@ -330,7 +321,7 @@ fn textfile_in_a_missing_directory_is_an_error_naming_it() {
 
     // The daemon serves /metrics: a textfile option there is a usage error, not ignored.
     let out = local.convoy(&["reconcile", "--metrics-textfile", "convoy.prom"]);
-    assert_code(&out, 2);
+    assert_exit(&out, 2);
     assert!(stderr(&out).contains("--metrics-textfile needs --once"));
 
     // The directory disappears during the run (here: the build removes it): the site
@@ -344,7 +335,7 @@ fn textfile_in_a_missing_directory_is_an_error_naming_it() {
     });
     let textfile = dir.join("convoy.prom");
     let out = local.once(&["--metrics-textfile", textfile.to_str().unwrap()]);
-    assert_code(&out, 1);
+    assert_exit(&out, 1);
     let text = stdout(&out);
     assert!(text.contains("app: Converged"), "{text}");
     assert!(
@@ -468,10 +459,10 @@ fn status_of_one_site_and_label_selectors() {
         labels: "{team: core}",
         ..LocalSite::default()
     });
-    assert_code(&local.once(&[]), 0);
+    assert_exit(&local.once(&[]), 0);
 
     let out = local.convoy(&["status", "app"]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     let text = stdout(&out);
     for expected in [
         "Name:",
@@ -488,7 +479,7 @@ fn status_of_one_site_and_label_selectors() {
     assert!(!text.contains("api"), "{text}");
 
     let out = local.convoy(&["status", "app", "-o", "json"]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     let site: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(site["kind"], "Site");
     assert_eq!(site["metadata"]["labels"]["team"], "web");
@@ -498,7 +489,7 @@ fn status_of_one_site_and_label_selectors() {
         let mut all = vec!["status", "-o", "json"];
         all.extend(args);
         let out = local.convoy(&all);
-        assert_code(&out, 0);
+        assert_exit(&out, 0);
         let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
         list["items"]
             .as_array()
@@ -513,10 +504,10 @@ fn status_of_one_site_and_label_selectors() {
     assert_eq!(names(&["-l", "team=nobody"]), Vec::<String>::new());
 
     let out = local.convoy(&["status", "nosuchsite"]);
-    assert_code(&out, 2);
+    assert_exit(&out, 2);
     assert!(stderr(&out).contains("nosuchsite"), "{}", stderr(&out));
     let out = local.convoy(&["status", "-l", "=web"]);
-    assert_code(&out, 2);
+    assert_exit(&out, 2);
     assert!(stderr(&out).contains("-l"), "{}", stderr(&out));
 }
 
@@ -545,7 +536,7 @@ fn every_command_the_alert_runbooks_name_runs() {
     );
     let local = Local::new();
     local.site(&LocalSite::default());
-    assert_code(&local.once(&[]), 0);
+    assert_exit(&local.once(&[]), 0);
     for command in &commands {
         let command = command.replace("{{ $labels.site }}", "app");
         let args: Vec<&str> = command.split_whitespace().skip(1).collect();
@@ -570,9 +561,9 @@ fn a_removed_site_is_unmanaged_not_its_last_phase() {
         name: "old",
         ..LocalSite::default()
     });
-    assert_code(&local.once(&[]), 0);
+    assert_exit(&local.once(&[]), 0);
     local.remove_site("old");
-    assert_code(&local.once(&[]), 0);
+    assert_exit(&local.once(&[]), 0);
     let statuses = local.statuses();
     assert_eq!(statuses["app"]["phase"], "Converged", "{statuses}");
     assert_eq!(statuses["old"]["phase"], "Unmanaged", "{statuses}");
@@ -580,7 +571,7 @@ fn a_removed_site_is_unmanaged_not_its_last_phase() {
     assert_eq!(ready["status"], "Unknown", "{statuses}");
     // And the metrics no longer report it as a managed site.
     let textfile = local.dir.path().join("convoy.prom");
-    assert_code(
+    assert_exit(
         &local.once(&["--metrics-textfile", textfile.to_str().unwrap()]),
         0,
     );
@@ -596,7 +587,7 @@ fn a_once_run_stopped_by_its_timeout_leaves_interrupted() {
         ..LocalSite::default()
     });
     let out = local.once(&["--timeout", "2s"]);
-    assert_code(&out, 1);
+    assert_exit(&out, 1);
     let status = &local.statuses()["app"];
     assert_eq!(status["phase"], "Interrupted", "{status}");
     assert!(
@@ -640,7 +631,7 @@ fn a_held_failed_status_keeps_its_cause() {
         failure_retries: 1,
         ..LocalSite::default()
     });
-    assert_code(&local.once(&[]), 1);
+    assert_exit(&local.once(&[]), 1);
     let first = local.statuses()["app"].clone();
     assert_eq!(first["phase"], "Failed", "{first}");
     assert!(
@@ -648,7 +639,7 @@ fn a_held_failed_status_keeps_its_cause() {
         "{first}"
     );
     // The next pass does not build again (held), and still says why.
-    assert_code(&local.once(&[]), 1);
+    assert_exit(&local.once(&[]), 1);
     let held = local.statuses()["app"].clone();
     let message = held["message"].as_str().unwrap();
     assert!(message.contains("held"), "{held}");
