@@ -116,8 +116,17 @@ pub enum Command {
         archive_roots: Vec<PathBuf>,
     },
 
-    /// Show each site's phase and the release live on each host.
+    /// Show each site's phase and the release live on each host, or one site in detail.
+    ///
+    /// With SITE: its labels, phase, whole message, conditions and hosts (`-o json|yaml`: the
+    /// Site object). Without: one line per site and its hosts (`-o json|yaml`: a List).
     Status {
+        /// One site, in detail.
+        site: Option<String>,
+        /// Only the sites whose `metadata.labels` match, as `kubectl get -l`: `key=value`,
+        /// `key!=value`, `key`, `!key`, comma-separated (all must hold).
+        #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with = "site")]
+        selector: Option<String>,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,

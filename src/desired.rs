@@ -78,6 +78,9 @@ pub struct DesiredState {
     pub hosts: BTreeMap<String, Host>,
     /// Per ServerGroup `maxParallel`.
     pub group_limits: BTreeMap<String, usize>,
+    /// Each Site's `metadata.labels`: for `convoy status -l`, never part of what a pass
+    /// does (an edited label neither lifts a hold nor starts a pass).
+    pub site_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl DesiredState {
@@ -157,8 +160,22 @@ impl DesiredState {
             };
             state.sites.insert(name.clone(), desired);
         }
+        state.site_labels = site_labels(catalog);
         state
     }
+}
+
+/// Each Site's `metadata.labels`, without their positions.
+fn site_labels(catalog: &Catalog) -> BTreeMap<String, BTreeMap<String, String>> {
+    let labels = |site: &crate::manifest::types::Object<_>| {
+        let pairs = site.metadata.labels.iter();
+        pairs.map(|(k, v)| (k.clone(), v.value.clone())).collect()
+    };
+    catalog
+        .sites
+        .iter()
+        .map(|(name, site)| (name.clone(), labels(site)))
+        .collect()
 }
 
 fn resolve_host(ssh: &SshSettings, host: &HostSpec) -> Host {

@@ -68,7 +68,18 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             };
             plan::plan(cli, site.as_deref(), *max_parallel, &load, out, err)
         }
-        Command::Status { output } => status::status(&cli.state_dir, *output, out, err),
+        Command::Status {
+            site,
+            selector,
+            output,
+        } => {
+            let which = match (site, selector) {
+                (Some(site), _) => status::Which::Site(site),
+                (None, Some(selector)) => status::Which::Selected(selector),
+                (None, None) => status::Which::All,
+            };
+            status::status(&cli.state_dir, which, *output, out, err)
+        }
         Command::History { site } => status::history(&cli.state_dir, site, out, err),
         Command::Retry {
             site,
@@ -123,17 +134,30 @@ fn desired(
         return Ok(Err(exit_code::INVALID));
     }
     let desired = DesiredState::from_catalog(&catalog);
-    if let Some(site) = site
-        && !desired.sites.contains_key(site)
-    {
-        writeln!(
-            err,
-            "error: no Site named `{site}` in {}",
-            cli.manifests.display()
-        )?;
-        return Ok(Err(exit_code::INVALID));
+    if let Some(code) = unknown_manifest_site(cli, &desired, site, err)? {
+        return Ok(Err(code));
     }
     Ok(Ok(desired))
+}
+
+/// A `--site` the manifests do not have: exit 2, naming it and the manifests.
+fn unknown_manifest_site(
+    cli: &Cli,
+    desired: &DesiredState,
+    site: Option<&str>,
+    err: &mut dyn Write,
+) -> anyhow::Result<Option<u8>> {
+    match site {
+        Some(site) if !desired.sites.contains_key(site) => {
+            writeln!(
+                err,
+                "error: no Site named `{site}` in {}",
+                cli.manifests.display()
+            )?;
+            Ok(Some(exit_code::INVALID))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The desired state for a command that uploads nothing (`unlock`, `retry`): where an

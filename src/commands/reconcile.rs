@@ -4,12 +4,12 @@
 use std::io::Write;
 use std::time::Duration;
 
-use super::{desired, runtime};
+use super::{desired, runtime, unknown_manifest_site};
 use crate::cli::Cli;
 use crate::controller::{self, RunOptions};
 use crate::exit_code;
 use crate::manifest::{self, LoadOptions};
-use crate::state::StateDir;
+use crate::state::{StateDir, error_chain};
 
 /// The `reconcile` flags as given: durations and the address are still text, checked here.
 pub(super) struct ReconcileArgs<'a> {
@@ -63,6 +63,13 @@ pub(super) fn reconcile(
         metrics_textfile: args.metrics_textfile,
     };
     if !args.once {
+        if options.metrics_textfile.is_some() {
+            writeln!(
+                err,
+                "error: --metrics-textfile needs --once; the daemon serves its metrics on --metrics-addr"
+            )?;
+            return Ok(exit_code::INVALID);
+        }
         let Ok(addr) = args.metrics_addr.parse::<std::net::SocketAddr>() else {
             writeln!(
                 err,
@@ -81,14 +88,56 @@ pub(super) fn reconcile(
         };
         return Ok(runtime()?.block_on(controller::daemon::run(daemon, state, err)));
     }
-    let desired = match desired(cli, args.site.as_deref(), &args.load, err)? {
+    if let Some(path) = &options.metrics_textfile
+        && let Some(problem) = textfile_problem(path)
+    {
+        writeln!(err, "{problem}")?;
+        return Ok(exit_code::INVALID);
+    }
+    let desired = match desired(cli, None, &args.load, err)? {
         Ok(desired) => desired,
-        Err(code) => return Ok(code),
+        Err(code) => {
+            // Invalid manifests: the textfile says so, or the ConvoyManifestsInvalid alert
+            // of a cron user could never fire.
+            if let Some(path) = &options.metrics_textfile {
+                let metrics = crate::metrics::Metrics::new();
+                metrics.manifests_loaded(false);
+                if let Err(e) = metrics.write_textfile(path) {
+                    writeln!(err, "error: --metrics-textfile: {}", error_chain(&e))?;
+                }
+            }
+            return Ok(code);
+        }
     };
+    if let Some(code) = unknown_manifest_site(cli, &desired, args.site.as_deref(), err)? {
+        return Ok(code);
+    }
     let state = std::sync::Arc::new(StateDir::lock(&cli.state_dir)?);
     let code = runtime()?.block_on(controller::run_once(&desired, state.clone(), &options, out));
     for warning in state.take_warnings() {
         writeln!(err, "warning: {warning}")?;
     }
     Ok(code)
+}
+
+/// Why `--metrics-textfile PATH` cannot be written, found before any host is touched: its
+/// directory must exist (node_exporter's collector directory is never created by convoy).
+fn textfile_problem(path: &std::path::Path) -> Option<String> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    if path.file_name().is_none() || path.is_dir() {
+        return Some(format!(
+            "error: --metrics-textfile `{}`: expected a file path, such as /var/lib/node_exporter/textfile/convoy.prom",
+            path.display()
+        ));
+    }
+    (!dir.is_dir()).then(|| {
+        format!(
+            "error: --metrics-textfile `{}`: directory `{}` does not exist",
+            path.display(),
+            dir.display()
+        )
+    })
 }

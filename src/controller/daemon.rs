@@ -76,7 +76,7 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         Box::new(log),
     )));
     let ready = Arc::new(AtomicBool::new(false));
-    let (mut sources, _watch) = match listen(&options, &shared, &ready).await {
+    let (mut sources, _watch, serve) = match listen(&options, &shared, &ready).await {
         Ok(listening) => listening,
         Err(message) => {
             let _ = writeln!(err, "error: {message}");
@@ -100,6 +100,8 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         reload_retry: None,
     });
     controller.reload();
+    // Only now: the first scrape already has every series the manifests make known.
+    tokio::spawn(serve);
     // The daemon's loop ends only when a signal stops it.
     let why = controller
         .run(&mut sources)
@@ -118,14 +120,22 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
     exit_code::OK
 }
 
-/// Starts serving `/metrics`, `/healthz` and `/readyz`, watching the manifests and taking
-/// the signals: what wakes the daemon's loop, all but the resync, with the watcher's
-/// handle (the watch ends when it is dropped). `Err` says what could not be set up.
+/// Binds the address of `/metrics`, `/healthz` and `/readyz`, starts watching the manifests
+/// and takes the signals: what wakes the daemon's loop, all but the resync, with the
+/// watcher's handle (the watch ends when it is dropped) and the server to spawn (clients
+/// wait in the listen backlog until then). `Err` says what could not be set up.
 async fn listen(
     options: &DaemonOptions,
     shared: &Shared,
     ready: &Arc<AtomicBool>,
-) -> Result<(Sources, super::watch::Watch), String> {
+) -> Result<
+    (
+        Sources,
+        super::watch::Watch,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ),
+    String,
+> {
     let listener = tokio::net::TcpListener::bind(options.metrics_addr)
         .await
         .map_err(|e| {
@@ -136,12 +146,12 @@ async fn listen(
         })?;
     let heartbeat = Arc::new(super::http::Heartbeat::new(stale_after(options.resync)));
     heartbeat.beat();
-    tokio::spawn(super::http::serve(
+    let serve = super::http::serve(
         listener,
         shared.metrics.clone(),
         ready.clone(),
         heartbeat.clone(),
-    ));
+    );
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let watch = super::watch::start(&options.manifests, reload_tx)
         .map_err(|e| format!("failed to watch `{}`: {e}", options.manifests.display()))?;
@@ -161,7 +171,7 @@ async fn listen(
         heartbeat: Some(heartbeat),
         ..Sources::default()
     };
-    Ok((sources, watch))
+    Ok((sources, watch, serve))
 }
 
 /// Where the daemon's desired state comes from: the manifest directory.
@@ -201,6 +211,8 @@ impl Controller<'_> {
         let _ = wrote(&metrics, "manifests", self.state.save_manifests(true, &[]));
         source.ready.store(true, Ordering::SeqCst);
         let mut new = DesiredState::from_catalog(&catalog);
+        let only = source.options.run.site.as_deref();
+        super::desired_loaded(&metrics, &self.state, &new, only);
         if let Some(only) = &source.options.run.site {
             new.sites.retain(|name, _| name == only);
         }

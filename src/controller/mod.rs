@@ -5,12 +5,14 @@
 //! --once`, which converges every selected site (sites in parallel, each serial), retrying
 //! transient trouble (an unreachable required host) with per-site exponential backoff and
 //! jitter until `--timeout`, and maps the result to the documented exit codes.
-//! `revision.rs` resolves a branch to its commit on the controller.
+//! `revision.rs` resolves a branch to its commit on the controller; `publish.rs` keeps the
+//! Site status objects and their metrics.
 
 pub mod daemon;
 mod http;
 pub mod once_record;
 mod pass;
+mod publish;
 pub mod queue;
 mod revision;
 mod run;
@@ -32,7 +34,8 @@ use crate::metrics::Metrics;
 use crate::plan::Outcome;
 use crate::progress::Progress;
 use crate::state::{self, StateDir};
-pub use pass::{Pass, pass_once, pass_state, publish, wrote};
+pub use pass::{Pass, pass_once, pass_state, wrote};
+pub use publish::{Ending, desired_loaded, interrupted, publish};
 use queue::Requeue;
 pub use run_once::{SiteResult, render_site, run_once, state_line};
 

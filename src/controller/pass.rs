@@ -1,19 +1,19 @@
 //! One pass of one site ([`pass_once`]) and its bookkeeping in the state dir: the revision
-//! resolved and applied, failed attempts (the Failed hold), history, metrics, and the
-//! Site's status ([`publish`]). A state write that fails is reported and counted
+//! resolved and applied, failed attempts (the Failed hold), history, metrics. The Site's
+//! status is `publish.rs`'s. A state write that fails is reported and counted
 //! ([`wrote`]), never dropped silently, and never stops the pass. Deciding what to do is
 //! the planner's job; doing it is the executor's.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::publish::failure_message;
 use super::revision::resolve_revision;
-use super::{Retry, desired_key, once_record};
+use super::{desired_key, once_record};
 use crate::desired::{DesiredSite, FetchSpec};
 use crate::execute::{self, Context, SiteReport};
 use crate::metrics::Metrics;
 use crate::plan::{EventKind, Outcome, PassState};
 use crate::state::{self, HistoryEvent, StateDir, StateError};
-use crate::status::{HostStatus, Phase, SiteStatus};
 
 /// A failed state-dir write: one stderr line naming the file and the OS error, and one more
 /// in `convoy_state_write_errors_total{kind}`. Returns the error's message.
@@ -109,32 +109,6 @@ fn keep_outputs(ctx: &Context, state: &StateDir, site: &DesiredSite, report: &mu
     }
 }
 
-/// Saves the Site's status and mirrors it into the metrics.
-pub fn publish(
-    ctx: &Context,
-    state: &StateDir,
-    site: &DesiredSite,
-    report: &SiteReport,
-    retry: &Retry,
-    hold_lost: Option<&str>,
-) -> SiteStatus {
-    let status = status_of(state, site, report, retry, hold_lost);
-    let _ = wrote(
-        &ctx.metrics,
-        "status",
-        state.save_status(&site.name, &status),
-    );
-    ctx.metrics
-        .site_state(&site.name, status.phase, &site.release);
-    ctx.metrics.hosts(&site.name, &report.hosts);
-    let backoff = match retry {
-        Retry::Due { delay, .. } => *delay,
-        _ => Duration::ZERO,
-    };
-    ctx.metrics.backoff(&site.name, backoff);
-    status
-}
-
 /// Persists what a pass did: history, the resolved revision, failed attempts. A write that
 /// fails is reported and counted; the one of a failed attempt is returned too, for the
 /// status and the exit code.
@@ -175,8 +149,10 @@ fn record(
                 ));
             }
         }
-        Outcome::Failed { reason, .. } if report.failed_attempt => {
-            let recorded = state.record_failure(&site.name, key, &site.release, reason);
+        Outcome::Failed { reason, host } if report.failed_attempt => {
+            // With the host: a held status quotes it as the cause of every later failure.
+            let cause = failure_message(reason, host.as_deref());
+            let recorded = state.record_failure(&site.name, key, &site.release, &cause);
             hold_lost = wrote(metrics, "attempts", recorded).err();
         }
         Outcome::Blocked { hosts, reason } if !report.events.is_empty() => {
@@ -193,94 +169,27 @@ fn record(
     hold_lost
 }
 
-/// The Site's status object after a pass.
-fn status_of(
-    state: &StateDir,
-    site: &DesiredSite,
-    report: &SiteReport,
-    retry: &Retry,
-    hold_lost: Option<&str>,
-) -> SiteStatus {
-    let (phase, mut message) = phase_and_message(site, &report.outcome, retry);
-    if let Some(error) = hold_lost {
-        message.push_str(&format!(
-            "; this failed attempt was not recorded, the failure hold does not count it: {error}"
-        ));
-    }
-    let previous = state.load_status(&site.name);
-    let last_transition_time = match &previous {
-        Some(p) if p.phase == phase && p.desired_release == site.release => {
-            p.last_transition_time.clone()
-        }
-        _ => Some(state::now_rfc3339()),
-    };
-    SiteStatus {
-        phase,
-        desired_release: site.release.clone(),
-        revision: report
-            .revision
-            .clone()
-            .or_else(|| state.revision(&site.name, &site.release)),
-        message,
-        attempts: state.attempts(&site.name, &desired_key(site)).attempts,
-        last_transition_time,
-        hosts: report
-            .hosts
-            .iter()
-            .map(|h| HostStatus {
-                name: h.name.clone(),
-                stage: h.stage.clone(),
-                release: h.release.clone(),
-                reachable: h.reachable,
-                last_error: h.last_error.clone(),
-            })
-            .collect(),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The phase `outcome` puts the site in, and the one-line message saying why.
-fn phase_and_message(site: &DesiredSite, outcome: &Outcome, retry: &Retry) -> (Phase, String) {
-    match outcome {
-        Outcome::Converged => (
-            Phase::Converged,
-            format!("every host runs {}", site.release),
-        ),
-        Outcome::Progressing => (Phase::Progressing, "rollout under way".to_string()),
-        Outcome::Degraded { skipped } => (
-            Phase::Degraded,
-            format!(
-                "every reachable host runs {}; optional hosts unreachable: {}",
-                site.release,
-                skipped.join(", ")
-            ),
-        ),
-        Outcome::Blocked { hosts, reason } => {
-            let mut message = format!("{reason}: {}", hosts.join(", "));
-            match retry {
-                Retry::None => {}
-                Retry::Due { n, delay } => message.push_str(&format!(
-                    "; retry {n} in {}s (backoff)",
-                    delay.as_secs().max(1)
-                )),
-                Retry::Dropped { n, why } => {
-                    message.push_str(&format!("; no retry {n} (backoff): {why}"));
-                }
-            }
-            (Phase::Blocked, message)
-        }
-        Outcome::Failed { reason, host } => (
-            Phase::Failed,
-            match host {
-                // The reason may name the host already: never twice.
-                Some(host) if !reason.contains(&format!("`{host}`")) => {
-                    format!("{reason} (host {host})")
-                }
-                _ => reason.clone(),
-            },
-        ),
-        Outcome::Suspended => (
-            Phase::Suspended,
-            "suspended: observed only, nothing changed".to_string(),
-        ),
+    #[test]
+    fn a_failed_state_write_is_reported_and_counted_by_file_kind() {
+        let metrics = Metrics::new();
+        let failed: Result<(), StateError> = Err(StateError::Write {
+            path: "/state/sites/app/attempts.json".into(),
+            source: std::io::Error::other("Read-only file system"),
+        });
+        let message = wrote(&metrics, "attempts", failed).unwrap_err();
+        assert!(
+            message.contains("attempts.json") && message.contains("Read-only"),
+            "{message}"
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"convoy_state_write_errors_total{kind="attempts"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"convoy_state_write_errors_total{kind="status"} 0"#));
     }
 }

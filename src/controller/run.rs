@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 
 use super::queue::{Queue, Requeue};
 use super::{
-    Mode, Pass, Retry, Shared, SiteResult, exit_code_of, pass_once, publish, render_site, requeue,
-    state_line, wrote,
+    Ending, Mode, Pass, Retry, Shared, SiteResult, exit_code_of, interrupted, pass_once, publish,
+    render_site, requeue, state_line, wrote,
 };
 use crate::desired::{DesiredSite, DesiredState};
 use crate::execute::Context;
@@ -60,6 +60,8 @@ pub(super) struct Controller<'o> {
     pub queue: Queue,
     /// Each pass with the desired state it ran for (a reload may replace it meanwhile).
     passes: JoinSet<(DesiredSite, Pass)>,
+    /// The desired state of each site whose pass is under way.
+    running: BTreeMap<String, DesiredSite>,
     /// Sites whose next pass a resync asked for, and the running passes a resync started.
     pub resyncing: BTreeSet<String>,
     resync_passes: BTreeSet<String>,
@@ -97,6 +99,7 @@ impl<'o> Controller<'o> {
             ctx: None,
             queue: Queue::default(),
             passes: JoinSet::new(),
+            running: BTreeMap::new(),
             resyncing: BTreeSet::new(),
             resync_passes: BTreeSet::new(),
             converged: BTreeMap::new(),
@@ -187,11 +190,15 @@ impl<'o> Controller<'o> {
                 continue;
             };
             if matches!(result.report.outcome, Outcome::Blocked { .. }) {
-                let retry = Retry::Dropped {
-                    n,
-                    why: why.to_string(),
+                let ending = Ending {
+                    retry: Retry::Dropped {
+                        n,
+                        why: why.to_string(),
+                    },
+                    hold_lost: None,
+                    stopped: Some(why),
                 };
-                result.status = publish(&ctx, &self.state, &site, &result.report, &retry, None);
+                result.status = publish(&ctx, &self.state, &site, &result.report, &ending);
             }
             if self.mode == Mode::Once {
                 self.report(&result, true, false);
@@ -207,6 +214,10 @@ impl<'o> Controller<'o> {
                 },
                 () = tokio::time::sleep_until(end) => {
                     self.passes.abort_all();
+                    // Their statuses must not keep saying what the pass before them found.
+                    for site in std::mem::take(&mut self.running).into_values() {
+                        interrupted(&self.shared.metrics, &self.state, &site, why);
+                    }
                     return false;
                 }
             }
@@ -238,6 +249,7 @@ impl<'o> Controller<'o> {
                 self.resync_passes.insert(name.clone());
             }
             let state = self.state.clone();
+            self.running.insert(name.clone(), site.clone());
             self.passes.spawn(async move {
                 let pass = pass_once(&ctx, &site, &state).await;
                 (site, pass)
@@ -251,8 +263,10 @@ impl<'o> Controller<'o> {
         let now = Instant::now();
         let name = site.name.clone();
         let resync_pass = self.resync_passes.remove(&name);
+        self.running.remove(&name);
         let (Some(_), Some(ctx)) = (self.site(&name), self.ctx.clone()) else {
-            // Removed from the manifests meanwhile.
+            // Removed from the manifests meanwhile: what the pass counted goes with it.
+            self.shared.metrics.forget_site(&name);
             self.queue.finished(&name, Requeue::Done, now);
             return;
         };
@@ -305,14 +319,12 @@ impl<'o> Controller<'o> {
             (Outcome::Blocked { .. }, Some((_, n, delay)), None) => Retry::Due { n, delay },
             _ => Retry::None,
         };
-        let status = publish(
-            &ctx,
-            &self.state,
-            site,
-            &report,
-            &retry,
-            hold_lost.as_deref(),
-        );
+        let ending = Ending {
+            retry,
+            hold_lost: hold_lost.as_deref(),
+            stopped: self.stopped.as_deref(),
+        };
+        let status = publish(&ctx, &self.state, site, &report, &ending);
         let result = SiteResult {
             name: name.clone(),
             report,

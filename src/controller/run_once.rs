@@ -13,7 +13,7 @@ use crate::desired::DesiredState;
 use crate::execute::SiteReport;
 use crate::exit_code;
 use crate::progress::Progress;
-use crate::state::StateDir;
+use crate::state::{self, StateDir};
 use crate::status::{Phase, SiteStatus};
 
 /// A site's result as the run reports it.
@@ -41,6 +41,9 @@ pub async fn run_once(
             return exit_code::FAILED;
         }
     };
+    // The manifests were loaded and validated before this run started.
+    shared.metrics.manifests_loaded(true);
+    super::desired_loaded(&shared.metrics, &state, desired, options.site.as_deref());
     let mut desired = desired.clone();
     if let Some(only) = &options.site {
         desired.sites.retain(|name, _| name == only);
@@ -71,7 +74,9 @@ pub async fn run_once(
         report_unfinished(&mut controller, &sites, why);
         codes.push(exit_code::FAILED);
     }
-    finish(&mut controller, options, sites.len(), started).await;
+    if !finish(&mut controller, options, sites.len(), started).await {
+        codes.push(exit_code::FAILED);
+    }
     worst(codes)
 }
 
@@ -111,21 +116,27 @@ fn report_unfinished(controller: &mut Controller<'_>, sites: &[String], why: &st
 }
 
 /// The end of a run: the metrics textfile (when asked for), the SSH masters closed, and
-/// the summary line.
+/// the summary line. False when the textfile could not be written.
 async fn finish(
     controller: &mut Controller<'_>,
     options: &RunOptions,
     sites: usize,
     started: Instant,
-) {
-    if let Some(path) = &options.metrics_textfile
-        && let Err(e) = controller.shared.metrics.write_textfile(path)
-    {
-        controller.say(&format!(
-            "warning: failed to write metrics textfile `{}`: {e}",
-            path.display()
-        ));
-    }
+) -> bool {
+    let written = match &options.metrics_textfile {
+        Some(path) => controller
+            .shared
+            .metrics
+            .write_textfile(path)
+            .map_err(|e| {
+                controller.say(&format!(
+                    "error: --metrics-textfile: {}",
+                    state::error_chain(&e)
+                ))
+            })
+            .is_ok(),
+        None => true,
+    };
     controller.shared.close().await;
     let seconds = started.elapsed().as_secs_f64();
     let plural = if sites == 1 { "" } else { "s" };
@@ -138,6 +149,7 @@ async fn finish(
     if let Some(p) = &controller.shared.progress {
         p.clear();
     }
+    written
 }
 
 /// A site's state in one line: `shop: Converged: every host runs r7`.

@@ -47,12 +47,22 @@ pub(super) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to a temporary file next to `path`, fsyncs it, renames it over `path` and
-/// fsyncs the directory: readers see the old content or the new, never a mix.
+/// Writes `bytes` to a temporary file next to `path` (creating the directory), fsyncs it,
+/// renames it over `path` and fsyncs the directory: readers see the old content or the
+/// new, never a mix.
 pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    create_dir(path.parent().unwrap_or(Path::new(".")))?;
+    replace_atomically(path, bytes)
+}
+
+/// [`write_atomic`] into a directory that must exist already. The temporary file is hidden
+/// and ends in `.tmp`, so a reader of `*.prom` or `*.json` in the directory never sees it.
+pub fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    create_dir(dir)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",

@@ -5,6 +5,7 @@
 //! ```text
 //! <dir>/lock                          held (flock-style) by the running controller; names it
 //! <dir>/sites/<site>/status.json      the last SiteStatus written (atomic replace)
+//! <dir>/sites/<site>/labels.json      the Site's `metadata.labels` (for `status -l`)
 //! <dir>/sites/<site>/attempts.json    failed attempts of the desired state (the Failed hold)
 //! <dir>/sites/<site>/revisions.json   release -> commit, a branch resolved once per release
 //! <dir>/sites/<site>/applied.json     release -> `spec.revision` as first applied (immutable)
@@ -40,10 +41,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::status::SiteStatus;
 
+pub use files::replace_atomically;
 use files::{read_json, write_atomic, write_json_atomic};
 pub use history::HistoryEvent;
 pub use output::KEEP_OUTPUTS;
-pub use time::{now_rfc3339, rfc3339};
+pub use time::{now_rfc3339, parse_rfc3339, rfc3339};
 
 /// Where convoy keeps its state when `--state-dir` is not given.
 pub const DEFAULT_STATE_DIR: &str = ".convoy-state";
@@ -51,6 +53,7 @@ pub const DEFAULT_STATE_DIR: &str = ".convoy-state";
 const LOCK_FILE: &str = "lock";
 const SITES_DIR: &str = "sites";
 const STATUS_FILE: &str = "status.json";
+const LABELS_FILE: &str = "labels.json";
 const ATTEMPTS_FILE: &str = "attempts.json";
 const REVISIONS_FILE: &str = "revisions.json";
 const APPLIED_FILE: &str = "applied.json";
@@ -316,6 +319,29 @@ impl StateDir {
     /// Replaces the saved status of `site` atomically.
     pub fn save_status(&self, site: &str, status: &SiteStatus) -> Result<(), StateError> {
         write_json_atomic(&self.site_file(site, STATUS_FILE)?, status)
+    }
+
+    /// The Site's `metadata.labels` as last recorded (empty if none).
+    pub fn site_labels(&self, site: &str) -> BTreeMap<String, String> {
+        self.read_or_warn(site, LABELS_FILE).unwrap_or_default()
+    }
+
+    /// Records the Site's `metadata.labels`; an unchanged set is not written again.
+    pub fn save_site_labels(
+        &self,
+        site: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), StateError> {
+        let path = self.site_file(site, LABELS_FILE)?;
+        if read_json::<BTreeMap<String, String>>(&path)
+            .ok()
+            .flatten()
+            .as_ref()
+            == Some(labels)
+        {
+            return Ok(());
+        }
+        write_json_atomic(&path, labels)
     }
 
     /// Every readable saved status, sorted by site name.

@@ -29,6 +29,58 @@ pub fn rfc3339(time: SystemTime) -> String {
     )
 }
 
+/// The time of a stamp [`rfc3339`] wrote (`YYYY-MM-DDTHH:MM:SSZ`); `None` for any other text.
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let b = text.as_bytes();
+    let shape = b.len() == 20
+        && [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'Z'),
+        ]
+        .iter()
+        .all(|(i, c)| b[*i] == *c);
+    if !shape {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let digits = text.get(from..to)?;
+        digits
+            .bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| digits.parse().ok())?
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let valid = (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && hour < 24
+        && minute < 60
+        && second < 60;
+    if !valid {
+        return None;
+    }
+    let days = days_from_civil(year, month as u32, day as u32);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// A proleptic Gregorian (year, month, day) to days since 1970-01-01: the inverse of
+/// [`civil_from_days`] (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
 /// Howard Hinnant's `civil_from_days` (http://howardhinnant.github.io/date_algorithms.html).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -79,15 +131,31 @@ mod tests {
         assert_eq!(now_rfc3339().len(), "2025-11-25T00:00:00Z".len());
     }
 
-    /// The inverse (Hinnant's `days_from_civil`), to check `civil_from_days` over wide ranges.
-    fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y.rem_euclid(400);
-        let m = i64::from(m);
-        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
+    #[test]
+    fn parse_rfc3339_reads_what_rfc3339_writes() {
+        for secs in [
+            0,
+            951_782_400,
+            1_764_028_800,
+            253_402_300_799,
+            1_709_164_800 + 3_723,
+        ] {
+            let time = UNIX_EPOCH + Duration::from_secs(secs);
+            assert_eq!(parse_rfc3339(&rfc3339(time)), Some(time), "{secs}");
+        }
+        for bad in [
+            "",
+            "2025-11-25",
+            "2025-11-25T00:00:00",
+            "2025-11-25 00:00:00Z",
+            "2025-13-25T00:00:00Z",
+            "2025-11-25T24:00:00Z",
+            "2025-1a-25T00:00:00Z",
+            "+025-11-25T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 
     proptest::proptest! {

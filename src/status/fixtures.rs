@@ -1,7 +1,7 @@
 //! Site statuses and history events for unit tests (the state dir's and the rendering's),
 //! with fixed times and controller so outputs can be compared whole.
 
-use super::{HostStatus, Phase, SiteStatus};
+use super::{HostStatus, Phase, SiteObject, SiteStatus};
 use crate::plan::EventKind;
 use crate::state::HistoryEvent;
 
@@ -13,6 +13,8 @@ pub(crate) fn status(phase: Phase, desired: &str) -> SiteStatus {
         message: String::new(),
         attempts: 0,
         last_transition_time: None,
+        last_success_time: None,
+        conditions: Vec::new(),
         hosts: Vec::new(),
     }
 }
@@ -32,5 +34,13 @@ pub(crate) fn event(site: &str, time: &str, kind: EventKind) -> HistoryEvent {
         time: time.to_owned(),
         controller: "ctl:1".to_owned(),
         ..HistoryEvent::new(site, "r1", kind)
+    }
+}
+
+pub(crate) fn object(name: &str, status: SiteStatus) -> SiteObject {
+    SiteObject {
+        name: name.to_owned(),
+        labels: Default::default(),
+        status,
     }
 }

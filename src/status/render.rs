@@ -1,10 +1,11 @@
 //! Statuses and history as people read them: the `convoy status` table and its `-o json|yaml`
-//! list, and `convoy history` lines. Text in, text out: reads no state dir, writes nothing.
+//! list, `convoy status SITE` (one site in detail, or its Site object), and `convoy history`
+//! lines. Text in, text out: reads no state dir, writes nothing.
 
 use crate::manifest::types::API_VERSION;
 use crate::state::HistoryEvent;
 
-use super::SiteStatus;
+use super::SiteObject;
 
 /// `convoy status` as a table: one line per site, then its hosts indented beneath it.
 ///
@@ -16,14 +17,14 @@ use super::SiteStatus;
 /// ```
 /// `HOSTS` counts the hosts whose live release is the desired one. Multi-line messages and
 /// errors show their first line. With no sites, only the header is printed.
-pub fn render_status_table(statuses: &[(String, SiteStatus)]) -> String {
+pub fn render_status_table(sites: &[SiteObject]) -> String {
     let mut site_rows = vec![
         ["SITE", "DESIRED", "PHASE", "HOSTS", "SINCE", "MESSAGE"]
             .map(String::from)
             .to_vec(),
     ];
     let mut host_rows = Vec::new();
-    for (name, status) in statuses {
+    for SiteObject { name, status, .. } in sites {
         let live = status
             .hosts
             .iter()
@@ -32,7 +33,7 @@ pub fn render_status_table(statuses: &[(String, SiteStatus)]) -> String {
         site_rows.push(vec![
             name.clone(),
             status.desired_release.clone(),
-            format!("{:?}", status.phase),
+            status.phase.to_string(),
             format!("{live}/{} live", status.hosts.len()),
             dash(status.last_transition_time.as_deref()),
             dash(Some(first_line(&status.message))),
@@ -72,19 +73,102 @@ pub fn render_status_table(statuses: &[(String, SiteStatus)]) -> String {
 }
 
 /// `convoy status -o json|yaml`: a Kubernetes `List` of Site objects carrying their status.
-pub fn status_list(statuses: &[(String, SiteStatus)]) -> serde_json::Value {
-    let items: Vec<serde_json::Value> = statuses
-        .iter()
-        .map(|(name, status)| {
-            serde_json::json!({
-                "apiVersion": API_VERSION,
-                "kind": "Site",
-                "metadata": {"name": name},
-                "status": status,
-            })
-        })
-        .collect();
+pub fn status_list(sites: &[SiteObject]) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = sites.iter().map(site_object).collect();
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+/// `convoy status SITE -o json|yaml`: the Site object, with its labels and status.
+pub fn site_object(site: &SiteObject) -> serde_json::Value {
+    let mut metadata = serde_json::json!({"name": site.name});
+    if !site.labels.is_empty() {
+        metadata["labels"] = serde_json::json!(site.labels);
+    }
+    serde_json::json!({
+        "apiVersion": API_VERSION,
+        "kind": "Site",
+        "metadata": metadata,
+        "status": site.status,
+    })
+}
+
+/// `convoy status SITE`: one site in detail, like `kubectl describe`: every field, the whole
+/// message, the conditions, and each host with its whole last error.
+pub fn render_site_detail(site: &SiteObject) -> String {
+    let s = &site.status;
+    let labels: Vec<String> = site
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let fields = [
+        ("Name", site.name.clone()),
+        ("Labels", dash(Some(&labels.join(",")))),
+        ("Phase", s.phase.to_string()),
+        ("Desired release", s.desired_release.clone()),
+        ("Revision", dash(s.revision.as_deref())),
+        ("Failed attempts", s.attempts.to_string()),
+        ("Phase since", dash(s.last_transition_time.as_deref())),
+        ("Last success", dash(s.last_success_time.as_deref())),
+        ("Message", dash(Some(&s.message))),
+    ];
+    let mut out = String::new();
+    for (field, value) in fields {
+        let mut lines = value.lines();
+        out.push_str(&format!(
+            "{:<17}{}\n",
+            format!("{field}:"),
+            lines.next().unwrap_or("")
+        ));
+        for line in lines {
+            out.push_str(&format!("{:17}{line}\n", ""));
+        }
+    }
+    let mut conditions = vec![
+        ["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    conditions.extend(s.conditions.iter().map(|c| {
+        vec![
+            c.kind.clone(),
+            format!("{:?}", c.status),
+            c.reason.clone(),
+            c.last_transition_time.clone(),
+            first_line(&c.message).to_owned(),
+        ]
+    }));
+    out.push_str("Conditions:\n");
+    push_lines(&mut out, align(&conditions, "  "));
+    let mut hosts = vec![
+        ["HOST", "STAGE", "RELEASE", "REACHABLE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    hosts.extend(s.hosts.iter().map(|h| {
+        vec![
+            h.name.clone(),
+            h.stage.clone(),
+            dash(h.release.as_deref()),
+            if h.reachable { "yes" } else { "no" }.to_owned(),
+        ]
+    }));
+    out.push_str("Hosts:\n");
+    push_lines(&mut out, align(&hosts, "  "));
+    for h in s.hosts.iter().filter(|h| h.last_error.is_some()) {
+        out.push_str(&format!("Last error on {}:\n", h.name));
+        for line in h.last_error.as_deref().unwrap_or("").lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
+}
+
+fn push_lines(out: &mut String, lines: Vec<String>) {
+    for line in lines {
+        out.push_str(&line);
+        out.push('\n');
+    }
 }
 
 /// `convoy history`: one aligned line per event, no header:
@@ -164,8 +248,8 @@ fn align(rows: &[Vec<String>], indent: &str) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::plan::EventKind;
-    use crate::status::fixtures::{event, host, status};
-    use crate::status::{HostStatus, Phase};
+    use crate::status::fixtures::{event, host, object, status};
+    use crate::status::{HostStatus, Phase, conditions};
 
     #[test]
     fn status_table() {
@@ -186,9 +270,9 @@ mod tests {
             ..host("lic1", "app", None, true)
         }];
         let table = render_status_table(&[
-            ("jobs-manager".into(), degraded),
-            ("licensing".into(), failed),
-            ("empty".into(), status(Phase::Suspended, "r1")),
+            object("jobs-manager", degraded),
+            object("licensing", failed),
+            object("empty", status(Phase::Suspended, "r1")),
         ]);
         assert_eq!(
             table,
@@ -210,15 +294,74 @@ empty         r1             Suspended  0/0 live  -                     -
 
     #[test]
     fn status_list_shape() {
-        let list = status_list(&[("web".into(), status(Phase::Converged, "r1"))]);
+        let mut labelled = object("api", status(Phase::Failed, "r2"));
+        labelled.labels.insert("team".into(), "core".into());
+        let list = status_list(&[object("web", status(Phase::Converged, "r1")), labelled]);
         assert_eq!(
             list,
             serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [{
                 "apiVersion": "convoy.dev/v1alpha1", "kind": "Site",
                 "metadata": {"name": "web"},
                 "status": {"phase": "Converged", "desiredRelease": "r1", "revision": "3f2a9c1",
-                           "message": "", "attempts": 0, "hosts": []}
+                           "message": "", "attempts": 0, "conditions": [], "hosts": []}
+            }, {
+                "apiVersion": "convoy.dev/v1alpha1", "kind": "Site",
+                "metadata": {"name": "api", "labels": {"team": "core"}},
+                "status": {"phase": "Failed", "desiredRelease": "r2", "revision": "3f2a9c1",
+                           "message": "", "attempts": 0, "conditions": [], "hosts": []}
             }]})
+        );
+    }
+
+    #[test]
+    fn site_detail() {
+        let mut s = status(Phase::Failed, "r7");
+        s.message = "release `r7` is held after 2 failed attempts\nsecond line".into();
+        s.attempts = 2;
+        s.last_transition_time = Some("2026-11-25T10:00:00Z".into());
+        s.conditions = conditions(
+            Phase::Failed,
+            "Held",
+            &s.message,
+            &[],
+            "2026-11-25T10:00:00Z",
+        );
+        s.hosts = vec![
+            HostStatus {
+                last_error: Some("build failed: exit 1\nnpm ERR! missing".into()),
+                ..host("lic1", "app", None, true)
+            },
+            host("lic2", "app", Some("r6"), false),
+        ];
+        let mut site = object("licensing", s);
+        site.labels.insert("team".into(), "core".into());
+        site.labels.insert("tier".into(), "back".into());
+        assert_eq!(
+            render_site_detail(&site),
+            "\
+Name:            licensing
+Labels:          team=core,tier=back
+Phase:           Failed
+Desired release: r7
+Revision:        3f2a9c1
+Failed attempts: 2
+Phase since:     2026-11-25T10:00:00Z
+Last success:    -
+Message:         release `r7` is held after 2 failed attempts
+                 second line
+Conditions:
+  TYPE         STATUS  REASON  SINCE                 MESSAGE
+  Ready        False   Held    2026-11-25T10:00:00Z  release `r7` is held after 2 failed attempts
+  Reconciling  False   Held    2026-11-25T10:00:00Z  release `r7` is held after 2 failed attempts
+  Stalled      True    Held    2026-11-25T10:00:00Z  release `r7` is held after 2 failed attempts
+Hosts:
+  HOST  STAGE  RELEASE  REACHABLE
+  lic1  app    -        yes
+  lic2  app    r6       no
+Last error on lic1:
+  build failed: exit 1
+  npm ERR! missing
+"
         );
     }
 

@@ -325,6 +325,11 @@ fn drift_by_hand_is_corrected_at_the_next_resync() {
         "the resync corrects the drift",
         || fleet.current(1, "app").as_deref() == Some("app.r2"),
     );
+    wait_until(Duration::from_secs(5), "the drift is counted", || {
+        daemon.get("/metrics").1.lines().any(|l| {
+            l.starts_with("convoy_drift_corrections_total{site=\"app\"} ") && !l.ends_with(" 0")
+        })
+    });
     // SIGHUP reloads; removing the Site stops convoy managing it and deletes nothing.
     let reloads = daemon.log_text().matches("manifests loaded").count();
     let _ = Command::new("kill")
@@ -349,11 +354,14 @@ fn drift_by_hand_is_corrected_at_the_next_resync() {
         all_on(&fleet, &[0, 1, 2], "app.r2"),
         "nothing deleted or changed on the hosts"
     );
-    wait_until(Duration::from_secs(5), "the drift is counted", || {
-        daemon.get("/metrics").1.lines().any(|l| {
-            l.starts_with("convoy_drift_corrections_total{site=\"app\"} ") && !l.ends_with(" 0")
-        })
-    });
+    // An unmanaged site has no series left, and its status says so.
+    let (_, scrape) = daemon.get("/metrics");
+    assert!(!scrape.contains("site=\"app\""), "{scrape}");
+    let status = fleet.status_json();
+    assert_eq!(
+        status["items"][0]["status"]["phase"], "Unmanaged",
+        "{status}"
+    );
 }
 
 #[test]

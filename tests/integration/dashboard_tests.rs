@@ -92,6 +92,7 @@ fn tick(m: &Metrics) {
     m.operation_failed("blog", "observe");
     m.rolled_back("shop");
     m.drift_corrected("shop", 1);
+    m.last_success("shop", std::time::SystemTime::now());
 }
 
 /// Sample names (what Prometheus stores) in exposition text.
@@ -520,7 +521,9 @@ fn dashboard_and_alerts_only_use_metrics_convoy_exports() {
 fn dashboard_metrics_pass_promtool_check_metrics() {
     let m = populated_metrics();
     let openmetrics = m.encode();
-    // The classic text format, as `write_textfile` writes it for node_exporter.
+    // The classic text format, as `/metrics` serves it to clients that do not ask for
+    // OpenMetrics, and the gauges alone as `write_textfile` writes them for node_exporter.
+    let classic = m.encode_text();
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("convoy.prom");
     m.write_textfile(&path).expect("write the textfile");
@@ -546,15 +549,21 @@ fn dashboard_metrics_pass_promtool_check_metrics() {
         .collect();
     assert!(counters.contains(&"convoy_reconciles"), "{openmetrics}");
 
-    // The textfile is the classic text format: no `# EOF`, and each counter's HELP/TYPE
-    // lines named like its `_total` samples. promtool finds nothing wrong with it.
-    assert!(!textfile.contains("# EOF"));
+    // The classic text format: no `# EOF`, and each counter's HELP/TYPE lines named like
+    // its `_total` samples. promtool finds nothing wrong with it, nor with the textfile.
+    assert!(!classic.contains("# EOF"));
     for c in &counters {
         assert!(
-            textfile.contains(&format!("# TYPE {c}_total counter\n")),
-            "{c}: {textfile}"
+            classic.contains(&format!("# TYPE {c}_total counter\n")),
+            "{c}: {classic}"
         );
     }
+    assert_eq!(problems(&classic), Vec::<String>::new(), "{classic}");
+    assert!(!textfile.contains("# EOF"));
+    assert!(
+        textfile.contains("# TYPE convoy_site_phase gauge"),
+        "{textfile}"
+    );
     assert_eq!(problems(&textfile), Vec::<String>::new(), "{textfile}");
 
     // promtool reads the OpenMetrics text with the classic parser; the only findings it

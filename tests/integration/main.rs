@@ -19,6 +19,7 @@ mod paths_tests;
 mod prom;
 mod revision_tests;
 mod shellcheck_tests;
+mod status_metrics_tests;
 mod transport_tests;
 mod util;
 mod validate_tests;

@@ -1,8 +1,17 @@
 //! Every metric convoy exports, registered in one place. Labels are bounded: site, host,
 //! stage, release, operation, result, phase — never an error string. Served as OpenMetrics
 //! text on `/metrics` by the daemon, or written to a node_exporter textfile by `--once`.
+//!
+//! Beside this file: `declare.rs` (every series the manifests make known, present from the
+//! first scrape, and removed with its site), `textfile.rs` (the classic text format and the
+//! `--metrics-textfile` of `--once`, gauges only). Nothing here decides or stores anything.
 
-use std::collections::HashMap;
+mod declare;
+mod textfile;
+
+pub use declare::{DECLARED_OPERATIONS, KnownSite};
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -82,14 +91,31 @@ fn seconds_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 18))
 }
 
-/// The phases a site can be in, as label values.
-pub const PHASES: [Phase; 6] = [
-    Phase::Converged,
-    Phase::Progressing,
-    Phase::Degraded,
-    Phase::Blocked,
-    Phase::Failed,
-    Phase::Suspended,
+/// The phases a managed site can be in, as label values (an Unmanaged site has no series).
+pub fn phases() -> impl Iterator<Item = Phase> {
+    Phase::ALL.into_iter().filter(|p| *p != Phase::Unmanaged)
+}
+
+/// Every `result` label value: [`result_label`] of each outcome.
+pub const RESULTS: [&str; 6] = [
+    "converged",
+    "progressing",
+    "degraded",
+    "blocked",
+    "failed",
+    "suspended",
+];
+
+/// Every `kind` of state-dir file whose writes are counted (see `controller::wrote`).
+pub const STATE_FILE_KINDS: [&str; 8] = [
+    "status",
+    "labels",
+    "attempts",
+    "revisions",
+    "applied",
+    "history",
+    "manifests",
+    "instance",
 ];
 
 /// convoy's metrics. Cheap to share: every family is reference-counted inside.
@@ -112,9 +138,22 @@ pub struct Metrics {
     manifests_valid: Gauge,
     manifest_last_success: FloatGauge,
     state_write_errors: Family<StateFileLabel, Counter>,
-    /// Label sets in use, so stale info series can be removed (families cannot be listed).
-    desired_seen: Mutex<HashMap<String, SiteReleaseLabels>>,
-    hosts_seen: Mutex<HashMap<String, Vec<HostReleaseLabels>>>,
+    /// The gauges again, alone: what a `--once` textfile holds.
+    gauges: Registry,
+    /// Label sets in use per site, so its series can be replaced or removed (families
+    /// cannot be listed).
+    sites: Mutex<BTreeMap<String, SiteSeries>>,
+    /// Hosts of the declared sites: their `convoy_host_up` series.
+    hosts_declared: Mutex<BTreeSet<String>>,
+}
+
+/// The label sets of one site's series that are not fixed by the site name alone.
+#[derive(Default)]
+struct SiteSeries {
+    desired: Option<SiteReleaseLabels>,
+    hosts: Vec<HostReleaseLabels>,
+    /// Operations with a failure series for this site.
+    operations: BTreeSet<String>,
 }
 
 impl Default for Metrics {
@@ -143,7 +182,6 @@ pub fn result_label(outcome: &Outcome) -> &'static str {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::default();
         let m = Metrics {
             reconciles: Family::default(),
             reconcile_duration: Family::new_with_constructor(seconds_buckets),
@@ -162,14 +200,28 @@ impl Metrics {
             manifests_valid: Gauge::default(),
             manifest_last_success: FloatGauge::default(),
             state_write_errors: Family::default(),
-            desired_seen: Mutex::default(),
-            hosts_seen: Mutex::default(),
+            sites: Mutex::default(),
+            hosts_declared: Mutex::default(),
             registry: Registry::default(),
+            gauges: Registry::default(),
         };
-        register_sites(&mut registry, &m);
-        register_hosts(&mut registry, &m);
-        register_controller(&mut registry, &m);
-        Metrics { registry, ..m }
+        let mut registry = Registry::default();
+        let mut gauges = Registry::default();
+        register_site_gauges(&mut registry, &m);
+        register_site_gauges(&mut gauges, &m);
+        register_site_counters(&mut registry, &m);
+        register_host_gauges(&mut registry, &m);
+        register_host_gauges(&mut gauges, &m);
+        register_host_counters(&mut registry, &m);
+        register_controller_gauges(&mut registry, &m);
+        register_controller_gauges(&mut gauges, &m);
+        register_controller_counters(&mut registry, &m);
+        m.declare_fixed();
+        Metrics {
+            registry,
+            gauges,
+            ..m
+        }
     }
 
     /// OpenMetrics text of every metric.
@@ -180,19 +232,10 @@ impl Metrics {
         text
     }
 
-    /// Writes the metrics to `path` atomically (temp file + rename), for node_exporter's
-    /// textfile collector. The textfile format is the classic text format: no `# EOF`.
     /// The classic Prometheus text format (0.0.4), for clients that do not ask for
-    /// OpenMetrics (curl, promtool, node_exporter's textfile collector).
+    /// OpenMetrics (curl, promtool).
     pub fn encode_text(&self) -> String {
-        to_text_format(&self.encode())
-    }
-
-    pub fn write_textfile(&self, path: &std::path::Path) -> std::io::Result<()> {
-        let text = self.encode_text();
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, path)
+        textfile::to_text_format(&self.encode())
     }
 
     pub fn reconciled(&self, site: &str, outcome: &Outcome, duration: Duration) {
@@ -206,10 +249,19 @@ impl Metrics {
         self.reconcile_duration
             .get_or_create(&SiteLabel { site: site.into() })
             .observe(duration.as_secs_f64());
-        if matches!(outcome, Outcome::Converged | Outcome::Degraded { .. }) {
-            self.last_success
-                .get_or_create(&SiteLabel { site: site.into() })
-                .set(now_seconds());
+    }
+
+    /// When the site last reconciled to Converged or Degraded (as its status says); an
+    /// earlier time than the one recorded changes nothing.
+    pub fn last_success(&self, site: &str, at: SystemTime) {
+        let seconds = at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let gauge = self
+            .last_success
+            .get_or_create(&SiteLabel { site: site.into() });
+        if seconds > gauge.get() {
+            gauge.set(seconds);
         }
     }
 
@@ -218,25 +270,25 @@ impl Metrics {
         self.site_converged
             .get_or_create(&label)
             .set(i64::from(phase == Phase::Converged));
-        for p in PHASES {
-            let labels = SitePhaseLabels {
-                site: site.into(),
-                phase: format!("{p:?}"),
-            };
+        for p in phases() {
             self.site_phase
-                .get_or_create(&labels)
+                .get_or_create(&phase_labels(site, p))
                 .set(i64::from(p == phase));
         }
+        self.desired_release(site, desired);
+    }
+
+    /// Replaces the site's desired release series.
+    fn desired_release(&self, site: &str, desired: &str) {
         let labels = SiteReleaseLabels {
             site: site.into(),
             release: desired.into(),
         };
-        let previous = self
-            .desired_seen
-            .lock()
-            .expect("not poisoned")
-            .insert(site.into(), labels.clone());
-        if let Some(previous) = previous.filter(|p| *p != labels) {
+        let mut sites = self.sites.lock().expect("not poisoned");
+        let series = sites.entry(site.into()).or_default();
+        if let Some(previous) = series.desired.replace(labels.clone())
+            && previous != labels
+        {
             self.desired_release.remove(&previous);
         }
         self.desired_release.get_or_create(&labels).set(1);
@@ -244,11 +296,11 @@ impl Metrics {
 
     /// Replaces the site's per-host release series with what was just observed.
     pub fn hosts(&self, site: &str, hosts: &[crate::status::HostStatus]) {
-        let mut seen = self.hosts_seen.lock().expect("not poisoned");
-        for old in seen.remove(site).unwrap_or_default() {
+        let mut sites = self.sites.lock().expect("not poisoned");
+        let series = sites.entry(site.into()).or_default();
+        for old in series.hosts.drain(..) {
             self.host_release.remove(&old);
         }
-        let mut now = vec![];
         for h in hosts {
             self.host_up
                 .get_or_create(&HostLabel {
@@ -263,10 +315,9 @@ impl Metrics {
                     release: release.clone(),
                 };
                 self.host_release.get_or_create(&labels).set(1);
-                now.push(labels);
+                series.hosts.push(labels);
             }
         }
-        seen.insert(site.into(), now);
     }
 
     pub fn operation(&self, operation: &str, duration: Duration) {
@@ -278,6 +329,9 @@ impl Metrics {
     }
 
     pub fn operation_failed(&self, site: &str, operation: &str) {
+        let mut sites = self.sites.lock().expect("not poisoned");
+        let series = sites.entry(site.into()).or_default();
+        series.operations.insert(operation.into());
         self.operation_failures
             .get_or_create(&SiteOperationLabels {
                 site: site.into(),
@@ -321,40 +375,15 @@ impl Metrics {
     }
 }
 
-/// OpenMetrics → the classic text format node_exporter reads: no `# EOF`, and counters'
-/// `# HELP`/`# TYPE` lines named like their `_total` samples.
-fn to_text_format(open_metrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = open_metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(open_metrics.len());
-    for line in open_metrics.lines().filter(|l| *l != "# EOF") {
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
+fn phase_labels(site: &str, phase: Phase) -> SitePhaseLabels {
+    SitePhaseLabels {
+        site: site.into(),
+        phase: phase.as_str().into(),
     }
-    out
 }
 
-/// Per site: passes, phase, releases, retries.
-fn register_sites(r: &mut Registry, m: &Metrics) {
-    r.register(
-        "convoy_reconciles",
-        "Reconcile passes by site and result",
-        m.reconciles.clone(),
-    );
-    r.register(
-        "convoy_reconcile_duration_seconds",
-        "Duration of reconcile passes",
-        m.reconcile_duration.clone(),
-    );
+/// Per site: phase, desired release, retry backoff, last success.
+fn register_site_gauges(r: &mut Registry, m: &Metrics) {
     r.register(
         "convoy_site_converged",
         "1 when every host of the site runs the desired release",
@@ -371,6 +400,30 @@ fn register_sites(r: &mut Registry, m: &Metrics) {
         m.desired_release.clone(),
     );
     r.register(
+        "convoy_site_backoff_seconds",
+        "Current retry backoff of the site (0 when not backing off)",
+        m.backoff.clone(),
+    );
+    r.register(
+        "convoy_site_last_success_timestamp_seconds",
+        "When the site last reconciled to Converged or Degraded (0: never)",
+        m.last_success.clone(),
+    );
+}
+
+/// Per site: passes, their durations, rollbacks, drift.
+fn register_site_counters(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "convoy_reconciles",
+        "Reconcile passes by site and result",
+        m.reconciles.clone(),
+    );
+    r.register(
+        "convoy_reconcile_duration_seconds",
+        "Duration of reconcile passes",
+        m.reconcile_duration.clone(),
+    );
+    r.register(
         "convoy_rollbacks",
         "Hosts rolled back after a failed activate or health check",
         m.rollbacks.clone(),
@@ -380,20 +433,10 @@ fn register_sites(r: &mut Registry, m: &Metrics) {
         "Hosts found off their desired release by a resync and corrected",
         m.drift_corrections.clone(),
     );
-    r.register(
-        "convoy_site_backoff_seconds",
-        "Current retry backoff of the site (0 when not backing off)",
-        m.backoff.clone(),
-    );
-    r.register(
-        "convoy_site_last_success_timestamp_seconds",
-        "When the site last reconciled to Converged or Degraded",
-        m.last_success.clone(),
-    );
 }
 
-/// Per host and host operation.
-fn register_hosts(r: &mut Registry, m: &Metrics) {
+/// Per host: the live release, reachability.
+fn register_host_gauges(r: &mut Registry, m: &Metrics) {
     r.register(
         "convoy_host_release_info",
         "The release live on each host of each site",
@@ -401,9 +444,13 @@ fn register_hosts(r: &mut Registry, m: &Metrics) {
     );
     r.register(
         "convoy_host_up",
-        "1 when the host answered its last observe",
+        "1 when the host answered its last observe (0 until it first answers)",
         m.host_up.clone(),
     );
+}
+
+/// Per host operation: durations and failures.
+fn register_host_counters(r: &mut Registry, m: &Metrics) {
     r.register(
         "convoy_host_operation_duration_seconds",
         "Duration of host operations (observe, fetch, build, switch, once, activate, health, rollback, cleanup)",
@@ -416,13 +463,8 @@ fn register_hosts(r: &mut Registry, m: &Metrics) {
     );
 }
 
-/// The controller's own health: manifests, state dir, version.
-fn register_controller(r: &mut Registry, m: &Metrics) {
-    r.register(
-        "convoy_manifest_load_errors",
-        "Manifest loads that failed validation",
-        m.manifest_load_errors.clone(),
-    );
+/// The controller's own state: manifests, version.
+fn register_controller_gauges(r: &mut Registry, m: &Metrics) {
     r.register(
         "convoy_manifests_valid",
         "1 when the last manifest load was valid",
@@ -433,11 +475,6 @@ fn register_controller(r: &mut Registry, m: &Metrics) {
         "When the manifests last loaded and validated",
         m.manifest_last_success.clone(),
     );
-    r.register(
-        "convoy_state_write_errors",
-        "Writes to the state directory that failed, by file kind",
-        m.state_write_errors.clone(),
-    );
     let build_info: Family<VersionLabel, Gauge> = Family::default();
     build_info
         .get_or_create(&VersionLabel {
@@ -445,6 +482,20 @@ fn register_controller(r: &mut Registry, m: &Metrics) {
         })
         .set(1);
     r.register("convoy_build_info", "convoy's version", build_info);
+}
+
+/// The controller's own errors: manifest loads, state dir writes.
+fn register_controller_counters(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "convoy_manifest_load_errors",
+        "Manifest loads that failed validation",
+        m.manifest_load_errors.clone(),
+    );
+    r.register(
+        "convoy_state_write_errors",
+        "Writes to the state directory that failed, by file kind",
+        m.state_write_errors.clone(),
+    );
 }
 
 #[cfg(test)]
@@ -485,7 +536,7 @@ mod tests {
         assert!(text.contains(r#"convoy_site_phase{site="shop",phase="Progressing"} 0"#));
         assert!(text.contains("convoy_build_info{version="));
         assert!(text.ends_with("# EOF\n"));
-        let classic = to_text_format(&text);
+        let classic = m.encode_text();
         assert!(!classic.contains("# EOF"));
         assert!(
             classic.contains("# TYPE convoy_manifest_load_errors_total counter"),
