@@ -1,6 +1,6 @@
 //! The command-line surface: help, usage errors, and commands not built yet.
 
-use crate::util::{convoy, stderr, stdout};
+use crate::util::{bundled_manifests_in, convoy, stderr, stdout};
 
 #[test]
 fn help_lists_every_subcommand() {
@@ -57,21 +57,16 @@ fn invalid_manifests_and_bad_flags_exit_2_before_anything_runs() {
 
 #[test]
 fn unknown_site_and_bad_timeout_are_usage_errors() {
-    let out = convoy(&["reconcile", "--once", "--site", "nope", "-f", "manifests"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let manifests = bundled_manifests_in(tmp.path()).display().to_string();
+    let out = convoy(&["reconcile", "--once", "--site", "nope", "-f", &manifests]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("no Site named `nope`"),
         "{}",
         stderr(&out)
     );
-    let out = convoy(&[
-        "reconcile",
-        "--once",
-        "--timeout",
-        "soon",
-        "-f",
-        "manifests",
-    ]);
+    let out = convoy(&["reconcile", "--once", "--timeout", "soon", "-f", &manifests]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stdout(&out).is_empty());
 }

@@ -12,7 +12,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::daemon_tests::wait_until;
-use crate::util::repo_root;
 
 /// The daemon's file-descriptor limit in these tests: the common default soft limit.
 const FD_LIMIT: u64 = 1024;
@@ -309,12 +308,10 @@ fn example_with_dangling_releases(root: &Path) {
     let dir = root.join("m");
     fs::create_dir_all(dir.join(".pending")).unwrap();
     for file in ["jobs-manager.yaml", "releases.yaml"] {
-        let text = fs::read_to_string(repo_root().join("manifests").join(file))
-            .unwrap()
-            .replace(
-                "/tmp/convoy-demo",
-                &root.join("hosts").display().to_string(),
-            );
+        let text = crate::util::bundled_file(file).replace(
+            "/tmp/convoy-demo",
+            &root.join("hosts").display().to_string(),
+        );
         let target = if file == "releases.yaml" {
             root.join("releases.yaml.later")
         } else {

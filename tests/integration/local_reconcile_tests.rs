@@ -5,15 +5,14 @@ use std::fs;
 use std::path::Path;
 use std::time::SystemTime;
 
-use crate::util::{convoy_in, repo_root, stderr, stdout};
+use crate::util::{bundled_file, convoy_in, stderr, stdout};
 
 /// The bundled example with its hosts rooted in `root` instead of /tmp/convoy-demo.
 fn example_in(root: &Path) -> std::path::PathBuf {
     let dir = root.join("manifests");
     fs::create_dir_all(&dir).unwrap();
     for file in ["jobs-manager.yaml", "releases.yaml"] {
-        let text = fs::read_to_string(repo_root().join("manifests").join(file)).unwrap();
-        let text = text.replace(
+        let text = bundled_file(file).replace(
             "/tmp/convoy-demo",
             &root.join("hosts").display().to_string(),
         );

@@ -18,6 +18,7 @@ mod paths_tests;
 mod prom;
 mod revision_tests;
 mod shellcheck_tests;
+mod snapshot_tests;
 mod transport_tests;
 mod util;
 mod validate_tests;
