@@ -4,6 +4,15 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// `convoy --version`: the package version and the git commit it was built from
+/// (`unknown` when built without `.git`, e.g. from a tarball).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("VERGEN_GIT_SHA"),
+    ")"
+);
+
 /// convoy deploys web applications to fleets of servers over SSH, declaratively.
 ///
 /// Desired state lives in YAML manifests (Site, ServerGroup, Release). convoy observes the
@@ -12,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "convoy",
-    version,
+    version = VERSION,
     propagate_version = true,
     max_term_width = 100
 )]
@@ -153,6 +162,21 @@ pub enum Command {
         /// Break a lease even though its holder renewed it recently.
         #[arg(long)]
         force: bool,
+    },
+
+    /// Print the completion script of a shell, e.g. `convoy completions bash >
+    /// /etc/bash_completion.d/convoy`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page (roff), e.g. `convoy man > /usr/share/man/man1/convoy.1`.
+    Man {
+        /// Write every page (`convoy.1` and one per subcommand, `convoy-reconcile.1`, …)
+        /// into this directory instead of printing `convoy.1`.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
     },
 }
 

@@ -97,3 +97,93 @@ fn unknown_sites_and_an_empty_state_dir_are_errors_naming_the_state_dir() {
     // `retry` wrote nothing for the unknown site.
     assert!(!state.join("sites/nosuchsite").exists());
 }
+
+/// `--version` names the commit it was built from: HEAD of this checkout, or `unknown`
+/// when built from a tarball without `.git`.
+#[test]
+fn version_names_the_commit_of_head() {
+    let out = convoy(&["--version"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("convoy {} ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    let commit = text
+        .split_once("(commit ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(commit, _)| commit)
+        .unwrap_or_else(|| panic!("no commit in {text}"));
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(crate::util::repo_root())
+        .output();
+    match &head {
+        Ok(head) if head.status.success() => {
+            let head = stdout(head);
+            assert!(
+                commit.len() >= 7 && head.starts_with(commit),
+                "{text} does not name HEAD {head}"
+            );
+        }
+        _ => assert_eq!(commit, "unknown", "{text}"),
+    }
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_name_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = convoy(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.contains("convoy"), "{shell}: {script}");
+        for command in [
+            "validate",
+            "reconcile",
+            "plan",
+            "status",
+            "unlock",
+            "completions",
+        ] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
+    let out = convoy(&["completions", "tcsh"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
+#[test]
+fn man_prints_a_roff_page_with_the_subcommands() {
+    let out = convoy(&["man"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let page = stdout(&out);
+    assert!(page.contains(".TH convoy 1"), "{page}");
+    assert!(page.contains(".SH SUBCOMMANDS"), "{page}");
+    for command in [
+        "validate",
+        "reconcile",
+        "plan",
+        "status",
+        "history",
+        "retry",
+        "unlock",
+    ] {
+        assert!(
+            page.contains(&format!("convoy\\-{command}(1)")),
+            "lacks {command}: {page}"
+        );
+    }
+    // Those pages exist when written to a directory.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("man1");
+    let out = convoy(&["man", "--out-dir", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for page in ["convoy.1", "convoy-reconcile.1", "convoy-completions.1"] {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap();
+        assert!(text.contains(".TH convoy"), "{page}: {text}");
+    }
+}
