@@ -49,6 +49,17 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE", env = "CONVOY_KNOWN_HOSTS")]
     pub known_hosts: Option<PathBuf>,
 
+    /// Log lines on stderr: `text` for people, `json` for log shippers (one object per
+    /// line). `RUST_LOG` filters them (default: info; e.g. `RUST_LOG=warn`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "CONVOY_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -178,6 +189,14 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event: time, level, message, then the fields (`site=… host=…`).
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `message` and the fields.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

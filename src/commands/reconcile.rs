@@ -85,7 +85,7 @@ pub(super) fn reconcile(
     let state = std::sync::Arc::new(StateDir::lock(&cli.state_dir)?);
     let code = runtime()?.block_on(controller::run_once(&desired, state.clone(), &options, out));
     for warning in state.take_warnings() {
-        writeln!(err, "warning: {warning}")?;
+        tracing::warn!("{warning}");
     }
     Ok(code)
 }

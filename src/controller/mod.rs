@@ -5,10 +5,12 @@
 //! --once`, which converges every selected site (sites in parallel, each serial), retrying
 //! transient trouble (an unreachable required host) with per-site exponential backoff and
 //! jitter until `--timeout`, and maps the result to the documented exit codes.
-//! `revision.rs` resolves a branch to its commit on the controller.
+//! `revision.rs` resolves a branch to its commit on the controller; `log.rs` says what the
+//! daemon logs about each pass.
 
 pub mod daemon;
 mod http;
+mod log;
 pub mod once_record;
 mod pass;
 pub mod queue;

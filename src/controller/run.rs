@@ -34,7 +34,7 @@ pub(super) enum Out<'o> {
     /// `--once`: a site's block, printed once when it is done.
     Print(&'o mut dyn Write),
     /// The daemon: every pass, logged.
-    Log,
+    Log(super::log::PassLog),
 }
 
 /// Everything besides finished passes that wakes the loop; `None` where a mode has none.
@@ -111,7 +111,15 @@ impl<'o> Controller<'o> {
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }
-            Out::Log => super::daemon::log(line),
+            Out::Log(_) => tracing::info!("{line}"),
+        }
+    }
+
+    /// A line about one site: printed by `--once`, logged with the site as a field.
+    fn say_about(&mut self, site: &str, line: &str) {
+        match &mut self.out {
+            Out::Print(_) => self.say(&format!("site {site}: {line}")),
+            Out::Log(_) => tracing::info!(site = %site, "{line}"),
         }
     }
 
@@ -299,11 +307,7 @@ impl<'o> Controller<'o> {
     /// Prints a `--once` site's block when it is `done`, or logs every daemon pass.
     fn report(&mut self, result: &SiteResult, done: bool, hold_lost: bool) {
         match &mut self.out {
-            Out::Log => {
-                for line in render_site(result).lines() {
-                    super::daemon::log(line);
-                }
-            }
+            Out::Log(log) => log.pass(result),
             Out::Print(out) if done => {
                 if let Some(p) = &self.shared.progress {
                     p.finish(&result.name);
@@ -349,10 +353,10 @@ impl<'o> Controller<'o> {
             let event =
                 HistoryEvent::new(name, &site.release, EventKind::Converged).detail(&detail);
             let _ = wrote(&ctx.metrics, "history", self.state.append_history(&[event]));
-            self.say(&format!(
-                "site {name}: {detail}{}",
-                if resync_pass { " (resync)" } else { "" }
-            ));
+            self.say_about(
+                name,
+                &format!("{detail}{}", if resync_pass { " (resync)" } else { "" }),
+            );
         }
         match &report.outcome {
             Outcome::Converged | Outcome::Degraded { .. } => {

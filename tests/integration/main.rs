@@ -12,6 +12,7 @@ mod integrity_tests;
 mod lab;
 mod lab_tests;
 mod local_reconcile_tests;
+mod logging_tests;
 mod manifest_read_tests;
 mod once_interrupted_tests;
 mod paths_tests;

@@ -26,6 +26,8 @@ pub fn convoy_in(dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .env_remove("CONVOY_MANIFESTS")
         .env_remove("CONVOY_STATE_DIR")
+        .env_remove("CONVOY_LOG_FORMAT")
+        .env_remove("RUST_LOG")
         .output()
         .expect("failed to run the convoy binary")
 }
@@ -126,4 +128,23 @@ pub fn stdout(output: &Output) -> String {
 
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// stderr without the log lines (`2026-11-30T10:00:00.000000Z  INFO …`): what a command
+/// reported besides its log, e.g. the located errors of invalid manifests.
+pub fn stderr_without_log(output: &Output) -> String {
+    stderr(output)
+        .lines()
+        .filter(|line| {
+            let mut words = line.split_whitespace();
+            let logged = words
+                .next()
+                .is_some_and(|t| t.ends_with('Z') && t.starts_with(|c: char| c.is_ascii_digit()))
+                && words
+                    .next()
+                    .is_some_and(|l| ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&l));
+            !logged
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
 }
