@@ -1,6 +1,6 @@
 //! Command-line interface: the clap types and the help text an operator reads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -27,6 +27,9 @@ pub const VERSION: &str = concat!(
 )]
 pub struct Cli {
     /// Manifest directory (searched recursively for *.yaml/*.yml) or a single manifest file.
+    ///
+    /// A relative path, the default included, resolves against the current directory: under
+    /// cron or systemd give an absolute one. `reconcile` logs the absolute path first.
     #[arg(
         short = 'f',
         long = "manifests",
@@ -37,6 +40,9 @@ pub struct Cli {
     pub manifests: PathBuf,
 
     /// Where convoy keeps status, history and its lock.
+    ///
+    /// A relative path, the default included, resolves against the current directory: under
+    /// cron or systemd give an absolute one. `reconcile` logs the absolute path first.
     #[arg(
         long,
         global = true,
@@ -204,4 +210,14 @@ pub enum OutputFormat {
     Table,
     Json,
     Yaml,
+}
+
+/// Where a path given on the command line really is: a relative one (the defaults are)
+/// resolves against the current directory, which under cron or systemd is rarely the one
+/// the operator had in mind. Symlinks are resolved when the path exists; otherwise it is
+/// made absolute without touching the disk.
+pub fn resolved(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }

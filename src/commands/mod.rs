@@ -186,7 +186,7 @@ fn unknown_site(state: &StateDir, site: &str, err: &mut dyn Write) -> anyhow::Re
     if known.iter().any(|s| s == site) {
         return Ok(None);
     }
-    let dir = std::fs::canonicalize(state.path()).unwrap_or_else(|_| state.path().to_path_buf());
+    let dir = crate::cli::resolved(state.path());
     writeln!(
         err,
         "error: no site `{site}` in the state dir `{}` ({}); check the site name and --state-dir",

@@ -52,6 +52,7 @@ pub(super) fn reconcile(
             return Ok(exit_code::INVALID);
         }
     };
+    log_start(cli, args.once);
     let options = RunOptions {
         site: args.site.clone(),
         timeout,
@@ -88,4 +89,17 @@ pub(super) fn reconcile(
         tracing::warn!("{warning}");
     }
     Ok(code)
+}
+
+/// The first log line: the version, and where the manifests and the state dir really are.
+/// Relative paths (the defaults are) resolve against the current directory, which under
+/// cron or systemd is rarely the one the operator had in mind.
+fn log_start(cli: &Cli, once: bool) {
+    tracing::info!(
+        manifests = %crate::cli::resolved(&cli.manifests).display(),
+        state_dir = %crate::cli::resolved(&cli.state_dir).display(),
+        "convoy {} reconcile{}",
+        crate::cli::VERSION,
+        if once { " --once" } else { "" }
+    );
 }

@@ -73,9 +73,7 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         }
     };
     tracing::info!(
-        "convoy {} controlling `{}`; metrics on http://{}/metrics",
-        crate::cli::VERSION,
-        options.manifests.display(),
+        "watching the manifests; metrics on http://{}/metrics",
         options.metrics_addr
     );
 

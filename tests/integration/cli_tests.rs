@@ -98,6 +98,34 @@ fn unknown_sites_and_an_empty_state_dir_are_errors_naming_the_state_dir() {
     assert!(!state.join("sites/nosuchsite").exists());
 }
 
+/// The text of the option block in `help` that starts at the line naming `flag`.
+fn option_help<'h>(help: &'h str, flag: &str) -> &'h str {
+    let start = help
+        .find(&format!("{flag} "))
+        .unwrap_or_else(|| panic!("no {flag} in:\n{help}"));
+    let rest = &help[start..];
+    let end = rest.find("\n  -").map_or(rest.len(), |i| i + 1);
+    &rest[..end]
+}
+
+/// A relative default is a trap for cron: the help says what it resolves against.
+#[test]
+fn help_says_what_the_relative_defaults_resolve_to() {
+    for args in [vec!["--help"], vec!["reconcile", "--help"]] {
+        let out = convoy(&args);
+        assert_eq!(out.status.code(), Some(0));
+        let help = stdout(&out);
+        for (flag, default) in [
+            ("--manifests", "[default: manifests]"),
+            ("--state-dir", "[default: .convoy-state]"),
+        ] {
+            let text = option_help(&help, flag);
+            assert!(text.contains(default), "{args:?}: {text}");
+            assert!(text.contains("current directory"), "{args:?}: {text}");
+        }
+    }
+}
+
 /// `--version` names the commit it was built from: HEAD of this checkout, or `unknown`
 /// when built from a tarball without `.git`.
 #[test]

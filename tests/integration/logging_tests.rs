@@ -1,6 +1,6 @@
 //! The logs of `convoy reconcile`: through `tracing` on stderr, text or one JSON object per
-//! line, filtered by `RUST_LOG`, with the site and host as fields; nothing at info for a
-//! resync that changed nothing.
+//! line, filtered by `RUST_LOG`, with the site and host as fields; the resolved absolute
+//! manifest and state paths first; nothing at info for a resync that changed nothing.
 //! Runs the real binary on `address: local` hosts (no sshd).
 
 use std::fs;
@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::daemon_guard_tests::LocalDaemon;
+use crate::daemon_guard_tests::{LocalDaemon, group_only};
 use crate::daemon_tests::wait_until;
 use crate::local_reconcile_tests::example_in;
+use crate::util::{convoy_in, stderr};
 
 /// The daemon on the bundled example (`tmp/manifests`, hosts under `tmp/hosts`), state in
 /// `tmp/state`, with `args` added.
@@ -128,4 +129,46 @@ fn a_resync_that_changes_nothing_logs_nothing_at_info() {
         before.contains("Switched"),
         "the deploy itself is logged: {before}"
     );
+}
+
+#[test]
+fn the_first_daemon_log_line_names_the_absolute_manifest_and_state_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    group_only(tmp.path());
+    let daemon = LocalDaemon::spawn(tmp.path(), &["-f", "m", "--state-dir", "state"], &[]);
+    wait_until(Duration::from_secs(10), "manifests loaded", || {
+        daemon.log_text().contains("manifests loaded")
+    });
+    let log = daemon.log_text();
+    let first = log.lines().next().unwrap_or_default();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    for path in [root.join("m"), root.join("state")] {
+        assert!(
+            first.contains(&format!("{}", path.display())),
+            "first line lacks {}: {log}",
+            path.display()
+        );
+    }
+}
+
+/// Run from cron with the defaults: the relative `manifests` and `.convoy-state` resolve
+/// against the working directory, and the first line on stderr says where they went.
+#[test]
+fn reconcile_once_logs_the_absolute_default_paths_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    group_only(tmp.path());
+    fs::rename(tmp.path().join("m"), tmp.path().join("manifests")).unwrap();
+    let out = convoy_in(tmp.path(), &["reconcile", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stderr(&out);
+    let first = text.lines().next().unwrap_or_default();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    for path in [root.join("manifests"), root.join(".convoy-state")] {
+        assert!(
+            first.contains(&format!("{}", path.display())),
+            "first line lacks {}: {text}",
+            path.display()
+        );
+    }
+    assert!(first.contains("INFO"), "{text}");
 }
