@@ -158,6 +158,20 @@ fn version_names_the_commit_of_head() {
     }
 }
 
+/// Every subcommand, as completions and the man page must name them.
+const SUBCOMMANDS: [&str; 10] = [
+    "validate",
+    "crds",
+    "reconcile",
+    "plan",
+    "status",
+    "retry",
+    "history",
+    "unlock",
+    "completions",
+    "man",
+];
+
 #[test]
 fn completions_for_bash_zsh_and_fish_name_the_subcommands() {
     for shell in ["bash", "zsh", "fish"] {
@@ -165,14 +179,7 @@ fn completions_for_bash_zsh_and_fish_name_the_subcommands() {
         assert_eq!(out.status.code(), Some(0), "{shell}: {}", stderr(&out));
         let script = stdout(&out);
         assert!(script.contains("convoy"), "{shell}: {script}");
-        for command in [
-            "validate",
-            "reconcile",
-            "plan",
-            "status",
-            "unlock",
-            "completions",
-        ] {
+        for command in SUBCOMMANDS {
             assert!(script.contains(command), "{shell} lacks {command}");
         }
     }
@@ -191,15 +198,7 @@ fn man_prints_a_roff_page_with_the_subcommands() {
     let page = stdout(&out);
     assert!(page.contains(".TH convoy 1"), "{page}");
     assert!(page.contains(".SH SUBCOMMANDS"), "{page}");
-    for command in [
-        "validate",
-        "reconcile",
-        "plan",
-        "status",
-        "history",
-        "retry",
-        "unlock",
-    ] {
+    for command in SUBCOMMANDS {
         assert!(
             page.contains(&format!("convoy\\-{command}(1)")),
             "lacks {command}: {page}"

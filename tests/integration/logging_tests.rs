@@ -15,12 +15,16 @@ use crate::local_reconcile_tests::example_in;
 use crate::util::{convoy_in, stderr};
 
 /// The daemon on the bundled example (`tmp/manifests`, hosts under `tmp/hosts`), state in
-/// `tmp/state`, with `args` added.
-fn example_daemon(tmp: &Path, args: &[&str], env: &[(&str, &str)]) -> LocalDaemon {
+/// `tmp/state`, with `args` added; returned once a pass converged the site.
+fn converged_daemon(tmp: &Path, args: &[&str], env: &[(&str, &str)]) -> LocalDaemon {
     let manifests = example_in(tmp).display().to_string();
     let mut all = vec!["-f", manifests.as_str(), "--state-dir", "state"];
     all.extend_from_slice(args);
-    LocalDaemon::spawn(tmp, &all, env)
+    let daemon = LocalDaemon::spawn(tmp, &all, env);
+    wait_until(Duration::from_secs(60), "the site converges", || {
+        converged_passes(&daemon) >= 1
+    });
+    daemon
 }
 
 /// How many passes of the example's site ended Converged, from the daemon's metrics.
@@ -47,10 +51,7 @@ fn json_lines(text: &str) -> Vec<Value> {
 #[test]
 fn json_log_lines_parse_and_carry_site_and_host_fields() {
     let tmp = tempfile::tempdir().unwrap();
-    let daemon = example_daemon(tmp.path(), &["--log-format", "json"], &[]);
-    wait_until(Duration::from_secs(60), "the site converges", || {
-        converged_passes(&daemon) >= 1
-    });
+    let daemon = converged_daemon(tmp.path(), &["--log-format", "json"], &[]);
     wait_until(Duration::from_secs(5), "the outcome is logged", || {
         daemon.log_text().contains("every host runs")
     });
@@ -86,10 +87,7 @@ fn json_log_lines_parse_and_carry_site_and_host_fields() {
 #[test]
 fn rust_log_warn_silences_info_lines() {
     let tmp = tempfile::tempdir().unwrap();
-    let daemon = example_daemon(tmp.path(), &[], &[("RUST_LOG", "warn")]);
-    wait_until(Duration::from_secs(60), "the site converges", || {
-        converged_passes(&daemon) >= 1
-    });
+    let daemon = converged_daemon(tmp.path(), &[], &[("RUST_LOG", "warn")]);
     // A warning still shows: an invalid manifest.
     fs::write(tmp.path().join("manifests/broken.yaml"), "kind: [\n").unwrap();
     wait_until(
@@ -105,10 +103,7 @@ fn rust_log_warn_silences_info_lines() {
 #[test]
 fn a_resync_that_changes_nothing_logs_nothing_at_info() {
     let tmp = tempfile::tempdir().unwrap();
-    let daemon = example_daemon(tmp.path(), &["--resync", "1s"], &[]);
-    wait_until(Duration::from_secs(60), "the site converges", || {
-        converged_passes(&daemon) >= 1
-    });
+    let daemon = converged_daemon(tmp.path(), &["--resync", "1s"], &[]);
     let first = converged_passes(&daemon);
     wait_until(Duration::from_secs(10), "a resync pass", || {
         converged_passes(&daemon) > first
@@ -139,16 +134,7 @@ fn the_first_daemon_log_line_names_the_absolute_manifest_and_state_paths() {
     wait_until(Duration::from_secs(10), "manifests loaded", || {
         daemon.log_text().contains("manifests loaded")
     });
-    let log = daemon.log_text();
-    let first = log.lines().next().unwrap_or_default();
-    let root = fs::canonicalize(tmp.path()).unwrap();
-    for path in [root.join("m"), root.join("state")] {
-        assert!(
-            first.contains(&format!("{}", path.display())),
-            "first line lacks {}: {log}",
-            path.display()
-        );
-    }
+    assert_first_line_names(&daemon.log_text(), tmp.path(), &["m", "state"]);
 }
 
 /// Run from cron with the defaults: the relative `manifests` and `.convoy-state` resolve
@@ -161,14 +147,20 @@ fn reconcile_once_logs_the_absolute_default_paths_first() {
     let out = convoy_in(tmp.path(), &["reconcile", "--once"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stderr(&out);
+    assert_first_line_names(&text, tmp.path(), &["manifests", ".convoy-state"]);
     let first = text.lines().next().unwrap_or_default();
-    let root = fs::canonicalize(tmp.path()).unwrap();
-    for path in [root.join("manifests"), root.join(".convoy-state")] {
+    assert!(first.contains(" INFO "), "logged at info: {text}");
+}
+
+/// The first line of `log` names each of `dir`'s `paths` as an absolute, canonical path.
+fn assert_first_line_names(log: &str, dir: &Path, paths: &[&str]) {
+    let first = log.lines().next().unwrap_or_default();
+    let root = fs::canonicalize(dir).unwrap();
+    for path in paths {
+        let absolute = root.join(path).display().to_string();
         assert!(
-            first.contains(&format!("{}", path.display())),
-            "first line lacks {}: {text}",
-            path.display()
+            first.contains(&absolute),
+            "first line lacks {absolute}: {log}"
         );
     }
-    assert!(first.contains("INFO"), "{text}");
 }
