@@ -25,7 +25,7 @@ pub fn wrote<T>(
     result.map_err(|e| {
         let message = state::error_chain(&e);
         metrics.state_write_failed(kind);
-        tracing::error!(kind, "{message}");
+        tracing::error!(kind = %kind, "{message}");
         message
     })
 }
