@@ -4,7 +4,7 @@
 //! Runs the real binary on `address: local` hosts (no sshd).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -134,7 +134,8 @@ fn the_first_daemon_log_line_names_the_absolute_manifest_and_state_paths() {
     wait_until(Duration::from_secs(10), "manifests loaded", || {
         daemon.log_text().contains("manifests loaded")
     });
-    assert_first_line_names(&daemon.log_text(), tmp.path(), &["m", "state"]);
+    let (m, state) = (tmp.path().join("m"), tmp.path().join("state"));
+    assert_first_line_names(&daemon.log_text(), &[m, state]);
 }
 
 /// Run from cron with the defaults: the relative `manifests` and `.convoy-state` resolve
@@ -147,17 +148,21 @@ fn reconcile_once_logs_the_absolute_default_paths_first() {
     let out = convoy_in(tmp.path(), &["reconcile", "--once"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stderr(&out);
-    assert_first_line_names(&text, tmp.path(), &["manifests", ".convoy-state"]);
+    let defaults = [
+        tmp.path().join("manifests"),
+        tmp.path().join(".convoy-state"),
+    ];
+    assert_first_line_names(&text, &defaults);
     let first = text.lines().next().unwrap_or_default();
     assert!(first.contains(" INFO "), "logged at info: {text}");
 }
 
-/// The first line of `log` names each of `dir`'s `paths` as an absolute, canonical path.
-fn assert_first_line_names(log: &str, dir: &Path, paths: &[&str]) {
+/// The first line of `log` names each of `paths` in canonical form (the temporary directory
+/// may be reached through a symlink).
+fn assert_first_line_names(log: &str, paths: &[PathBuf]) {
     let first = log.lines().next().unwrap_or_default();
-    let root = fs::canonicalize(dir).unwrap();
     for path in paths {
-        let absolute = root.join(path).display().to_string();
+        let absolute = fs::canonicalize(path).unwrap().display().to_string();
         assert!(
             first.contains(&absolute),
             "first line lacks {absolute}: {log}"
