@@ -1,8 +1,17 @@
 //! Command-line interface: the clap types and the help text an operator reads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// `convoy --version`: the package version and the git commit it was built from
+/// (`unknown` when built without `.git`, e.g. from a tarball).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("VERGEN_GIT_SHA"),
+    ")"
+);
 
 /// convoy deploys web applications to fleets of servers over SSH, declaratively.
 ///
@@ -12,12 +21,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "convoy",
-    version,
+    version = VERSION,
     propagate_version = true,
     max_term_width = 100
 )]
 pub struct Cli {
     /// Manifest directory (searched recursively for *.yaml/*.yml) or a single manifest file.
+    ///
+    /// A relative path, the default included, resolves against the current directory: under
+    /// cron or systemd give an absolute one. `reconcile` logs the absolute path first.
     #[arg(
         short = 'f',
         long = "manifests",
@@ -28,6 +40,9 @@ pub struct Cli {
     pub manifests: PathBuf,
 
     /// Where convoy keeps status, history and its lock.
+    ///
+    /// A relative path, the default included, resolves against the current directory: under
+    /// cron or systemd give an absolute one. `reconcile` logs the absolute path first.
     #[arg(
         long,
         global = true,
@@ -39,6 +54,17 @@ pub struct Cli {
     /// known_hosts file for SSH host keys (default: the ssh client's own, ~/.ssh/known_hosts).
     #[arg(long, global = true, value_name = "FILE", env = "CONVOY_KNOWN_HOSTS")]
     pub known_hosts: Option<PathBuf>,
+
+    /// Log lines on stderr: `text` for people, `json` for log shippers (one object per
+    /// line). `RUST_LOG` filters them (default: info; e.g. `RUST_LOG=warn`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "CONVOY_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
 
     #[command(subcommand)]
     pub command: Command,
@@ -168,6 +194,29 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+
+    /// Print the completion script of a shell, e.g. `convoy completions bash >
+    /// /etc/bash_completion.d/convoy`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page (roff), e.g. `convoy man > /usr/share/man/man1/convoy.1`.
+    Man {
+        /// Write every page (`convoy.1` and one per subcommand, `convoy-reconcile.1`, …)
+        /// into this directory instead of printing `convoy.1`.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event: time, level, message, then the fields (`site=… host=…`).
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `message` and the fields.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -175,4 +224,14 @@ pub enum OutputFormat {
     Table,
     Json,
     Yaml,
+}
+
+/// Where a path given on the command line really is: a relative one (the defaults are)
+/// resolves against the current directory, which under cron or systemd is rarely the one
+/// the operator had in mind. Symlinks are resolved when the path exists; otherwise it is
+/// made absolute without touching the disk.
+pub fn resolved(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }

@@ -9,6 +9,7 @@ pub mod desired;
 pub mod execute;
 pub mod exit_code;
 pub mod host;
+pub mod logging;
 pub mod manifest;
 pub mod metrics;
 pub mod plan;

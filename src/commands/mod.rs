@@ -2,9 +2,11 @@
 //! writers so tests can capture it. This file dispatches and holds what several commands
 //! share (loading the desired state, the async runtime, one-off SSH setup); each command
 //! family has its file: `manifests.rs` (validate, crds), `reconcile.rs`, `plan.rs`,
-//! `status.rs` (status, history), `retry.rs`, `unlock.rs`. Commands report and exit;
-//! deciding and doing belong to the planner, the executor and the controller.
+//! `status.rs` (status, history), `retry.rs`, `unlock.rs`, `docs.rs` (completions, man).
+//! Commands report and exit; deciding and doing belong to the planner, the executor and
+//! the controller.
 
+mod docs;
 mod manifests;
 mod plan;
 mod reconcile;
@@ -94,6 +96,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Unlock { site, hosts, force } => {
             unlock::unlock(cli, site, hosts, *force, out, err)
         }
+        Command::Completions { shell } => docs::completions(*shell, out),
+        Command::Man { out_dir } => docs::man(out_dir.as_deref(), out),
     };
     result.unwrap_or_else(|e| {
         let _ = writeln!(err, "error: {e:#}");
@@ -209,7 +213,7 @@ fn unknown_site(state: &StateDir, site: &str, err: &mut dyn Write) -> anyhow::Re
     if known.iter().any(|s| s == site) {
         return Ok(None);
     }
-    let dir = std::fs::canonicalize(state.path()).unwrap_or_else(|_| state.path().to_path_buf());
+    let dir = crate::cli::resolved(state.path());
     writeln!(
         err,
         "error: no site `{site}` in the state dir `{}` ({}); check the site name and --state-dir",

@@ -54,6 +54,7 @@ pub(super) fn reconcile(
             return Ok(exit_code::INVALID);
         }
     };
+    log_start(cli, args.once);
     let options = RunOptions {
         site: args.site.clone(),
         timeout,
@@ -115,7 +116,7 @@ pub(super) fn reconcile(
     let state = std::sync::Arc::new(StateDir::lock(&cli.state_dir)?);
     let code = runtime()?.block_on(controller::run_once(&desired, state.clone(), &options, out));
     for warning in state.take_warnings() {
-        writeln!(err, "warning: {warning}")?;
+        tracing::warn!("{warning}");
     }
     Ok(code)
 }
@@ -140,4 +141,17 @@ fn textfile_problem(path: &std::path::Path) -> Option<String> {
             dir.display()
         )
     })
+}
+
+/// The first log line: the version, and where the manifests and the state dir really are.
+/// Relative paths (the defaults are) resolve against the current directory, which under
+/// cron or systemd is rarely the one the operator had in mind.
+fn log_start(cli: &Cli, once: bool) {
+    tracing::info!(
+        manifests = %crate::cli::resolved(&cli.manifests).display(),
+        state_dir = %crate::cli::resolved(&cli.state_dir).display(),
+        "convoy {} reconcile{}",
+        crate::cli::VERSION,
+        if once { " --once" } else { "" }
+    );
 }

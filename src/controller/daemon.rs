@@ -25,7 +25,7 @@ use crate::exit_code;
 use crate::host::Host;
 use crate::manifest;
 use crate::metrics::Metrics;
-use crate::state::{self, StateDir};
+use crate::state::StateDir;
 
 /// Settings of the daemon.
 pub struct DaemonOptions {
@@ -51,15 +51,10 @@ fn stale_after(resync: Duration) -> Duration {
     (resync * 2).clamp(Duration::from_secs(5), Duration::from_secs(60))
 }
 
-pub(super) fn log(line: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{} {line}", state::now_rfc3339());
-}
-
 /// Runs the controller until SIGTERM/SIGINT. Returns the exit code.
 pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -> u8 {
     let state = Arc::new(state);
-    let mut shared = match Shared::new(&options.run, &state) {
+    let shared = match Shared::new(&options.run, &state) {
         Ok(shared) => shared,
         Err(e) => {
             let _ = writeln!(
@@ -69,12 +64,6 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
             return exit_code::FAILED;
         }
     };
-    // Host events go to the log as they happen; no status line.
-    shared.progress = Some(Arc::new(crate::progress::Progress::new(
-        0,
-        false,
-        Box::new(log),
-    )));
     let ready = Arc::new(AtomicBool::new(false));
     let (mut sources, _watch, serve) = match listen(&options, &shared, &ready).await {
         Ok(listening) => listening,
@@ -83,17 +72,16 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
             return exit_code::FAILED;
         }
     };
-    log(&format!(
-        "convoy {} controlling `{}`; metrics on http://{}/metrics",
-        env!("CARGO_PKG_VERSION"),
-        options.manifests.display(),
+    tracing::info!(
+        "watching the manifests; metrics on http://{}/metrics",
         options.metrics_addr
-    ));
+    );
 
     let mut resync = tokio::time::interval(options.resync);
     resync.tick().await;
     sources.resync = Some(resync);
-    let mut controller = Controller::new(Mode::Daemon, state, shared, Out::Log);
+    let out = Out::Log(super::log::PassLog::default());
+    let mut controller = Controller::new(Mode::Daemon, state, shared, out);
     controller.manifests = Some(Manifests {
         options,
         ready,
@@ -107,16 +95,14 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         .run(&mut sources)
         .await
         .unwrap_or_else(|| "stopped".into());
-    log(&format!(
-        "{why}: stopping the host steps under way, releasing leases"
-    ));
+    tracing::info!("{why}: stopping the host steps under way, releasing leases");
     if !controller.stop(&why, SHUTDOWN_GRACE).await {
-        log(
-            "shutdown grace period over; leaving the remaining passes (their hosts keep a complete release)",
+        tracing::warn!(
+            "shutdown grace period over; leaving the remaining passes (their hosts keep a complete release)"
         );
     }
     controller.shared.close().await;
-    log("stopped");
+    tracing::info!("stopped");
     exit_code::OK
 }
 
@@ -222,16 +208,17 @@ impl Controller<'_> {
         if let Some(old) = &old {
             for name in old.sites.keys().filter(|n| !new.sites.contains_key(*n)) {
                 self.queue.remove(name);
-                log(&format!(
-                    "site {name}: removed from the manifests; convoy stops managing it and deletes nothing on its hosts"
-                ));
+                tracing::info!(
+                    site = %name,
+                    "removed from the manifests; convoy stops managing it and deletes nothing on its hosts"
+                );
             }
         }
-        log(&format!(
+        tracing::info!(
             "manifests loaded: {}; {} site(s) to reconcile",
             catalog.summary(),
             changed.len()
-        ));
+        );
         let new = Arc::new(new);
         self.ctx = Some(Arc::new(context(
             &new,
@@ -308,9 +295,15 @@ impl Manifests {
             self.reload_retry = None;
             String::new()
         };
-        log(&format!(
-            "manifests invalid; still acting on the last valid state{retry}:\n{diagnostics}"
-        ));
+        let count = diagnostics.0.len();
+        tracing::warn!(
+            "manifests invalid; still acting on the last valid state{retry}: {count} error{}",
+            if count == 1 { "" } else { "s" }
+        );
+        // One line per problem, as `convoy validate` prints them.
+        for problem in &diagnostics.0 {
+            tracing::warn!(file = %problem.file, "{problem}");
+        }
     }
 }
 

@@ -6,10 +6,11 @@
 //! transient trouble (an unreachable required host) with per-site exponential backoff and
 //! jitter until `--timeout`, and maps the result to the documented exit codes.
 //! `revision.rs` resolves a branch to its commit on the controller; `publish.rs` keeps the
-//! Site status objects and their metrics.
+//! Site status objects and their metrics; `log.rs` says what the daemon logs about each pass.
 
 pub mod daemon;
 mod http;
+mod log;
 pub mod once_record;
 mod pass;
 mod publish;
@@ -37,7 +38,7 @@ use crate::state::{self, StateDir};
 pub use pass::{Pass, pass_once, pass_state, wrote};
 pub use publish::{Ending, desired_loaded, interrupted, publish};
 use queue::Requeue;
-pub use run_once::{SiteResult, render_site, run_once, state_line};
+pub use run_once::{SiteResult, render_site, run_once};
 
 /// Knobs of one `reconcile --once` run.
 #[derive(Debug, Clone)]

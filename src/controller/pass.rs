@@ -15,8 +15,8 @@ use crate::metrics::Metrics;
 use crate::plan::{EventKind, Outcome, PassState};
 use crate::state::{self, HistoryEvent, StateDir, StateError};
 
-/// A failed state-dir write: one stderr line naming the file and the OS error, and one more
-/// in `convoy_state_write_errors_total{kind}`. Returns the error's message.
+/// A failed state-dir write: one error in the log naming the file and the OS error, and one
+/// more in `convoy_state_write_errors_total{kind}`. Returns the error's message.
 pub fn wrote<T>(
     metrics: &Metrics,
     kind: &'static str,
@@ -25,7 +25,7 @@ pub fn wrote<T>(
     result.map_err(|e| {
         let message = state::error_chain(&e);
         metrics.state_write_failed(kind);
-        eprintln!("error: {message}");
+        tracing::error!(kind = %kind, "{message}");
         message
     })
 }

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use super::queue::{Queue, Requeue};
 use super::{
     Ending, Mode, Pass, Retry, Shared, SiteResult, exit_code_of, interrupted, pass_once, publish,
-    render_site, requeue, state_line, wrote,
+    render_site, requeue, wrote,
 };
 use crate::desired::{DesiredSite, DesiredState};
 use crate::execute::Context;
@@ -33,7 +33,7 @@ pub(super) enum Out<'o> {
     /// `--once`: a site's block, printed once when it is done.
     Print(&'o mut dyn Write),
     /// The daemon: every pass, logged.
-    Log,
+    Log(super::log::PassLog),
 }
 
 /// Everything besides finished passes that wakes the loop; `None` where a mode has none.
@@ -82,8 +82,6 @@ pub(super) struct Controller<'o> {
     pub codes: BTreeMap<String, u8>,
     /// `--once`: sites that were converged and stayed so (nothing printed for them).
     pub quiet: usize,
-    /// Each site's last reported state line: the daemon reports a site only on a change.
-    last_state: BTreeMap<String, String>,
     out: Out<'o>,
     /// The daemon's manifest source; `None` for `--once`.
     pub manifests: Option<super::daemon::Manifests>,
@@ -110,7 +108,6 @@ impl<'o> Controller<'o> {
             waiting: BTreeMap::new(),
             codes: BTreeMap::new(),
             quiet: 0,
-            last_state: BTreeMap::new(),
             out,
             manifests: None,
         }
@@ -128,7 +125,15 @@ impl<'o> Controller<'o> {
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }
-            Out::Log => super::daemon::log(line),
+            Out::Log(_) => tracing::info!("{line}"),
+        }
+    }
+
+    /// A line about one site: printed by `--once`, logged with the site as a field.
+    fn say_about(&mut self, site: &str, line: &str) {
+        match &mut self.out {
+            Out::Print(_) => self.say(&format!("site {site}: {line}")),
+            Out::Log(_) => tracing::info!(site = %site, "{line}"),
         }
     }
 
@@ -356,20 +361,11 @@ impl<'o> Controller<'o> {
     }
 
     /// `--once`: a site's closing lines when it is `done` (nothing for a site that was
-    /// converged and stayed so), a line per retry while it waits. The daemon: a site's lines
-    /// when its state changed. Host events were printed as they happened.
+    /// converged and stayed so; host events were printed as they happened), a line per retry
+    /// while it waits. The daemon: the pass's log lines (at info only on a change).
     fn report(&mut self, result: &SiteResult, done: bool, hold_lost: bool) {
-        let changed = !result.report.events.is_empty()
-            || self.last_state.get(&result.name) != Some(&state_line(result));
-        self.last_state
-            .insert(result.name.clone(), state_line(result));
-        match &self.out {
-            Out::Log if changed => {
-                for line in render_site(result).lines() {
-                    super::daemon::log(line);
-                }
-            }
-            Out::Log => {}
+        match &mut self.out {
+            Out::Log(log) => log.pass(result),
             Out::Print(_) if done => {
                 if let Some(p) = &self.shared.progress {
                     p.finish(&result.name);
@@ -426,10 +422,10 @@ impl<'o> Controller<'o> {
             let event =
                 HistoryEvent::new(name, &site.release, EventKind::Converged).detail(&detail);
             let _ = wrote(&ctx.metrics, "history", self.state.append_history(&[event]));
-            self.say(&format!(
-                "site {name}: {detail}{}",
-                if resync_pass { " (resync)" } else { "" }
-            ));
+            self.say_about(
+                name,
+                &format!("{detail}{}", if resync_pass { " (resync)" } else { "" }),
+            );
         }
         match &report.outcome {
             Outcome::Converged | Outcome::Degraded { .. } => {

@@ -36,18 +36,13 @@ pub fn start(
             Ok(events) => events,
             Err(errors) => {
                 for e in errors {
-                    eprintln!(
-                        "{} warning: watching manifests: {e}",
-                        crate::state::now_rfc3339()
-                    );
+                    tracing::warn!("watching manifests: {e}");
                 }
                 return;
             }
         };
-        if std::env::var_os("CONVOY_DEBUG_WATCH").is_some() {
-            for e in &events {
-                eprintln!("watch: {:?} {:?}", e.kind, e.paths);
-            }
+        for e in &events {
+            tracing::trace!(kind = ?e.kind, paths = ?e.paths, "manifest watch event");
         }
         // Only changes count: reading the manifests (access events) must not trigger a reload.
         let changed = |kind: &EventKind| {

@@ -12,15 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::daemon_tests::wait_until;
-use crate::util::repo_root;
 
 /// The daemon's file-descriptor limit in these tests: the common default soft limit.
 const FD_LIMIT: u64 = 1024;
 
-const GROUP: &str = "apiVersion: convoy.dev/v1alpha1\nkind: ServerGroup\nmetadata: {name: web}\n\
+pub const GROUP: &str = "apiVersion: convoy.dev/v1alpha1\nkind: ServerGroup\nmetadata: {name: web}\n\
 spec:\n  hosts:\n    - {name: w1, address: local}\n";
 
-struct LocalDaemon {
+pub struct LocalDaemon {
     child: Option<Child>,
     log: PathBuf,
     port: u16,
@@ -28,6 +27,13 @@ struct LocalDaemon {
 
 impl LocalDaemon {
     fn start(dir: &Path, resync: &str) -> LocalDaemon {
+        let args = ["-f", "m", "--state-dir", "state", "--resync", resync];
+        LocalDaemon::spawn(dir, &args, &[])
+    }
+
+    /// `convoy reconcile ARGS --metrics-addr …` run from `dir` with `env` added (and no
+    /// `RUST_LOG` or `CONVOY_*` of the test's own), its stderr in a log file.
+    pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> LocalDaemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -37,18 +43,14 @@ impl LocalDaemon {
         let mut command = Command::new(env!("CARGO_BIN_EXE_convoy"));
         command
             .current_dir(dir)
-            .args([
-                "reconcile",
-                "-f",
-                "m",
-                "--state-dir",
-                "state",
-                "--resync",
-                resync,
-            ])
+            .arg("reconcile")
+            .args(args)
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .env_remove("CONVOY_MANIFESTS")
             .env_remove("CONVOY_STATE_DIR")
+            .env_remove("CONVOY_LOG_FORMAT")
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap());
@@ -76,7 +78,7 @@ impl LocalDaemon {
         daemon
     }
 
-    fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -91,7 +93,7 @@ impl LocalDaemon {
     }
 
     /// (status code, body) of a GET, bounded to 5 s.
-    fn get(&self, path: &str) -> (u16, String) {
+    pub fn get(&self, path: &str) -> (u16, String) {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return (0, String::new());
         };
@@ -112,7 +114,7 @@ impl LocalDaemon {
     }
 
     /// SIGTERM, then wait (bounded); the exit code, or `None` if it had to be killed.
-    fn terminate(&mut self, within: Duration) -> Option<i32> {
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -141,7 +143,7 @@ impl Drop for LocalDaemon {
     }
 }
 
-fn group_only(tmp: &Path) {
+pub fn group_only(tmp: &Path) {
     fs::create_dir_all(tmp.join("m")).unwrap();
     fs::write(tmp.join("m/group.yaml"), GROUP).unwrap();
 }
@@ -309,12 +311,10 @@ fn example_with_dangling_releases(root: &Path) {
     let dir = root.join("m");
     fs::create_dir_all(dir.join(".pending")).unwrap();
     for file in ["jobs-manager.yaml", "releases.yaml"] {
-        let text = fs::read_to_string(repo_root().join("manifests").join(file))
-            .unwrap()
-            .replace(
-                "/tmp/convoy-demo",
-                &root.join("hosts").display().to_string(),
-            );
+        let text = crate::util::bundled_file(file).replace(
+            "/tmp/convoy-demo",
+            &root.join("hosts").display().to_string(),
+        );
         let target = if file == "releases.yaml" {
             root.join("releases.yaml.later")
         } else {

@@ -34,6 +34,8 @@ impl Daemon {
                 "--metrics-addr",
                 &format!("127.0.0.1:{port}"),
             ])
+            .env_remove("RUST_LOG")
+            .env_remove("CONVOY_LOG_FORMAT")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
@@ -312,7 +314,8 @@ fn drift_by_hand_is_corrected_at_the_next_resync() {
         || {
             daemon
                 .log_text()
-                .contains("app: Converged: every host runs app.r2")
+                .lines()
+                .any(|l| l.contains("Converged: every host runs app.r2") && l.contains("site=app"))
         },
     );
     // Someone repoints `current` on h1 by hand.
@@ -347,7 +350,8 @@ fn drift_by_hand_is_corrected_at_the_next_resync() {
     wait_until(Duration::from_secs(10), "the removal is noticed", || {
         daemon
             .log_text()
-            .contains("site app: removed from the manifests")
+            .lines()
+            .any(|l| l.contains("removed from the manifests") && l.contains("site=app"))
     });
     std::thread::sleep(Duration::from_secs(3));
     assert!(

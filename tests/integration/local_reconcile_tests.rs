@@ -5,15 +5,14 @@ use std::fs;
 use std::path::Path;
 use std::time::SystemTime;
 
-use crate::util::{convoy_in, repo_root, stderr, stdout};
+use crate::util::{bundled_file, convoy_in, stderr, stdout};
 
 /// The bundled example with its hosts rooted in `root` instead of /tmp/convoy-demo.
-fn example_in(root: &Path) -> std::path::PathBuf {
+pub fn example_in(root: &Path) -> std::path::PathBuf {
     let dir = root.join("manifests");
     fs::create_dir_all(&dir).unwrap();
     for file in ["jobs-manager.yaml", "releases.yaml"] {
-        let text = fs::read_to_string(repo_root().join("manifests").join(file)).unwrap();
-        let text = text.replace(
+        let text = bundled_file(file).replace(
             "/tmp/convoy-demo",
             &root.join("hosts").display().to_string(),
         );
@@ -264,10 +263,10 @@ fn a_failed_attempt_the_state_dir_cannot_record_is_reported_and_fails_the_run() 
     let out = convoy_with_read_only(tmp.path(), &state.join("sites"), &args);
     let (text, errors) = (stdout(&out), stderr(&out));
     assert_eq!(out.status.code(), Some(1), "{text}\n{errors}");
-    // Said once on stderr, naming the file and the OS error ...
+    // Logged once as an error, naming the file and the OS error ...
     let attempts = site_dir.join("attempts.json");
     let line = format!(
-        "error: failed to write `{}`: Read-only file system (os error 30)",
+        "ERROR failed to write `{}`: Read-only file system (os error 30)",
         attempts.display()
     );
     assert_eq!(errors.matches(&line).count(), 1, "{errors}");

@@ -7,7 +7,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use crate::fleet::{Fleet, SiteDef, assert_exit};
-use crate::util::{convoy_in, stderr, stdout};
+use crate::util::{convoy_in, stderr, stderr_without_log, stdout};
 
 /// A group of one local host rooted in `<tmp>/hosts/h1`, a Release and a Site fetching
 /// `archive`.
@@ -62,7 +62,7 @@ impl Setup {
                 stdout(&out),
                 stderr(&out)
             );
-            let text = stderr(&out);
+            let text = stderr_without_log(&out);
             let at = format!(
                 "{}:21:21: Site/app: spec.fetch.archive.path: invalid archive path",
                 self.path("manifests/sites/app.yaml").display()

@@ -97,7 +97,8 @@ fn host_script_fragments_pass_shellcheck_as_posix_sh() {
 fn repository_scripts_pass_shellcheck() {
     let mut paths = files(&root().join("scripts"), is_shell_script);
     // The demo apps' scripts live next to the manifests that ship them (`.../bin/*`).
-    let mut stack = vec![root().join("manifests")];
+    let tmp = tempfile::tempdir().unwrap();
+    let mut stack = vec![crate::util::bundled_manifests_in(tmp.path())];
     while let Some(dir) = stack.pop() {
         for sub in dirs(&dir) {
             if sub.file_name().is_some_and(|n| n == "bin") {

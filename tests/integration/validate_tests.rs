@@ -6,11 +6,15 @@ use std::fs;
 use convoy::manifest::load::{Loaded, parse_file_into};
 use proptest::prelude::*;
 
-use crate::util::{convoy, convoy_in, repo_root, stderr, stdout};
+use crate::util::{
+    bundled_file, bundled_manifests_in, convoy, convoy_in, repo_root, stderr, stdout,
+};
 
 #[test]
 fn bundled_manifests_are_valid() {
-    let out = convoy(&["validate", "-f", "manifests"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let manifests = bundled_manifests_in(tmp.path()).display().to_string();
+    let out = convoy(&["validate", "-f", &manifests]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(
         stdout(&out),
@@ -20,14 +24,15 @@ fn bundled_manifests_are_valid() {
 
 #[test]
 fn every_example_validates_on_its_own() {
-    for example in [
-        "manifests/examples/wordpress-fleet",
-        "manifests/examples/php-behind-lb",
-    ] {
-        let out = convoy(&["validate", "-f", example]);
+    let tmp = tempfile::tempdir().unwrap();
+    let examples = bundled_manifests_in(tmp.path()).join("examples");
+    for example in ["wordpress-fleet", "php-behind-lb"] {
+        let dir = examples.join(example).display().to_string();
+        let out = convoy(&["validate", "-f", &dir]);
         assert_eq!(out.status.code(), Some(0), "{example}: {}", stderr(&out));
     }
-    let out = convoy(&["validate", "-f", "manifests/examples/wordpress-fleet"]);
+    let dir = examples.join("wordpress-fleet").display().to_string();
+    let out = convoy(&["validate", "-f", &dir]);
     assert_eq!(
         stdout(&out),
         "10 sites, 1 server group, 10 releases, 10 hosts: valid\n"
@@ -87,7 +92,7 @@ fn empty_directory_and_missing_directory_get_clear_messages() {
 fn documents_in_any_order_across_files_and_folders() {
     // The Site comes before its Release and group, in a deeper folder: order must not matter.
     let tmp = tempfile::tempdir().unwrap();
-    let src = fs::read_to_string(repo_root().join("manifests/jobs-manager.yaml")).unwrap();
+    let src = bundled_file("jobs-manager.yaml");
     let mut docs: Vec<&str> = src.split("\n---\n").collect();
     docs.reverse();
     fs::create_dir_all(tmp.path().join("a/b")).unwrap();
@@ -96,11 +101,7 @@ fn documents_in_any_order_across_files_and_folders() {
         docs.join("\n---\n"),
     )
     .unwrap();
-    fs::copy(
-        repo_root().join("manifests/releases.yaml"),
-        tmp.path().join("z.yaml"),
-    )
-    .unwrap();
+    fs::write(tmp.path().join("z.yaml"), bundled_file("releases.yaml")).unwrap();
     fs::write(tmp.path().join("notes.txt"), "not a manifest").unwrap();
     fs::create_dir(tmp.path().join(".git")).unwrap();
     fs::write(tmp.path().join(".git/ignored.yaml"), "garbage: [").unwrap();
@@ -141,14 +142,11 @@ fn errors_across_files_are_all_reported_sorted_by_file() {
 /// never a panic, and every error names the file.
 #[test]
 fn truncated_and_garbled_yaml_never_panics() {
-    let mut sources = vec![];
-    for path in [
-        "manifests/jobs-manager.yaml",
-        "tests/fixtures/valid/edge-cases.yaml",
-        "manifests/examples/php-behind-lb/shop.yaml",
-    ] {
-        sources.push(fs::read(repo_root().join(path)).unwrap());
-    }
+    let sources = [
+        bundled_file("jobs-manager.yaml").into_bytes(),
+        fs::read(repo_root().join("tests/fixtures/valid/edge-cases.yaml")).unwrap(),
+        bundled_file("examples/php-behind-lb/shop.yaml").into_bytes(),
+    ];
     let mut errors = 0;
     for src in &sources {
         for cut in 0..src.len() {
