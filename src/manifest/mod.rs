@@ -7,6 +7,7 @@ pub mod duration;
 pub mod load;
 pub mod located;
 pub mod schema;
+pub mod suggest;
 pub mod types;
 pub mod validate;
 

@@ -361,3 +361,152 @@ fn structural_schemas_still_refuse_what_the_types_refuse() {
         "{errors:?}"
     );
 }
+
+/// A ServerGroup and a Site, valid, with one field replaced by `value` as written in YAML.
+fn documents_with(field: &str, value: &str) -> String {
+    let group_ssh = |port: &str, checking: &str| {
+        format!(
+            "apiVersion: convoy.dev/v1alpha1\nkind: ServerGroup\nmetadata: {{name: g}}\nspec:\n  ssh: {{port: {port}, hostKeyChecking: {checking}}}\n  hosts: [{{name: h, address: a}}]\n"
+        )
+    };
+    let site = |fields: &str| {
+        format!(
+            "apiVersion: convoy.dev/v1alpha1\nkind: Site\nmetadata: {{name: s}}\nspec:\n  release: r\n  path: /srv/s\n  stages: [{{name: a, group: g}}]\n  fetch: {{git: {{repository: r}}}}\n{fields}"
+        )
+    };
+    match field {
+        "ssh.port" => group_ssh(value, "strict"),
+        "ssh.hostKeyChecking" => group_ssh("22", value),
+        "suspend" => site(&format!("  suspend: {value}\n")),
+        "rollout.batch" => site(&format!("  rollout: {{batch: {value}}}\n")),
+        "rollout.maxFailed" => site(&format!("  rollout: {{maxFailed: {value}}}\n")),
+        "health.timeout" => site(&format!("  health: {{command: x, timeout: {value}}}\n")),
+        "path" => site("").replace("/srv/s", value),
+        other => panic!("no document for {other}"),
+    }
+}
+
+/// What the loader accepts and what the CRD schema accepts are the same, scalar by scalar.
+/// `"22"` is not a port and `"yes"` not a boolean on either side; `yes` unquoted is a
+/// boolean on both (YAML 1.1, as kubectl reads it). One difference, on purpose: a whole
+/// number written as a float (`22.0`, `1e3`, or `022`, octal in YAML 1.1 and decimal in 1.2)
+/// passes a JSON-schema validator but convoy asks for a plain number instead of guessing.
+#[test]
+fn the_loader_and_the_crd_schemas_agree_on_every_scalar() {
+    let fields = [
+        "ssh.port",
+        "ssh.hostKeyChecking",
+        "suspend",
+        "rollout.batch",
+        "rollout.maxFailed",
+        "health.timeout",
+        "path",
+    ];
+    let spellings = [
+        "22",
+        "\"22\"",
+        "'22'",
+        "0",
+        "-1",
+        "70000",
+        "+22",
+        "0x16",
+        "0o26",
+        "022",
+        "1_000",
+        "22.0",
+        "2.5",
+        "1e3",
+        ".inf",
+        "yes",
+        "\"yes\"",
+        "true",
+        "\"true\"",
+        "True",
+        "on",
+        "no",
+        "~",
+        "null",
+        "\"\"",
+        "[22]",
+        "{a: 1}",
+        "\"5%\"",
+        "5%",
+        "\"101%\"",
+        "30s",
+        "\"30s\"",
+        "strict",
+        "accept-new",
+        "\"strict\"",
+        "/srv/x",
+    ];
+    let mut disagreements = vec![];
+    let mut refused = 0;
+    for field in fields {
+        for value in spellings {
+            let text = documents_with(field, value);
+            let mut loaded = convoy::manifest::load::Loaded::default();
+            convoy::manifest::load::parse_file_into("doc.yaml", text.as_bytes(), &mut loaded);
+            let by_loader = loaded.diagnostics.is_empty();
+            let docs: Vec<Value> = match serde_saphyr::from_multiple(&text) {
+                Ok(docs) => docs,
+                Err(_) => {
+                    assert!(!by_loader, "{field}: {value}: unreadable YAML accepted");
+                    continue;
+                }
+            };
+            let by_schema = docs.iter().all(|d| schema_errors(d).is_empty());
+            if ["022", "22.0", "1e3"].contains(&value) && by_schema && !by_loader {
+                let said = loaded.diagnostics[0].to_string();
+                assert!(said.contains("write a plain whole number"), "{said}");
+                continue;
+            }
+            if by_loader != by_schema {
+                disagreements.push(format!(
+                    "{field}: {value}: loader {by_loader}, CRD schema {by_schema}: {:?}",
+                    loaded
+                        .diagnostics
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                ));
+            }
+            refused += usize::from(!by_loader);
+        }
+    }
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+    assert!(
+        refused > 100,
+        "most spellings are wrong for most fields: {refused}"
+    );
+}
+
+/// Quoted scalars where a boolean or a number belongs are errors on both sides, each named.
+#[test]
+fn quoted_booleans_and_numbers_are_refused_by_the_loader_and_the_crd_schema() {
+    let out = convoy(&[
+        "validate",
+        "-f",
+        "tests/fixtures/invalid/quoted-scalars.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for line in [
+        "tests/fixtures/invalid/quoted-scalars.yaml:7:11: ServerGroup/web: spec.ssh.port: expected a whole number from 0 to 65535, got the string \"22\": write it without quotes",
+        "tests/fixtures/invalid/quoted-scalars.yaml:25:12: Site/app: spec.suspend: expected `true` or `false`, got the string \"yes\"",
+    ] {
+        assert!(err.contains(line), "missing `{line}` in:\n{err}");
+    }
+    let text =
+        fs::read_to_string(repo_root().join("tests/fixtures/invalid/quoted-scalars.yaml")).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let errors: Vec<String> = docs.iter().flat_map(schema_errors).collect();
+    assert!(
+        errors.iter().any(|e| e.starts_with("/spec/ssh/port:")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.starts_with("/spec/suspend:")),
+        "{errors:?}"
+    );
+}

@@ -137,6 +137,63 @@ fn errors_across_files_are_all_reported_sorted_by_file() {
     );
 }
 
+/// Every wrongly typed field of a document is reported in one run, each with its file,
+/// line and field: an operator fixes them in one round, not one per run.
+#[test]
+fn every_type_error_in_a_document_is_reported_in_one_run() {
+    let out = convoy(&[
+        "validate",
+        "-f",
+        "tests/fixtures/invalid/every-type-error-at-once.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let located: Vec<(&str, &str)> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("tests/fixtures/invalid/every-type-error-at-once.yaml:"))
+        .map(|l| {
+            let mut parts = l.splitn(4, ": ");
+            let at = parts.next().unwrap();
+            parts.next(); // Kind/name
+            (at, parts.next().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        located,
+        [
+            ("7:11", "spec.ssh.port"),
+            ("8:22", "spec.ssh.hostKeyChecking"),
+            ("9:21", "spec.ssh.connectTimeout"),
+            ("10:16", "spec.maxParallel"),
+            ("14:22", "spec.hosts[0].labels.zone"),
+            ("34:17", "spec.stages[0].optional"),
+            ("37:39", "spec.health.timeout"),
+            ("37:59", "spec.health.retries"),
+            ("38:17", "spec.keepReleases"),
+            ("39:3", "spec.rolout"),
+        ],
+        "{err}"
+    );
+    assert!(err.ends_with("10 errors: manifests are invalid; nothing was changed on any host\n"));
+}
+
+/// A key written twice in one mapping names the key and both lines, wherever it is, and
+/// every such key is found at once.
+#[test]
+fn a_key_written_twice_is_reported_with_both_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = "apiVersion: convoy.dev/v1alpha1\nkind: ServerGroup\nmetadata:\n  name: web\nspec:\n  hosts:\n    - name: h1\n      address: 10.0.0.1\n      name: h2\n  maxParallel: 2\n  maxParallel: 3\n";
+    fs::write(tmp.path().join("g.yaml"), text).unwrap();
+    let out = convoy_in(tmp.path(), &["validate", "-f", "g.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "g.yaml:9:7: ServerGroup/web: spec.hosts[0].name: duplicate key `name`: already written at line 7; each key may appear once\n\
+         g.yaml:11:3: ServerGroup/web: spec.maxParallel: duplicate key `maxParallel`: already written at line 10; each key may appear once\n\
+         2 errors: manifests are invalid; nothing was changed on any host\n"
+    );
+}
+
 /// Every prefix of every valid manifest, and byte-level damage, yields errors or success,
 /// never a panic, and every error names the file.
 #[test]
