@@ -98,7 +98,9 @@ impl DesiredState {
         }
         for (name, site) in &catalog.sites {
             let spec = &site.spec;
-            let release = &catalog.releases[&spec.release.value];
+            let release = catalog
+                .release(name, &spec.release)
+                .expect("validation resolved every site's release");
             let stages = spec
                 .stages
                 .iter()

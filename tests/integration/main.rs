@@ -16,6 +16,7 @@ mod manifest_read_tests;
 mod once_interrupted_tests;
 mod paths_tests;
 mod prom;
+mod release_scope_tests;
 mod revision_tests;
 mod shellcheck_tests;
 mod transport_tests;

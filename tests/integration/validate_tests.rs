@@ -194,6 +194,76 @@ fn a_key_written_twice_is_reported_with_both_lines() {
     );
 }
 
+/// A reference by name with a typo gets the name it probably meant.
+#[test]
+fn a_reference_with_a_typo_gets_a_did_you_mean() {
+    let out = convoy(&[
+        "validate",
+        "-f",
+        "tests/fixtures/invalid/reference-typo.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for expected in [
+        "Site/app: spec.stages[0].group: ServerGroup `wbe` is not defined in this file; did you mean `web`?",
+        "Site/app: spec.release: Release `r2026-11-82.1` is not defined in this file; did you mean `r2026-11-28.1`?",
+        "Release/r2026-11-28.2: spec.site: Site `ap` is not defined in this file; did you mean `app`?",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+}
+
+/// `-f FILE` reads that file alone: a reference to an object in another file is reported,
+/// and the message says only that file was read, so the operator passes the directory.
+#[test]
+fn with_one_file_references_are_looked_up_in_that_file_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fs::read_to_string(repo_root().join("manifests/jobs-manager.yaml")).unwrap();
+    let (groups, site) = src.split_at(src.find("kind: Site").unwrap());
+    let groups = groups
+        .trim_end()
+        .strip_suffix("apiVersion: convoy.dev/v1alpha1")
+        .unwrap();
+    fs::write(tmp.path().join("groups.yaml"), groups).unwrap();
+    fs::write(
+        tmp.path().join("site.yaml"),
+        format!("apiVersion: convoy.dev/v1alpha1\n{site}"),
+    )
+    .unwrap();
+    fs::copy(
+        repo_root().join("manifests/releases.yaml"),
+        tmp.path().join("releases.yaml"),
+    )
+    .unwrap();
+    crate::util::copy_demo_into(tmp.path());
+    let out = convoy_in(tmp.path(), &["validate", "-f", "."]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = convoy_in(tmp.path(), &["validate", "-f", "site.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let note = "(`-f` named a single file, so no other file was read: pass the manifest directory to look in all of them)";
+    for expected in [
+        format!(
+            "site.yaml:6:12: Site/jobs-manager: spec.release: Release `r2026-11-24.1` is not defined in this file {note}"
+        ),
+        format!(
+            "site.yaml:10:14: Site/jobs-manager: spec.stages[0].group: ServerGroup `demo-scheduler` is not defined in this file {note}"
+        ),
+        format!(
+            "site.yaml:16:14: Site/jobs-manager: spec.stages[1].group: ServerGroup `demo-frontend` is not defined in this file {note}"
+        ),
+    ] {
+        assert!(err.contains(&expected), "missing `{expected}` in:\n{err}");
+    }
+    // Read as a directory, a missing object is simply not defined: no note about one file.
+    fs::remove_file(tmp.path().join("releases.yaml")).unwrap();
+    let out = convoy_in(tmp.path(), &["validate", "-f", "."]);
+    assert_eq!(
+        stderr(&out),
+        "./site.yaml:6:12: Site/jobs-manager: spec.release: Release `r2026-11-24.1` is not defined\n1 error: manifests are invalid; nothing was changed on any host\n"
+    );
+}
+
 /// Every prefix of every valid manifest, and byte-level damage, yields errors or success,
 /// never a panic, and every error names the file.
 #[test]

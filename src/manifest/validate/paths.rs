@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Catalog, Reporter};
+use super::{Catalog, ObjectKey, Reporter};
 use crate::manifest::located::Located;
 use crate::manifest::types::Kind;
 
@@ -57,9 +57,9 @@ pub(super) fn anchored(value: &str, file: &str) -> String {
 }
 
 /// Rewrites the relative controller-side paths of a valid catalog to absolute ones.
-pub(super) fn anchor_paths(catalog: &mut Catalog, files: &BTreeMap<(Kind, String), Arc<str>>) {
+pub(super) fn anchor_paths(catalog: &mut Catalog, files: &BTreeMap<ObjectKey, Arc<str>>) {
     for (name, group) in catalog.groups.iter_mut() {
-        let file = &files[&(Kind::ServerGroup, name.clone())];
+        let file = &files[&ObjectKey::named(Kind::ServerGroup, name)];
         let ssh = &mut group.spec.ssh;
         for path in [&mut ssh.config_file, &mut ssh.identity_file]
             .into_iter()
@@ -74,7 +74,7 @@ pub(super) fn anchor_paths(catalog: &mut Catalog, files: &BTreeMap<(Kind, String
         }
     }
     for (name, site) in catalog.sites.iter_mut() {
-        let file = &files[&(Kind::Site, name.clone())];
+        let file = &files[&ObjectKey::named(Kind::Site, name)];
         if let Some(archive) = &mut site.spec.fetch.value.archive {
             archive.path.value = anchored(&archive.path.value, file);
         }
