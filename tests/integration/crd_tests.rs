@@ -8,7 +8,7 @@ use convoy::manifest::crd;
 use convoy::manifest::types::Kind;
 use serde_json::Value;
 
-use crate::util::{convoy, repo_root, stderr, stdout};
+use crate::util::{assert_contains_all, convoy, repo_root, stderr, stdout};
 
 #[test]
 fn checked_in_crds_match_generated() {
@@ -491,12 +491,13 @@ fn quoted_booleans_and_numbers_are_refused_by_the_loader_and_the_crd_schema() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    for line in [
-        "tests/fixtures/invalid/quoted-scalars.yaml:7:11: ServerGroup/web: spec.ssh.port: expected a whole number from 0 to 65535, got the string \"22\": write it without quotes",
-        "tests/fixtures/invalid/quoted-scalars.yaml:25:12: Site/app: spec.suspend: expected `true` or `false`, got the string \"yes\"",
-    ] {
-        assert!(err.contains(line), "missing `{line}` in:\n{err}");
-    }
+    assert_contains_all(
+        &err,
+        [
+            "tests/fixtures/invalid/quoted-scalars.yaml:7:11: ServerGroup/web: spec.ssh.port: expected a whole number from 0 to 65535, got the string \"22\": write it without quotes",
+            "tests/fixtures/invalid/quoted-scalars.yaml:25:12: Site/app: spec.suspend: expected `true` or `false`, got the string \"yes\"",
+        ],
+    );
     let text =
         fs::read_to_string(repo_root().join("tests/fixtures/invalid/quoted-scalars.yaml")).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();

@@ -6,7 +6,8 @@
 use std::fs;
 use std::path::Path;
 
-use crate::util::{convoy_in, repo_root, stderr, stdout};
+use crate::fleet::assert_exit;
+use crate::util::{assert_contains_all, convoy_in, repo_root, stderr, stdout};
 
 /// Two sites on one local host, each with Release `r2026-11-28.1` of its own revision; the
 /// build writes the site and revision it was given.
@@ -42,24 +43,8 @@ fn two_sites_may_each_have_a_release_of_the_same_name() {
     );
 
     let textfile = root.join("convoy.prom").display().to_string();
-    let reconcile = [
-        "reconcile",
-        "--once",
-        "-f",
-        "manifests",
-        "--state-dir",
-        "state",
-        "--metrics-textfile",
-        textfile.as_str(),
-    ];
-    let out = convoy_in(root, &reconcile);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    let reconcile = || reconcile_once(root, &["--metrics-textfile", textfile.as_str()]);
+    assert_exit(&reconcile(), 0);
     // Each site built its own Release: the desired state took the revision of the Release
     // whose `spec.site` is that site.
     for (site, revision) in [("a", "v1"), ("b", "v2")] {
@@ -101,7 +86,7 @@ fn two_sites_may_each_have_a_release_of_the_same_name() {
     // The revision is immutable per (site, release): changing site b's is refused, located
     // at b's Release, and says nothing of site a's Release of the same name.
     two_sites_one_release_name(root, "v3");
-    let out = convoy_in(root, &reconcile);
+    let out = reconcile();
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
     let err = stderr(&out);
     assert!(
@@ -124,14 +109,13 @@ fn a_release_name_is_unique_within_its_site() {
     let out = convoy_in(root, &["validate", "-f", "manifests"]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(
-        err.contains("manifests/fleet.yaml:35:18: Release/r2026-11-28.1: metadata.name: duplicate Release name `r2026-11-28.1` for Site `a`: already defined at manifests/fleet.yaml:20:18"),
-        "{err}"
-    );
-    // And site b, left without a Release, is told where the one of that name went.
-    assert!(
-        err.contains("manifests/fleet.yaml:27:12: Site/b: spec.release: this site has no Release `r2026-11-28.1`: the Release `r2026-11-28.1` at manifests/fleet.yaml:20:18 belongs to Site `a`"),
-        "{err}"
+    assert_contains_all(
+        &err,
+        [
+            "manifests/fleet.yaml:35:18: Release/r2026-11-28.1: metadata.name: duplicate Release name `r2026-11-28.1` for Site `a`: already defined at manifests/fleet.yaml:20:18",
+            // And site b, left without a Release, is told where the one of that name went.
+            "manifests/fleet.yaml:27:12: Site/b: spec.release: this site has no Release `r2026-11-28.1`: the Release `r2026-11-28.1` at manifests/fleet.yaml:20:18 belongs to Site `a`",
+        ],
     );
 }
 
@@ -159,24 +143,7 @@ fn the_bundled_manifests_deploy_with_one_release_name_in_many_sites() {
         let text = fs::read_to_string(file).unwrap();
         fs::write(file, text.replace("/tmp/convoy-demo", &hosts)).unwrap();
     }
-    let out = convoy_in(
-        tmp.path(),
-        &[
-            "reconcile",
-            "--once",
-            "-f",
-            "manifests",
-            "--state-dir",
-            "state",
-        ],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&reconcile_once(tmp.path(), &[]), 0);
     for blog in ["blog-alpha", "blog-juliett"] {
         for host in ["wp01", "wp10"] {
             let current = tmp
@@ -193,6 +160,20 @@ fn the_bundled_manifests_deploy_with_one_release_name_in_many_sites() {
             );
         }
     }
+}
+
+/// `convoy reconcile --once` of `root/manifests` with its state in `root/state`.
+fn reconcile_once(root: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "reconcile",
+        "--once",
+        "-f",
+        "manifests",
+        "--state-dir",
+        "state",
+    ];
+    args.extend(extra);
+    convoy_in(root, &args)
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -42,3 +42,11 @@ pub fn stdout(output: &Output) -> String {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Fails naming the first of `expected` that `text` (an error output) does not contain.
+pub fn assert_contains_all<S: AsRef<str>>(text: &str, expected: impl IntoIterator<Item = S>) {
+    for line in expected {
+        let line = line.as_ref();
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+}

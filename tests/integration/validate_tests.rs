@@ -6,7 +6,7 @@ use std::fs;
 use convoy::manifest::load::{Loaded, parse_file_into};
 use proptest::prelude::*;
 
-use crate::util::{convoy, convoy_in, repo_root, stderr, stdout};
+use crate::util::{assert_contains_all, convoy, convoy_in, repo_root, stderr, stdout};
 
 #[test]
 fn bundled_manifests_are_valid() {
@@ -204,13 +204,14 @@ fn a_reference_with_a_typo_gets_a_did_you_mean() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    for expected in [
-        "Site/app: spec.stages[0].group: ServerGroup `wbe` is not defined in this file; did you mean `web`?",
-        "Site/app: spec.release: Release `r2026-11-82.1` is not defined in this file; did you mean `r2026-11-28.1`?",
-        "Release/r2026-11-28.2: spec.site: Site `ap` is not defined in this file; did you mean `app`?",
-    ] {
-        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
-    }
+    assert_contains_all(
+        &err,
+        [
+            "Site/app: spec.stages[0].group: ServerGroup `wbe` is not defined in this file; did you mean `web`?",
+            "Site/app: spec.release: Release `r2026-11-82.1` is not defined in this file; did you mean `r2026-11-28.1`?",
+            "Release/r2026-11-28.2: spec.site: Site `ap` is not defined in this file; did you mean `app`?",
+        ],
+    );
 }
 
 /// `-f FILE` reads that file alone: a reference to an object in another file is reported,
@@ -242,19 +243,20 @@ fn with_one_file_references_are_looked_up_in_that_file_only() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     let note = "(`-f` named a single file, so no other file was read: pass the manifest directory to look in all of them)";
-    for expected in [
-        format!(
-            "site.yaml:6:12: Site/jobs-manager: spec.release: Release `r2026-11-24.1` is not defined in this file {note}"
-        ),
-        format!(
-            "site.yaml:10:14: Site/jobs-manager: spec.stages[0].group: ServerGroup `demo-scheduler` is not defined in this file {note}"
-        ),
-        format!(
-            "site.yaml:16:14: Site/jobs-manager: spec.stages[1].group: ServerGroup `demo-frontend` is not defined in this file {note}"
-        ),
-    ] {
-        assert!(err.contains(&expected), "missing `{expected}` in:\n{err}");
-    }
+    assert_contains_all(
+        &err,
+        [
+            format!(
+                "site.yaml:6:12: Site/jobs-manager: spec.release: Release `r2026-11-24.1` is not defined in this file {note}"
+            ),
+            format!(
+                "site.yaml:10:14: Site/jobs-manager: spec.stages[0].group: ServerGroup `demo-scheduler` is not defined in this file {note}"
+            ),
+            format!(
+                "site.yaml:16:14: Site/jobs-manager: spec.stages[1].group: ServerGroup `demo-frontend` is not defined in this file {note}"
+            ),
+        ],
+    );
     // Read as a directory, a missing object is simply not defined: no note about one file.
     fs::remove_file(tmp.path().join("releases.yaml")).unwrap();
     let out = convoy_in(tmp.path(), &["validate", "-f", "."]);
