@@ -1,6 +1,9 @@
 //! Reading manifests: files (`files.rs`), `---`-separated documents, kinds, and located
 //! parse errors. Each document is parsed on its own, so one broken document never hides
-//! the problems of the others. Cross-object rules are `validate`'s job, not this one's.
+//! the problems of the others, and is first read as a located tree (`tree.rs`) and checked
+//! against its kind's schema (`shape.rs`), so every problem of one document is reported at
+//! once; only a document without any is parsed into its type. Cross-object rules are
+//! `validate`'s job, not this one's.
 
 mod files;
 mod shape;

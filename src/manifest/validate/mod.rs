@@ -1,7 +1,8 @@
 //! Cross-object rules over everything that parsed. Every problem is collected before
 //! anything is reported, so an operator fixes a broken commit in one round. A desired
 //! state that fails here is never acted on: nothing on any host is touched. The rules of
-//! single values are in `fields.rs`, those of paths in `paths.rs`.
+//! single values are in `fields.rs`, those of paths in `paths.rs`, references between
+//! objects by name (and how a Release is named within its site) in `refs.rs`.
 
 mod fields;
 mod paths;
