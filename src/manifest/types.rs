@@ -264,7 +264,8 @@ pub struct Fetch {
     /// Check the release's revision out of a git repository (mirrored on each host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<GitFetch>,
-    /// Upload an archive from the controller; `{release}` is replaced by the release id.
+    /// Upload an archive from the controller; `{release}` is replaced by the release id and
+    /// `{site}` by the site's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveFetch>,
 }
@@ -281,7 +282,7 @@ pub struct GitFetch {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArchiveFetch {
-    /// A .tar.gz (e.g. `./dist/{release}.tar.gz`) or a directory on the controller; a directory
+    /// A .tar.gz (e.g. `./dist/{site}-{release}.tar.gz`) or a directory on the controller; a directory
     /// is packed by convoy. A relative path is relative to the directory of this manifest file
     /// and may not lead out of the manifest directory (`-f`), symlinks included; an absolute
     /// path must lie under a directory the operator allows with `--archive-root`.

@@ -9,19 +9,23 @@ use std::path::Path;
 use crate::fleet::assert_exit;
 use crate::util::{assert_contains_all, convoy_in, repo_root, stderr, stdout};
 
-/// Two sites on one local host, each with Release `r2026-11-28.1` of its own revision; the
-/// build writes the site and revision it was given.
+/// Two sites on one local host, each with Release `r2026-11-28.1` of its own revision and
+/// its own archive (`apps/{site}-{release}`); the build writes the site and revision it was
+/// given.
 fn two_sites_one_release_name(root: &Path, revision_b: &str) {
     let dir = root.join("manifests");
-    fs::create_dir_all(dir.join("app")).unwrap();
-    fs::write(dir.join("app/README"), "the app\n").unwrap();
+    for site in ["a", "b"] {
+        let app = dir.join(format!("apps/{site}-r2026-11-28.1"));
+        fs::create_dir_all(&app).unwrap();
+        fs::write(app.join("README"), format!("the code of {site}\n")).unwrap();
+    }
     let mut docs = vec![format!(
         "apiVersion: convoy.dev/v1alpha1\nkind: ServerGroup\nmetadata: {{name: local}}\nspec:\n  hosts:\n    - {{name: l1, address: local, root: {}}}\n",
         root.join("hosts/l1").display()
     )];
     for (site, revision) in [("a", "v1"), ("b", revision_b)] {
         docs.push(format!(
-            "apiVersion: convoy.dev/v1alpha1\nkind: Site\nmetadata: {{name: {site}}}\nspec:\n  release: r2026-11-28.1\n  path: /srv/{site}\n  stages: [{{name: web, group: local}}]\n  fetch: {{archive: {{path: app}}}}\n  build: ['printf \"%s %s\\n\" \"$CONVOY_SITE\" \"$CONVOY_REVISION\" > built-for']\n"
+            "apiVersion: convoy.dev/v1alpha1\nkind: Site\nmetadata: {{name: {site}}}\nspec:\n  release: r2026-11-28.1\n  path: /srv/{site}\n  stages: [{{name: web, group: local}}]\n  fetch: {{archive: {{path: \"apps/{{site}}-{{release}}\"}}}}\n  build: ['printf \"%s %s\\n\" \"$CONVOY_SITE\" \"$CONVOY_REVISION\" > built-for']\n"
         ));
         docs.push(format!(
             "apiVersion: convoy.dev/v1alpha1\nkind: Release\nmetadata: {{name: r2026-11-28.1}}\nspec: {{site: {site}, revision: {revision}}}\n"
@@ -56,6 +60,11 @@ fn two_sites_may_each_have_a_release_of_the_same_name() {
         assert_eq!(
             fs::read_to_string(current.join("built-for")).unwrap(),
             format!("{site} {revision}\n")
+        );
+        assert_eq!(
+            fs::read_to_string(current.join("README")).unwrap(),
+            format!("the code of {site}\n"),
+            "`{{site}}` in the archive path keeps two sites' archives of one release apart"
         );
         let applied =
             fs::read_to_string(root.join(format!("state/sites/{site}/applied.json"))).unwrap();

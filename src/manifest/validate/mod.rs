@@ -24,8 +24,8 @@ use fields::{
     check_name, check_site_settings,
 };
 pub use fields::{is_dns_label, is_dns_subdomain};
-pub use paths::resolve_existing;
 use paths::{anchor_paths, anchored, check_archive_path, path_overlap};
+pub use paths::{archive_path_of_site, resolve_existing};
 pub use refs::ObjectKey;
 use refs::{Index, check_release_of, check_releases};
 
@@ -278,7 +278,7 @@ fn check_sites(
                 file,
                 id,
                 &archive.path,
-                &spec.release,
+                &archive_path_of_site(&archive.path, name).replace("{release}", &spec.release),
                 roots.manifest,
                 roots.given,
             );
