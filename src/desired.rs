@@ -9,6 +9,7 @@ use crate::host::local::LocalHost;
 use crate::host::ssh::SshHost;
 use crate::manifest::Catalog;
 use crate::manifest::types::{DEFAULT_CONNECT_TIMEOUT, HostSpec, SshSettings};
+use crate::manifest::validate::archive_path_of_site;
 
 /// One site as the engine sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +47,7 @@ pub enum FetchSpec {
     Git {
         repository: String,
     },
-    /// `path`: absolute, `{release}` still in it. `roots`: where it must resolve inside,
+    /// `path`: absolute, `{site}` filled in, `{release}` still in it. `roots`: where it must resolve inside,
     /// checked when packed (validation saw only the desired release's path).
     Archive {
         path: String,
@@ -101,7 +102,9 @@ impl DesiredState {
         }
         for (name, site) in &catalog.sites {
             let spec = &site.spec;
-            let release = &catalog.releases[&spec.release.value];
+            let release = catalog
+                .release(name, &spec.release)
+                .expect("validation resolved every site's release");
             let stages = spec
                 .stages
                 .iter()
@@ -124,7 +127,7 @@ impl DesiredState {
                     repository: git.repository.value.clone(),
                 },
                 (None, Some(archive)) => FetchSpec::Archive {
-                    path: archive.path.value.clone(),
+                    path: archive_path_of_site(&archive.path, name),
                     roots: catalog.archive_roots.get(name).cloned().unwrap_or_default(),
                 },
                 (None, None) => unreachable!("validation requires exactly one fetch source"),

@@ -1,66 +1,18 @@
 //! CustomResourceDefinitions generated from the manifest types, so the same manifests can
-//! be applied to a Kubernetes API server later. `crds/` holds the checked-in output; a test
-//! fails when it drifts from what this module prints.
+//! be applied to a Kubernetes API server later. The schemas are `schema.rs`'s, structural
+//! and opened (the API server prunes unknown fields). `crds/` holds the checked-in output; a
+//! test fails when it drifts from what this module prints.
 
-use schemars::generate::SchemaSettings;
-use schemars::{JsonSchema, Schema};
 use serde_json::{Value, json};
 
+use super::schema::{open_objects, schema_for, spec_schema};
 use super::types::*;
 use crate::status::SiteStatus;
 
-/// OpenAPI v3 as Kubernetes wants it: everything inline, no `$ref`, no `$schema`.
-fn schema_for<T: JsonSchema>() -> Value {
-    let generator = SchemaSettings::openapi3()
-        .with(|s| {
-            s.inline_subschemas = true;
-            s.meta_schema = None;
-        })
-        .into_generator();
-    let schema: Schema = generator.into_root_schema_for::<T>();
-    let mut value = schema.to_value();
-    drop_closed_objects(&mut value);
-    if let Some(map) = value.as_object_mut() {
-        map.remove("title");
-        map.remove("$defs");
-        map.remove("definitions");
-        map.remove("components");
-    }
-    value
-}
-
-/// Kubernetes structural schemas forbid `additionalProperties` beside `properties` (the API
-/// server prunes unknown fields instead); convoy's own loader still rejects them.
-fn drop_closed_objects(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            if map.get("additionalProperties") == Some(&Value::Bool(false)) {
-                map.remove("additionalProperties");
-            }
-            map.values_mut().for_each(drop_closed_objects);
-        }
-        Value::Array(items) => items.iter_mut().for_each(drop_closed_objects),
-        _ => {}
-    }
-}
-
 /// The `openAPIV3Schema` of one kind: the Kubernetes envelope around its spec (and status).
 pub fn open_api_schema(kind: Kind) -> Value {
-    let (spec, description) = match kind {
-        Kind::Site => (
-            schema_for::<SiteSpec>(),
-            "What runs where, and how a release goes live.",
-        ),
-        Kind::ServerGroup => (
-            schema_for::<ServerGroupSpec>(),
-            "A set of hosts and how to reach them.",
-        ),
-        Kind::Release => (
-            schema_for::<ReleaseSpec>(),
-            "One version of one site's code.",
-        ),
-        Kind::Notification => (schema_for::<NotificationSpec>(), "Who hears about what."),
-    };
+    let (mut spec, description) = spec_schema(kind);
+    open_objects(&mut spec);
     let mut properties = json!({
         "apiVersion": {"type": "string"},
         "kind": {"type": "string"},
@@ -68,7 +20,9 @@ pub fn open_api_schema(kind: Kind) -> Value {
         "spec": spec,
     });
     if kind == Kind::Site {
-        properties["status"] = schema_for::<SiteStatus>();
+        let mut status = schema_for::<SiteStatus>();
+        open_objects(&mut status);
+        properties["status"] = status;
     }
     json!({
         "type": "object",

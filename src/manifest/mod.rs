@@ -6,6 +6,8 @@ pub mod diagnostic;
 pub mod duration;
 pub mod load;
 pub mod located;
+pub mod schema;
+pub mod suggest;
 pub mod types;
 pub mod validate;
 

@@ -68,7 +68,9 @@ pub struct Object<S> {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectMeta {
-    /// Lowercase DNS-1123 label (a Release name may also contain dots).
+    /// Lowercase DNS-1123 label (a Release name may also contain dots). Unique per kind; a
+    /// Release's name is unique among the Releases of its site (two sites may both have
+    /// `r2026-11-28.1`).
     pub name: Located<String>,
     /// Free-form labels; values must be valid Kubernetes label values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -125,7 +127,7 @@ pub struct SshSettings {
     /// How long to wait for a connection (default 10s; whole seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Located<Duration>>,
-    /// `strict` (default): only known_hosts keys; `accept-new`: trust unknown hosts on first use.
+    /// How an SSH host key missing from known_hosts is treated (default `strict`).
     #[serde(default)]
     pub host_key_checking: HostKeyChecking,
 }
@@ -186,7 +188,7 @@ impl HostSpec {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReleaseSpec {
-    /// The Site this release belongs to.
+    /// The Site this release belongs to: the scope of its name, as a namespace is in Kubernetes.
     pub site: Located<String>,
     /// What the fetch step checks out: a commit, tag or branch (a branch is resolved once).
     /// Immutable once applied: to ship other code, make a new Release.
@@ -199,7 +201,8 @@ pub struct ReleaseSpec {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SiteSpec {
-    /// The Release to run. GitOps: change this line to deploy or roll back.
+    /// The Release to run, by name among this site's Releases. GitOps: change this line to
+    /// deploy or roll back.
     pub release: Located<String>,
     /// Absolute path on every host: releases/<id>/, current -> releases/<id>, shared/.
     pub path: Located<String>,
@@ -261,7 +264,8 @@ pub struct Fetch {
     /// Check the release's revision out of a git repository (mirrored on each host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<GitFetch>,
-    /// Upload an archive from the controller; `{release}` is replaced by the release id.
+    /// Upload an archive from the controller; `{release}` is replaced by the release id and
+    /// `{site}` by the site's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveFetch>,
 }
@@ -278,7 +282,7 @@ pub struct GitFetch {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArchiveFetch {
-    /// A .tar.gz (e.g. `./dist/{release}.tar.gz`) or a directory on the controller; a directory
+    /// A .tar.gz (e.g. `./dist/{site}-{release}.tar.gz`) or a directory on the controller; a directory
     /// is packed by convoy. A relative path is relative to the directory of this manifest file
     /// and may not lead out of the manifest directory (`-f`), symlinks included; an absolute
     /// path must lie under a directory the operator allows with `--archive-root`.
@@ -337,6 +341,10 @@ impl Default for Rollout {
     }
 }
 
+/// A percentage from `0%` to `100%`, no leading zeros: what the CRD publishes and the loader
+/// accepts.
+pub const PERCENT_PATTERN: &str = "^(100|[1-9]?[0-9])%$";
+
 /// A count (`2`) or a percentage of a stage's hosts (`"5%"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntOrPercent {
@@ -364,6 +372,8 @@ impl<'de> Deserialize<'de> for IntOrPercent {
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IntOrPercent, E> {
                 v.strip_suffix('%')
+                    .filter(|n| !n.starts_with('0') || *n == "0")
+                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
                     .and_then(|n| n.parse::<u32>().ok())
                     .filter(|n| *n <= 100)
                     .map(IntOrPercent::Percent)
@@ -394,13 +404,15 @@ impl JsonSchema for IntOrPercent {
     fn inline_schema() -> bool {
         true
     }
+    /// Kubernetes' int-or-string form: no `type`, and exactly `anyOf: [{type: integer},
+    /// {type: string}]` (the one shape allowed to carry types inside `anyOf`). The value rules
+    /// sit beside it: `minimum` binds only numbers, `pattern` only strings.
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "x-kubernetes-int-or-string": true,
-            "anyOf": [
-                {"type": "integer", "minimum": 0},
-                {"type": "string", "pattern": "^[0-9]+%$"}
-            ]
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "minimum": 0,
+            "pattern": PERCENT_PATTERN,
         })
     }
 }

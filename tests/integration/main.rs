@@ -18,6 +18,7 @@ mod once_interrupted_tests;
 mod once_output_tests;
 mod paths_tests;
 mod prom;
+mod release_scope_tests;
 mod revision_tests;
 mod shellcheck_tests;
 mod snapshot_tests;

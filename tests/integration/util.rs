@@ -148,3 +148,11 @@ pub fn stderr_without_log(output: &Output) -> String {
         .map(|line| format!("{line}\n"))
         .collect()
 }
+
+/// Fails naming the first of `expected` that `text` (an error output) does not contain.
+pub fn assert_contains_all<S: AsRef<str>>(text: &str, expected: impl IntoIterator<Item = S>) {
+    for line in expected {
+        let line = line.as_ref();
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+}

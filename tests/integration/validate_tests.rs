@@ -7,7 +7,8 @@ use convoy::manifest::load::{Loaded, parse_file_into};
 use proptest::prelude::*;
 
 use crate::util::{
-    bundled_file, bundled_manifests_in, convoy, convoy_in, repo_root, stderr, stdout,
+    assert_contains_all, bundled_file, bundled_manifests_in, convoy, convoy_in, repo_root, stderr,
+    stdout,
 };
 
 #[test]
@@ -135,6 +136,135 @@ fn errors_across_files_are_all_reported_sorted_by_file() {
         "./a.yaml:4:14: Release/r2: spec.site: Site `gone` is not defined\n\
          ./b.yaml:4:14: Release/r1: spec.site: Site `nope` is not defined\n\
          2 errors: manifests are invalid; nothing was changed on any host\n"
+    );
+}
+
+/// Every wrongly typed field of a document is reported in one run, each with its file,
+/// line and field: an operator fixes them in one round, not one per run.
+#[test]
+fn every_type_error_in_a_document_is_reported_in_one_run() {
+    let out = convoy(&[
+        "validate",
+        "-f",
+        "tests/fixtures/invalid/every-type-error-at-once.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let located: Vec<(&str, &str)> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("tests/fixtures/invalid/every-type-error-at-once.yaml:"))
+        .map(|l| {
+            let mut parts = l.splitn(4, ": ");
+            let at = parts.next().unwrap();
+            parts.next(); // Kind/name
+            (at, parts.next().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        located,
+        [
+            ("7:11", "spec.ssh.port"),
+            ("8:22", "spec.ssh.hostKeyChecking"),
+            ("9:21", "spec.ssh.connectTimeout"),
+            ("10:16", "spec.maxParallel"),
+            ("14:22", "spec.hosts[0].labels.zone"),
+            ("34:17", "spec.stages[0].optional"),
+            ("37:39", "spec.health.timeout"),
+            ("37:59", "spec.health.retries"),
+            ("38:17", "spec.keepReleases"),
+            ("39:3", "spec.rolout"),
+        ],
+        "{err}"
+    );
+    assert!(err.ends_with("10 errors: manifests are invalid; nothing was changed on any host\n"));
+}
+
+/// A key written twice in one mapping names the key and both lines, wherever it is, and
+/// every such key is found at once.
+#[test]
+fn a_key_written_twice_is_reported_with_both_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = "apiVersion: convoy.dev/v1alpha1\nkind: ServerGroup\nmetadata:\n  name: web\nspec:\n  hosts:\n    - name: h1\n      address: 10.0.0.1\n      name: h2\n  maxParallel: 2\n  maxParallel: 3\n";
+    fs::write(tmp.path().join("g.yaml"), text).unwrap();
+    let out = convoy_in(tmp.path(), &["validate", "-f", "g.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "g.yaml:9:7: ServerGroup/web: spec.hosts[0].name: duplicate key `name`: already written at line 7; each key may appear once\n\
+         g.yaml:11:3: ServerGroup/web: spec.maxParallel: duplicate key `maxParallel`: already written at line 10; each key may appear once\n\
+         2 errors: manifests are invalid; nothing was changed on any host\n"
+    );
+}
+
+/// A reference by name with a typo gets the name it probably meant.
+#[test]
+fn a_reference_with_a_typo_gets_a_did_you_mean() {
+    let out = convoy(&[
+        "validate",
+        "-f",
+        "tests/fixtures/invalid/reference-typo.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_contains_all(
+        &err,
+        [
+            "Site/app: spec.stages[0].group: ServerGroup `wbe` is not defined in this file; did you mean `web`?",
+            "Site/app: spec.release: Release `r2026-11-82.1` is not defined in this file; did you mean `r2026-11-28.1`?",
+            "Release/r2026-11-28.2: spec.site: Site `ap` is not defined in this file; did you mean `app`?",
+        ],
+    );
+}
+
+/// `-f FILE` reads that file alone: a reference to an object in another file is reported,
+/// and the message says only that file was read, so the operator passes the directory.
+#[test]
+fn with_one_file_references_are_looked_up_in_that_file_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fs::read_to_string(repo_root().join("manifests/jobs-manager.yaml")).unwrap();
+    let (groups, site) = src.split_at(src.find("kind: Site").unwrap());
+    let groups = groups
+        .trim_end()
+        .strip_suffix("apiVersion: convoy.dev/v1alpha1")
+        .unwrap();
+    fs::write(tmp.path().join("groups.yaml"), groups).unwrap();
+    fs::write(
+        tmp.path().join("site.yaml"),
+        format!("apiVersion: convoy.dev/v1alpha1\n{site}"),
+    )
+    .unwrap();
+    fs::copy(
+        repo_root().join("manifests/releases.yaml"),
+        tmp.path().join("releases.yaml"),
+    )
+    .unwrap();
+    crate::util::copy_demo_into(tmp.path());
+    let out = convoy_in(tmp.path(), &["validate", "-f", "."]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = convoy_in(tmp.path(), &["validate", "-f", "site.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let note = "(`-f` named a single file, so no other file was read: pass the manifest directory to look in all of them)";
+    assert_contains_all(
+        &err,
+        [
+            format!(
+                "site.yaml:6:12: Site/jobs-manager: spec.release: Release `r2026-11-24.1` is not defined in this file {note}"
+            ),
+            format!(
+                "site.yaml:10:14: Site/jobs-manager: spec.stages[0].group: ServerGroup `demo-scheduler` is not defined in this file {note}"
+            ),
+            format!(
+                "site.yaml:16:14: Site/jobs-manager: spec.stages[1].group: ServerGroup `demo-frontend` is not defined in this file {note}"
+            ),
+        ],
+    );
+    // Read as a directory, a missing object is simply not defined: no note about one file.
+    fs::remove_file(tmp.path().join("releases.yaml")).unwrap();
+    let out = convoy_in(tmp.path(), &["validate", "-f", "."]);
+    assert_eq!(
+        stderr(&out),
+        "./site.yaml:6:12: Site/jobs-manager: spec.release: Release `r2026-11-24.1` is not defined\n1 error: manifests are invalid; nothing was changed on any host\n"
     );
 }
 

@@ -95,6 +95,7 @@ fn find_files(root: &Path, loaded: &mut Loaded) -> Option<(Vec<PathBuf>, Option<
     // the operator is trusted wherever it points (it is still read with the same bounds).
     let mut inside = None;
     if meta.is_file() {
+        loaded.single_file = true;
         files.push(root.to_path_buf());
     } else if !meta.is_dir() {
         loaded.diagnostics.push(Diagnostic::file_level(

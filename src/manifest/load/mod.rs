@@ -1,14 +1,18 @@
 //! Reading manifests: files (`files.rs`), `---`-separated documents, kinds, and located
 //! parse errors. Each document is parsed on its own, so one broken document never hides
-//! the problems of the others. Cross-object rules are `validate`'s job, not this one's.
+//! the problems of the others, and is first read as a located tree (`tree.rs`) and checked
+//! against its kind's schema (`shape.rs`), so every problem of one document is reported at
+//! once; only a document without any is parsed into its type. Cross-object rules are
+//! `validate`'s job, not this one's.
 
 mod files;
+mod shape;
+mod tree;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_saphyr::MessageFormatter;
 
@@ -16,6 +20,7 @@ use super::diagnostic::Diagnostic;
 use super::located::{Located, Pos, with_line_offset};
 use super::types::*;
 pub use files::{MAX_FILE_BYTES, load_path};
+use tree::{Node, Value};
 
 /// One parsed manifest object of any kind.
 #[derive(Debug, Clone)]
@@ -69,6 +74,8 @@ pub struct Loaded {
     /// files, a dangling link, a file that vanished mid-read), as opposed to content that is
     /// wrong: reading again later may succeed without anyone changing the manifests.
     pub unreadable: usize,
+    /// `-f` named one file rather than a directory: references resolve within it alone.
+    pub single_file: bool,
 }
 
 /// Parses the bytes of one file (shown to the operator as `file`). Never panics.
@@ -186,48 +193,63 @@ fn guess_identity(text: &str) -> Option<(Kind, String)> {
     Some((kind?, name?))
 }
 
-/// Just enough of a document to know what it is, read leniently.
-#[derive(Deserialize)]
-struct Header {
-    #[serde(rename = "apiVersion")]
-    api_version: Option<Located<String>>,
-    kind: Option<Located<String>>,
-    metadata: Option<HeaderMeta>,
-}
-
-#[derive(Deserialize)]
-struct HeaderMeta {
-    name: Option<String>,
-}
-
+/// A document: its tree, its envelope, every duplicate key and shape problem at once, and
+/// only when there are none the typed object.
 fn parse_document(file: &Arc<str>, chunk: &Chunk, loaded: &mut Loaded) {
-    let Some((kind, name)) = parse_header(file, chunk, loaded) else {
+    let tree = match parse_tree(chunk) {
+        Ok(tree) => tree,
+        Err(e) => {
+            envelope_problem(loaded, file, e.pos, None, e.message);
+            if let Some(identity) = guess_identity(&chunk.text) {
+                loaded.broken.insert(identity);
+            }
+            return;
+        }
+    };
+    let Some((kind, name)) = read_envelope(file, chunk, &tree, loaded) else {
         return;
     };
-    let object = match kind {
-        Kind::Site => parse_tracked(chunk).map(|o| AnyObject::Site(Box::new(o))),
-        Kind::ServerGroup => parse_tracked(chunk).map(AnyObject::ServerGroup),
-        Kind::Release => parse_tracked(chunk).map(AnyObject::Release),
-        Kind::Notification => parse_tracked(chunk).map(AnyObject::Notification),
-    };
-    match object {
-        Ok(object) => loaded.objects.push(Sourced {
-            file: file.clone(),
-            object,
-        }),
-        Err(e) => {
-            let object = name.as_ref().map(|n| format!("{}/{n}", kind.as_str()));
-            loaded
-                .diagnostics
-                .push(diag(file, e.pos, object, e.field, e.message));
-            if let Some(name) = name {
-                loaded.broken.insert((kind, name));
+    let object = name.as_ref().map(|n| format!("{}/{n}", kind.as_str()));
+    let mut problems: Vec<Diagnostic> = tree::duplicates(&tree)
+        .into_iter()
+        .map(|d| {
+            let message = format!(
+                "duplicate key `{}`: already written at line {}; each key may appear once",
+                d.key.value, d.first_line
+            );
+            diag(file, d.key.pos, object.clone(), Some(d.field), message)
+        })
+        .collect();
+    problems.extend(
+        shape::check(kind, &tree)
+            .into_iter()
+            .map(|p| diag(file, p.pos, object.clone(), p.field, p.message)),
+    );
+    if problems.is_empty() {
+        let parsed = match kind {
+            Kind::Site => parse_tracked(chunk).map(|o| AnyObject::Site(Box::new(o))),
+            Kind::ServerGroup => parse_tracked(chunk).map(AnyObject::ServerGroup),
+            Kind::Release => parse_tracked(chunk).map(AnyObject::Release),
+            Kind::Notification => parse_tracked(chunk).map(AnyObject::Notification),
+        };
+        match parsed {
+            Ok(parsed) => {
+                return loaded.objects.push(Sourced {
+                    file: file.clone(),
+                    object: parsed,
+                });
             }
+            Err(e) => problems.push(diag(file, e.pos, object, e.field, e.message)),
         }
+    }
+    loaded.diagnostics.extend(problems);
+    if let Some(name) = name {
+        loaded.broken.insert((kind, name));
     }
 }
 
-/// A problem found in `file`.
+/// A problem found in `file`. Field and message may quote what the file holds: control
+/// characters are escaped.
 fn diag(
     file: &Arc<str>,
     pos: Pos,
@@ -238,73 +260,64 @@ fn diag(
     Diagnostic {
         file: file.to_string(),
         pos,
-        object,
-        field,
-        message,
+        object: object.map(|o| sanitize(&o)),
+        field: field.map(|f| sanitize(&f)),
+        message: sanitize(&message),
     }
 }
 
 /// The document's envelope: its kind and name, once `apiVersion` and `kind` are known to be
 /// convoy's. `None` after reporting why not; an object that names itself but cannot be used
 /// is remembered as broken, so references to it are not reported again.
-fn parse_header(
+fn read_envelope(
     file: &Arc<str>,
     chunk: &Chunk,
+    tree: &Node,
     loaded: &mut Loaded,
 ) -> Option<(Kind, Option<String>)> {
-    let header: Header = match parse_tracked(chunk) {
-        Ok(header) => header,
-        Err(e) => {
-            // Only the envelope fields are meaningful paths here; anything else was a syntax
-            // error that happened to occur under some key.
-            let field = e.field.filter(|f| {
-                ["apiVersion", "kind", "metadata"]
-                    .iter()
-                    .any(|k| f.starts_with(k))
-            });
-            envelope_problem(loaded, file, e.pos, field, e.message);
-            if let Some(identity) = guess_identity(&chunk.text) {
-                loaded.broken.insert(identity);
-            }
-            return None;
-        }
+    let Value::Mapping(_) = &tree.value else {
+        let message = "expected a mapping of `key: value` pairs".into();
+        envelope_problem(loaded, file, chunk.start(), None, message);
+        return None;
     };
-    let name = header.metadata.and_then(|m| m.name);
-    let Some(api_version) = header.api_version else {
+    let text = |node: &Node| node.value.scalar_text().unwrap_or_default();
+    let name = match tree.value.get("metadata").and_then(|m| m.value.get("name")) {
+        Some(Located {
+            value: Value::String(name),
+            ..
+        }) => Some(name.clone()),
+        _ => None,
+    };
+    let kind_node = tree.value.get("kind");
+    let Some(api_version) = tree.value.get("apiVersion") else {
         let message = "missing field `apiVersion` (expected `convoy.dev/v1alpha1`)".into();
         envelope_problem(loaded, file, chunk.start(), None, message);
         return None;
     };
-    if api_version.value != API_VERSION {
-        if let (Some(kind), Some(name)) = (header.kind.as_ref().and_then(|k| Kind::parse(k)), &name)
-        {
+    if text(api_version) != API_VERSION {
+        if let (Some(kind), Some(name)) = (kind_node.and_then(|k| Kind::parse(&text(k))), &name) {
             loaded.broken.insert((kind, name.clone()));
         }
         let message = format!(
             "unsupported apiVersion `{}`: this convoy understands `{API_VERSION}`",
-            api_version.value
+            text(api_version)
         );
-        envelope_problem(
-            loaded,
-            file,
-            api_version.pos,
-            Some("apiVersion".into()),
-            message,
-        );
+        let field = Some("apiVersion".into());
+        envelope_problem(loaded, file, api_version.pos, field, message);
         return None;
     }
-    let Some(kind_text) = header.kind else {
+    let Some(kind_node) = kind_node else {
         let message =
             "missing field `kind` (one of Site, ServerGroup, Release, Notification)".into();
         envelope_problem(loaded, file, chunk.start(), None, message);
         return None;
     };
-    let Some(kind) = Kind::parse(&kind_text) else {
+    let Some(kind) = Kind::parse(&text(kind_node)) else {
         let message = format!(
             "unknown kind `{}`: expected one of Site, ServerGroup, Release, Notification",
-            kind_text.value
+            text(kind_node)
         );
-        envelope_problem(loaded, file, kind_text.pos, Some("kind".into()), message);
+        envelope_problem(loaded, file, kind_node.pos, Some("kind".into()), message);
         return None;
     };
     Some((kind, name))
@@ -335,6 +348,17 @@ fn yaml_options() -> serde_saphyr::Options {
     options
 }
 
+/// Reads a chunk as a tree. Keys written twice are kept (the caller reports them all);
+/// only YAML that cannot be read at all fails here.
+fn parse_tree(chunk: &Chunk) -> Result<Node, ParseError> {
+    let mut options = yaml_options();
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
+    with_line_offset(chunk.first_line - 1, || {
+        serde_saphyr::from_str_with_options::<Node>(&chunk.text, options)
+    })
+    .map_err(|e| parse_error(chunk, &e, String::new()))
+}
+
 /// Deserializes a chunk, remembering the field path where a failure happened.
 fn parse_tracked<T: DeserializeOwned>(chunk: &Chunk) -> Result<T, ParseError> {
     let mut track = serde_path_to_error::Track::new();
@@ -351,17 +375,22 @@ fn parse_tracked<T: DeserializeOwned>(chunk: &Chunk) -> Result<T, ParseError> {
             .replace(".value.", ".")
             .replace(".value[", "[");
         let path = path.strip_suffix(".value").unwrap_or(&path).to_string();
-        let pos = match e.location() {
-            Some(at) => chunk.pos(at.line(), at.column()),
-            None => chunk.start(),
-        };
-        let message = serde_saphyr::DefaultMessageFormatter.format_message(e.without_snippet());
-        ParseError {
-            pos,
-            field: (path != "." && !path.is_empty()).then_some(path),
-            message: sanitize(&humanize(&message)),
-        }
+        parse_error(chunk, &e, path)
     })
+}
+
+/// A parser error at its place in the file, in an operator's words.
+fn parse_error(chunk: &Chunk, e: &serde_saphyr::Error, path: String) -> ParseError {
+    let pos = match e.location() {
+        Some(at) => chunk.pos(at.line(), at.column()),
+        None => chunk.start(),
+    };
+    let message = serde_saphyr::DefaultMessageFormatter.format_message(e.without_snippet());
+    ParseError {
+        pos,
+        field: (path != "." && !path.is_empty()).then_some(path),
+        message: sanitize(&humanize(&message)),
+    }
 }
 
 /// Control characters from hostile input must never reach the operator's terminal.

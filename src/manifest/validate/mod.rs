@@ -1,10 +1,12 @@
 //! Cross-object rules over everything that parsed. Every problem is collected before
 //! anything is reported, so an operator fixes a broken commit in one round. A desired
 //! state that fails here is never acted on: nothing on any host is touched. The rules of
-//! single values are in `fields.rs`, those of paths in `paths.rs`.
+//! single values are in `fields.rs`, those of paths in `paths.rs`, references between
+//! objects by name (and how a Release is named within its site) in `refs.rs`.
 
 mod fields;
 mod paths;
+mod refs;
 #[cfg(test)]
 mod tests;
 
@@ -19,28 +21,36 @@ use super::located::Pos;
 use super::types::*;
 use fields::{
     check_absolute_path, check_commands, check_dns_label, check_group, check_host, check_labels,
-    check_name, check_revision, check_site_settings,
+    check_name, check_site_settings,
 };
 pub use fields::{is_dns_label, is_dns_subdomain};
-pub use paths::resolve_existing;
 use paths::{anchor_paths, anchored, check_archive_path, path_overlap};
+pub use paths::{archive_path_of_site, resolve_existing};
+pub use refs::ObjectKey;
+use refs::{Index, check_release_of, check_releases};
 
 /// A valid desired state: every reference resolves and every value is safe to use.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     pub sites: BTreeMap<String, Object<SiteSpec>>,
     pub groups: BTreeMap<String, Object<ServerGroupSpec>>,
-    pub releases: BTreeMap<String, Object<ReleaseSpec>>,
+    /// Keyed by (site, release name): a Release's name is unique among its site's Releases.
+    pub releases: BTreeMap<(String, String), Object<ReleaseSpec>>,
     /// Distinct host names across the fleet.
     pub hosts: BTreeSet<String>,
     /// Per Site with an archive: the directories its archive must resolve inside (the
     /// manifest directory, or the `--archive-root`s), checked again when it is packed.
     pub archive_roots: BTreeMap<String, Vec<PathBuf>>,
     /// The file each object came from, for errors found after validation.
-    pub files: BTreeMap<(Kind, String), Arc<str>>,
+    pub files: BTreeMap<ObjectKey, Arc<str>>,
 }
 
 impl Catalog {
+    /// Release `name` of Site `site`.
+    pub fn release(&self, site: &str, name: &str) -> Option<&Object<ReleaseSpec>> {
+        self.releases.get(&(site.to_string(), name.to_string()))
+    }
+
     /// `3 sites, 2 server groups, 3 releases, 5 hosts`
     pub fn summary(&self) -> String {
         fn count(n: usize, what: &str) -> String {
@@ -103,6 +113,7 @@ pub fn validate(loaded: Loaded, options: &LoadOptions) -> Result<Catalog, Diagno
     let index = Index {
         files: &files,
         broken: &loaded.broken,
+        single_file: loaded.single_file,
     };
     check_hosts(&mut r, &mut catalog, &index);
     check_releases(&mut r, &catalog, &index);
@@ -123,25 +134,6 @@ pub fn validate(loaded: Loaded, options: &LoadOptions) -> Result<Catalog, Diagno
     Err(Diagnostics(diagnostics))
 }
 
-/// Which file defines each object, and which objects were named but failed to parse.
-struct Index<'a> {
-    files: &'a BTreeMap<(Kind, String), Arc<str>>,
-    broken: &'a BTreeSet<(Kind, String)>,
-}
-
-impl Index<'_> {
-    /// The file of an object known to be in the catalog.
-    fn file_of(&self, kind: Kind, name: &str) -> Arc<str> {
-        self.files[&(kind, name.to_string())].clone()
-    }
-
-    /// Whether the object exists, even if broken: a reference to it is not reported again.
-    fn exists(&self, kind: Kind, name: &str) -> bool {
-        let key = (kind, name.to_string());
-        self.files.contains_key(&key) || self.broken.contains(&key)
-    }
-}
-
 /// Where archive paths must lead: inside the manifest directory (relative paths), or under
 /// a given `--archive-root` (absolute ones).
 struct ArchiveRoots<'a> {
@@ -151,12 +143,9 @@ struct ArchiveRoots<'a> {
 
 /// Names and labels of every object, and duplicates: the catalog of the objects that may be
 /// looked up by name, with the file each came from.
-fn check_names(
-    r: &mut Reporter,
-    objects: &[Sourced],
-) -> (Catalog, BTreeMap<(Kind, String), Arc<str>>) {
+fn check_names(r: &mut Reporter, objects: &[Sourced]) -> (Catalog, BTreeMap<ObjectKey, Arc<str>>) {
     let mut catalog = Catalog::default();
-    let mut files: BTreeMap<(Kind, String), Arc<str>> = BTreeMap::new();
+    let mut files: BTreeMap<ObjectKey, Arc<str>> = BTreeMap::new();
     for sourced in objects {
         let meta = sourced.object.metadata();
         let kind = sourced.object.kind();
@@ -164,16 +153,20 @@ fn check_names(
         let file = &sourced.file;
         check_name(r, file, &id, kind, &meta.name);
         check_labels(r, file, &id, "metadata.labels", &meta.labels);
-        let key = (kind, meta.name.value.clone());
+        let key = ObjectKey::of(&sourced.object);
         if let Some(first) = files.get(&key) {
-            let first_pos = first_position(&catalog, &sourced.object);
+            let first_pos = first_position(&catalog, &key);
+            let scope = match kind {
+                Kind::Release => format!(" for Site `{}`", key.scope),
+                _ => String::new(),
+            };
             r.at(
                 file,
                 &id,
                 meta.name.pos,
                 "metadata.name",
                 format!(
-                    "duplicate {} name `{}`: already defined at {}",
+                    "duplicate {} name `{}`{scope}: already defined at {}",
                     kind.as_str(),
                     meta.name.value,
                     place(first, first_pos)
@@ -181,12 +174,12 @@ fn check_names(
             );
             continue;
         }
-        files.insert(key, file.clone());
+        files.insert(key.clone(), file.clone());
         let name = meta.name.value.clone();
         match &sourced.object {
             AnyObject::Site(o) => drop(catalog.sites.insert(name, (**o).clone())),
             AnyObject::ServerGroup(o) => drop(catalog.groups.insert(name, o.clone())),
-            AnyObject::Release(o) => drop(catalog.releases.insert(name, o.clone())),
+            AnyObject::Release(o) => drop(catalog.releases.insert((key.scope, name), o.clone())),
             AnyObject::Notification(o) => r.at(
                 file,
                 &id,
@@ -204,7 +197,7 @@ fn check_names(
 fn check_hosts(r: &mut Reporter, catalog: &mut Catalog, index: &Index) {
     let mut seen_hosts: BTreeMap<String, (ResolvedHost, Arc<str>, Pos, String)> = BTreeMap::new();
     for (name, group) in &catalog.groups {
-        let file = index.file_of(Kind::ServerGroup, name);
+        let file = index.file_of(&ObjectKey::named(Kind::ServerGroup, name));
         let id = format!("ServerGroup/{name}");
         check_group(r, &file, &id, &group.spec);
         let mut in_group = BTreeSet::new();
@@ -245,25 +238,6 @@ fn check_hosts(r: &mut Reporter, catalog: &mut Catalog, index: &Index) {
     }
 }
 
-/// Every Release names an existing Site and a usable revision.
-fn check_releases(r: &mut Reporter, catalog: &Catalog, index: &Index) {
-    for (name, release) in &catalog.releases {
-        let file = index.file_of(Kind::Release, name);
-        let id = format!("Release/{name}");
-        let site = &release.spec.site;
-        if !index.exists(Kind::Site, site) {
-            r.at(
-                &file,
-                &id,
-                site.pos,
-                "spec.site",
-                format!("Site `{}` is not defined", site.value),
-            );
-        }
-        check_revision(r, &file, &id, &release.spec.revision);
-    }
-}
-
 /// host -> (path, site) of every site deploying there: two sites must neither share a
 /// directory nor nest one inside the other (one site's clean-up would delete the other's
 /// files).
@@ -290,7 +264,7 @@ fn check_sites(
     for (name, site) in &catalog.sites {
         let site = SiteRef {
             name,
-            file: index.file_of(Kind::Site, name),
+            file: index.file_of(&ObjectKey::named(Kind::Site, name)),
             id: format!("Site/{name}"),
             spec: &site.spec,
         };
@@ -304,7 +278,7 @@ fn check_sites(
                 file,
                 id,
                 &archive.path,
-                &spec.release,
+                &archive_path_of_site(&archive.path, name).replace("{release}", &spec.release),
                 roots.manifest,
                 roots.given,
             );
@@ -322,34 +296,6 @@ fn check_sites(
         check_stages(r, &site, catalog, index, &mut claimed);
     }
     archive_roots
-}
-
-/// The Site's Release exists (unless broken) and belongs to it.
-fn check_release_of(r: &mut Reporter, site: &SiteRef, catalog: &Catalog, index: &Index) {
-    let release = &site.spec.release;
-    match catalog.releases.get(&release.value) {
-        Some(found) if found.spec.site.value != site.name => r.at(
-            &site.file,
-            &site.id,
-            release.pos,
-            "spec.release",
-            format!(
-                "Release `{}` belongs to Site `{}`, not to this site",
-                release.value, found.spec.site.value
-            ),
-        ),
-        Some(_) => {}
-        None if index
-            .broken
-            .contains(&(Kind::Release, release.value.clone())) => {}
-        None => r.at(
-            &site.file,
-            &site.id,
-            release.pos,
-            "spec.release",
-            format!("Release `{}` is not defined", release.value),
-        ),
-    }
 }
 
 /// The Site's stages: unique valid names, usable commands, an existing group, and each
@@ -401,14 +347,12 @@ fn check_stages(
                     claim(r, site, host, claimed);
                 }
             }
-            None if index.exists(Kind::ServerGroup, &stage.group) => {}
-            None => r.at(
-                file,
-                id,
-                stage.group.pos,
-                format!("{field}.group"),
-                format!("ServerGroup `{}` is not defined", stage.group.value),
-            ),
+            None if index.exists(&ObjectKey::named(Kind::ServerGroup, &stage.group)) => {}
+            None => {
+                let groups = catalog.groups.keys().map(String::as_str);
+                let message = index.not_defined(Kind::ServerGroup, &stage.group, groups);
+                r.at(file, id, stage.group.pos, format!("{field}.group"), message);
+            }
         }
     }
 }
@@ -441,13 +385,12 @@ pub fn check_immutable(
     let mut r = Reporter {
         diagnostics: vec![],
     };
-    for (name, release) in &catalog.releases {
-        let site = &release.spec.site.value;
+    for ((site, name), release) in &catalog.releases {
         let revision = &release.spec.revision;
         if let Some(before) = applied(site, name)
             && before != revision.value
         {
-            let file = &catalog.files[&(Kind::Release, name.clone())];
+            let file = &catalog.files[&ObjectKey::release(site, name)];
             r.at(file, &format!("Release/{name}"), revision.pos, "spec.revision", format!(
                 "field is immutable: release {name} of site {site} was applied with revision {before}; make a new Release"
             ));
@@ -462,14 +405,16 @@ pub fn check_immutable(
     }
 }
 
-/// Position of the first object with the same kind and name (for duplicate messages).
-fn first_position(catalog: &Catalog, object: &AnyObject) -> Pos {
-    let name = &object.metadata().name.value;
-    match object {
-        AnyObject::Site(_) => catalog.sites.get(name).map(|o| o.metadata.name.pos),
-        AnyObject::ServerGroup(_) => catalog.groups.get(name).map(|o| o.metadata.name.pos),
-        AnyObject::Release(_) => catalog.releases.get(name).map(|o| o.metadata.name.pos),
-        AnyObject::Notification(_) => None,
+/// Position of the first object with the same key (for duplicate messages).
+fn first_position(catalog: &Catalog, key: &ObjectKey) -> Pos {
+    let name = &key.name;
+    match key.kind {
+        Kind::Site => catalog.sites.get(name).map(|o| o.metadata.name.pos),
+        Kind::ServerGroup => catalog.groups.get(name).map(|o| o.metadata.name.pos),
+        Kind::Release => catalog
+            .release(&key.scope, name)
+            .map(|o| o.metadata.name.pos),
+        Kind::Notification => None,
     }
     .unwrap_or_default()
 }

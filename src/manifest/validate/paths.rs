@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Catalog, Reporter};
+use super::{Catalog, ObjectKey, Reporter};
 use crate::manifest::located::Located;
 use crate::manifest::types::Kind;
 
@@ -57,9 +57,9 @@ pub(super) fn anchored(value: &str, file: &str) -> String {
 }
 
 /// Rewrites the relative controller-side paths of a valid catalog to absolute ones.
-pub(super) fn anchor_paths(catalog: &mut Catalog, files: &BTreeMap<(Kind, String), Arc<str>>) {
+pub(super) fn anchor_paths(catalog: &mut Catalog, files: &BTreeMap<ObjectKey, Arc<str>>) {
     for (name, group) in catalog.groups.iter_mut() {
-        let file = &files[&(Kind::ServerGroup, name.clone())];
+        let file = &files[&ObjectKey::named(Kind::ServerGroup, name)];
         let ssh = &mut group.spec.ssh;
         for path in [&mut ssh.config_file, &mut ssh.identity_file]
             .into_iter()
@@ -74,7 +74,7 @@ pub(super) fn anchor_paths(catalog: &mut Catalog, files: &BTreeMap<(Kind, String
         }
     }
     for (name, site) in catalog.sites.iter_mut() {
-        let file = &files[&(Kind::Site, name.clone())];
+        let file = &files[&ObjectKey::named(Kind::Site, name)];
         if let Some(archive) = &mut site.spec.fetch.value.archive {
             archive.path.value = anchored(&archive.path.value, file);
         }
@@ -101,23 +101,30 @@ pub fn resolve_existing(path: &Path) -> PathBuf {
     resolved
 }
 
+/// An archive path with `{site}` filled in. Release names are scoped to their site, so two
+/// sites' archives kept in one folder are told apart by `{site}`; it is fixed per site,
+/// and only `{release}` is left for the engine to fill.
+pub fn archive_path_of_site(path: &str, site: &str) -> String {
+    path.replace("{site}", site)
+}
+
 /// The archive path rules: relative = inside the manifest directory, absolute = under an
-/// `--archive-root`, both after symlinks and `..` are resolved, with `{release}` replaced by
-/// the site's release. Returns the directories the archive must stay inside (checked again
-/// when it is packed, for other releases and for links created later).
+/// `--archive-root`, both after symlinks and `..` are resolved, checked on `written` (the
+/// path with `{site}` and `{release}` filled in for the site's release). Returns the
+/// directories the archive must stay inside (checked again when it is packed, for other
+/// releases and for links created later).
 pub(super) fn check_archive_path(
     r: &mut Reporter,
     file: &Arc<str>,
     id: &str,
     path: &Located<String>,
-    release: &str,
+    written: &str,
     manifest_root: Option<&Path>,
     archive_roots: &[PathBuf],
 ) -> Vec<PathBuf> {
     let field = "spec.fetch.archive.path";
-    let written = path.value.replace("{release}", release);
     if path.starts_with('/') {
-        let target = resolve_existing(Path::new(&written));
+        let target = resolve_existing(Path::new(written));
         if !archive_roots.iter().any(|root| target.starts_with(root)) {
             let given = if archive_roots.is_empty() {
                 "none given".to_string()
@@ -139,7 +146,7 @@ pub(super) fn check_archive_path(
     let Some(root) = manifest_root else {
         return vec![];
     };
-    let target = resolve_existing(&file_dir(file).join(&written));
+    let target = resolve_existing(&file_dir(file).join(written));
     if !target.starts_with(root) {
         r.at(file, id, path.pos, field, format!(
             "invalid archive path `{}`: it resolves to `{}`, outside the manifest directory `{}`; a relative archive path must stay inside it (use an absolute path under an --archive-root for anything else)",
