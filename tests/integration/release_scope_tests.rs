@@ -7,13 +7,13 @@ use std::fs;
 use std::path::Path;
 
 use crate::fleet::assert_exit;
-use crate::util::{assert_contains_all, convoy_in, repo_root, stderr, stdout};
+use crate::util::{assert_contains_all, convoy_in, stderr, stdout};
 
 /// Two sites on one local host, each with Release `r2026-11-28.1` of its own revision and
 /// its own archive (`apps/{site}-{release}`); the build writes the site and revision it was
 /// given.
 fn two_sites_one_release_name(root: &Path, revision_b: &str) {
-    let dir = root.join("manifests");
+    let dir = root.join("fleet");
     for site in ["a", "b"] {
         let app = dir.join(format!("apps/{site}-r2026-11-28.1"));
         fs::create_dir_all(&app).unwrap();
@@ -39,7 +39,7 @@ fn two_sites_may_each_have_a_release_of_the_same_name() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     two_sites_one_release_name(root, "v2");
-    let out = convoy_in(root, &["validate", "-f", "manifests"]);
+    let out = convoy_in(root, &["validate", "-f", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
@@ -47,7 +47,7 @@ fn two_sites_may_each_have_a_release_of_the_same_name() {
     );
 
     let textfile = root.join("convoy.prom").display().to_string();
-    let reconcile = || reconcile_once(root, &["--metrics-textfile", textfile.as_str()]);
+    let reconcile = || reconcile_once(root, "fleet", &["--metrics-textfile", textfile.as_str()]);
     assert_exit(&reconcile(), 0);
     // Each site built its own Release: the desired state took the revision of the Release
     // whose `spec.site` is that site.
@@ -97,9 +97,9 @@ fn two_sites_may_each_have_a_release_of_the_same_name() {
     two_sites_one_release_name(root, "v3");
     let out = reconcile();
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
-    let err = stderr(&out);
+    let err = crate::util::stderr_without_log(&out);
     assert!(
-        err.starts_with("manifests/fleet.yaml:36:27: Release/r2026-11-28.1: spec.revision: field is immutable: release r2026-11-28.1 of site b was applied with revision v2; make a new Release\n1 error"),
+        err.starts_with("fleet/fleet.yaml:36:27: Release/r2026-11-28.1: spec.revision: field is immutable: release r2026-11-28.1 of site b was applied with revision v2; make a new Release\n1 error"),
         "{err}"
     );
 }
@@ -110,20 +110,20 @@ fn a_release_name_is_unique_within_its_site() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     two_sites_one_release_name(root, "v2");
-    let file = root.join("manifests/fleet.yaml");
+    let file = root.join("fleet/fleet.yaml");
     let text = fs::read_to_string(&file)
         .unwrap()
         .replace("site: b,", "site: a,");
     fs::write(&file, text).unwrap();
-    let out = convoy_in(root, &["validate", "-f", "manifests"]);
+    let out = convoy_in(root, &["validate", "-f", "fleet"]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert_contains_all(
         &err,
         [
-            "manifests/fleet.yaml:35:18: Release/r2026-11-28.1: metadata.name: duplicate Release name `r2026-11-28.1` for Site `a`: already defined at manifests/fleet.yaml:20:18",
+            "fleet/fleet.yaml:35:18: Release/r2026-11-28.1: metadata.name: duplicate Release name `r2026-11-28.1` for Site `a`: already defined at fleet/fleet.yaml:20:18",
             // And site b, left without a Release, is told where the one of that name went.
-            "manifests/fleet.yaml:27:12: Site/b: spec.release: this site has no Release `r2026-11-28.1`: the Release `r2026-11-28.1` at manifests/fleet.yaml:20:18 belongs to Site `a`",
+            "fleet/fleet.yaml:27:12: Site/b: spec.release: this site has no Release `r2026-11-28.1`: the Release `r2026-11-28.1` at fleet/fleet.yaml:20:18 belongs to Site `a`",
         ],
     );
 }
@@ -133,14 +133,7 @@ fn a_release_name_is_unique_within_its_site() {
 #[test]
 fn the_bundled_manifests_deploy_with_one_release_name_in_many_sites() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("manifests");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(repo_root().join("manifests"))
-        .arg(tmp.path())
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    let dir = crate::util::bundled_manifests_in(tmp.path());
     let hosts = tmp.path().join("hosts").display().to_string();
     let mut files = vec![];
     for entry in walk(&dir) {
@@ -152,7 +145,10 @@ fn the_bundled_manifests_deploy_with_one_release_name_in_many_sites() {
         let text = fs::read_to_string(file).unwrap();
         fs::write(file, text.replace("/tmp/convoy-demo", &hosts)).unwrap();
     }
-    assert_exit(&reconcile_once(tmp.path(), &[]), 0);
+    assert_exit(
+        &reconcile_once(tmp.path(), &dir.display().to_string(), &[]),
+        0,
+    );
     for blog in ["blog-alpha", "blog-juliett"] {
         for host in ["wp01", "wp10"] {
             let current = tmp
@@ -171,13 +167,13 @@ fn the_bundled_manifests_deploy_with_one_release_name_in_many_sites() {
     }
 }
 
-/// `convoy reconcile --once` of `root/manifests` with its state in `root/state`.
-fn reconcile_once(root: &Path, extra: &[&str]) -> std::process::Output {
+/// `convoy reconcile --once -f MANIFESTS` from `root`, with its state in `root/state`.
+fn reconcile_once(root: &Path, manifests: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "reconcile",
         "--once",
         "-f",
-        "manifests",
+        manifests,
         "--state-dir",
         "state",
     ];

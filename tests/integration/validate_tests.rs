@@ -221,7 +221,7 @@ fn a_reference_with_a_typo_gets_a_did_you_mean() {
 #[test]
 fn with_one_file_references_are_looked_up_in_that_file_only() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = fs::read_to_string(repo_root().join("manifests/jobs-manager.yaml")).unwrap();
+    let src = bundled_file("jobs-manager.yaml");
     let (groups, site) = src.split_at(src.find("kind: Site").unwrap());
     let groups = groups
         .trim_end()
@@ -233,9 +233,9 @@ fn with_one_file_references_are_looked_up_in_that_file_only() {
         format!("apiVersion: convoy.dev/v1alpha1\n{site}"),
     )
     .unwrap();
-    fs::copy(
-        repo_root().join("manifests/releases.yaml"),
+    fs::write(
         tmp.path().join("releases.yaml"),
+        bundled_file("releases.yaml"),
     )
     .unwrap();
     crate::util::copy_demo_into(tmp.path());
