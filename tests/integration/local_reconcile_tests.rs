@@ -350,9 +350,10 @@ fn a_blocked_site_whose_retry_will_not_come_is_not_promised_one() {
         .map(str::to_string)
     };
 
-    // --timeout: the last pass ends the run as soon as the next retry would come too late.
+    // --timeout: the last pass ends the run as soon as the next retry would come too late (10s:
+    // room for a slow first pass on a loaded machine, which would otherwise hit the deadline).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_convoy"))
-        .args(args("4s"))
+        .args(args("10s"))
         .current_dir(tmp.path())
         .output()
         .unwrap();
@@ -360,7 +361,7 @@ fn a_blocked_site_whose_retry_will_not_come_is_not_promised_one() {
     assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
     assert!(
         text.contains("jobs-manager: Blocked: ")
-            && text.contains("(backoff): it would come after the --timeout of 4s"),
+            && text.contains("(backoff): it would come after the --timeout of 10s"),
         "{text}"
     );
     let message = status_message(tmp.path(), &state);
