@@ -14,7 +14,8 @@
 //!
 //! Layout under the site path `P`: `P/releases/<id>/`, `P/current -> releases/<id>`
 //! (relative symlink, only ever replaced by rename(2)), `P/shared/`, and `P/.convoy/`
-//! (`previous`, `lock`, `lock.d` (short mutex), `once/<release>/<stage>/`, `mirror.git`).
+//! (`previous`, `lock`, `mutex` (the short flock mutex; `lock.d` on hosts without flock),
+//! `once/<release>/<stage>/`, `mirror.git`).
 //! A release is complete when `P/releases/<id>/.convoy-complete` exists; it is written last,
 //! atomically, and holds `built_at=<epoch>` and `revision=<commit>` lines.
 //!

@@ -70,21 +70,40 @@ cv_marker() {
   cv_num "$M_BUILT" || M_BUILT=0
   return 0
 }
+# The lease mutex. With flock (util-linux, busybox) it is a kernel lock on .convoy/mutex
+# held through fd 8: it ends with its holder however that dies (SIGKILL, or SIGPIPE when
+# the controller that sent the script went away), so no dead holder makes the next
+# attempt wait. Without flock it is the directory lock.d, broken when 5 s old.
 cv_lock() {
-  _lm="$P/.convoy/lock.d"; _ln=0
   mkdir -p "$P/.convoy" || return 1
-  while ! mkdir "$_lm" 2>/dev/null; do
-    _lt=$(stat -c %Y "$_lm" 2>/dev/null) || _lt=
-    if cv_num "$_lt" && [ $(( $(cv_now) - _lt )) -gt 5 ]; then
-      cv_err "breaking a stale lease mutex"; rm -rf "$_lm"; continue
-    fi
-    _ln=$((_ln + 1))
-    [ "$_ln" -lt 150 ] || { cv_err "lease mutex $_lm stays busy"; return 1; }
-    cv_nap
-  done
+  if command -v flock >/dev/null 2>&1; then
+    cv_lkfd=1
+    exec 8>>"$P/.convoy/mutex"
+    flock -w 30 8 || { cv_unlock; cv_err "lease mutex $P/.convoy/mutex stays busy"; return 1; }
+  else
+    cv_lkfd=0
+    _lm="$P/.convoy/lock.d"; _ln=0
+    while ! mkdir "$_lm" 2>/dev/null; do
+      _lt=$(stat -c %Y "$_lm" 2>/dev/null) || _lt=
+      if cv_num "$_lt" && [ $(( $(cv_now) - _lt )) -gt 5 ]; then
+        cv_err "breaking a stale lease mutex"; rm -rf "$_lm"; continue
+      fi
+      _ln=$((_ln + 1))
+      [ "$_ln" -lt 150 ] || { cv_err "lease mutex $_lm stays busy"; return 1; }
+      cv_nap
+    done
+  fi
+  # A script whose controller is gone (its watchdog left the mark) waited here in vain:
+  # acting now would take a lease or switch a host for nobody.
+  if [ -n "$T" ] && [ -e "$P/.convoy/gone.$T" ]; then
+    cv_unlock; cv_err "the controller is gone: not acting for it"; return 1
+  fi
   return 0
 }
-cv_unlock() { rmdir "$P/.convoy/lock.d" 2>/dev/null; return 0; }
+cv_unlock() {
+  if [ "${cv_lkfd:-0}" = 1 ]; then exec 8>&-; else rmdir "$P/.convoy/lock.d" 2>/dev/null; fi
+  return 0
+}
 # `cv_locked FN ARGS...`: FN under the lease mutex, released whatever FN returns.
 cv_locked() {
   cv_lock || return 1

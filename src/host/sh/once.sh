@@ -42,9 +42,9 @@ cv_once_start() {
   cd "$P/releases/$_sr" || return 1
   if command -v setsid >/dev/null 2>&1; then
     # Braces: dash ignores redirections of a backgrounded function call.
-    { cv_with_env setsid sh -c "$CV_ONCE_WRAPPER" convoy-once "$_sO" "$@"; } </dev/null >>"$_sO/log" 2>&1 &
+    { cv_with_env setsid sh -c "$CV_ONCE_WRAPPER" convoy-once "$_sO" "$@"; } </dev/null >>"$_sO/log" 2>&1 8>&- &
   else
-    { cv_with_env nohup sh -c "$CV_ONCE_WRAPPER" convoy-once "$_sO" "$@"; } </dev/null >>"$_sO/log" 2>&1 &
+    { cv_with_env nohup sh -c "$CV_ONCE_WRAPPER" convoy-once "$_sO" "$@"; } </dev/null >>"$_sO/log" 2>&1 8>&- &
   fi
   _sn=0
   while [ ! -f "$_sO/pid" ] && [ ! -f "$_sO/done" ]; do

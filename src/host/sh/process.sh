@@ -42,9 +42,9 @@ cv_group() {
   if [ "$_gs" = 1 ]; then
     # cv_exec_env execs in this background subshell: $! is the process that becomes the
     # session and group leader (setsid does not fork when its caller leads no group).
-    { CONVOY_ATTEMPT=$T; export CONVOY_ATTEMPT; cv_exec_env setsid "$@"; } </dev/null >&2 3<&- &
+    { CONVOY_ATTEMPT=$T; export CONVOY_ATTEMPT; cv_exec_env setsid "$@"; } </dev/null >&2 3<&- 8>&- &
   else
-    { CONVOY_ATTEMPT=$T; export CONVOY_ATTEMPT; cv_exec_env "$@"; } </dev/null >&2 3<&- &
+    { CONVOY_ATTEMPT=$T; export CONVOY_ATTEMPT; cv_exec_env "$@"; } </dev/null >&2 3<&- 8>&- &
   fi
   _gp=$!
   # Not atomic on purpose (no fork for mv): a torn record names no live boot, so it only

@@ -97,16 +97,94 @@ fn lease_contention_takeover_and_release() {
         assert_eq!(lock_field(&p, "expires"), "0");
         let h = lease(&sh, &p, "ctl-a");
         assert_eq!(h.generation, 3);
-        // a stale mutex (older than 5 s: a holder killed mid-operation) does not block
-        std::fs::create_dir_all(format!("{p}/.convoy/lock.d")).unwrap();
-        let o = Command::new("touch")
-            .args(["-d", "@1000"])
-            .arg(format!("{p}/.convoy/lock.d"))
-            .status()
+    }
+}
+
+/// The lease mutex is a kernel lock: while a holder has it the next operation waits, and a
+/// holder killed mid-operation (SIGKILL, or SIGPIPE once its controller went away) frees it
+/// at once, however many scripts queue behind it.
+#[test]
+fn the_lease_mutex_ends_with_its_holder() {
+    for sh in shells() {
+        let tmp = TempDir::new("mutex");
+        let p = site(&tmp);
+        std::fs::create_dir_all(format!("{p}/.convoy")).unwrap();
+        let ready = format!("{p}/.convoy/held");
+        let mut holder = Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec 8>>"$1/.convoy/mutex"; flock 8; : >"$2"; exec sleep 30"#)
+            .args(["holder", &p, &ready])
+            .spawn()
             .unwrap();
-        assert!(o.success());
-        let h2 = lease(&sh, &p, "ctl-a");
-        assert_eq!(h2.generation, 3);
+        while !Path::new(&ready).exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut waiter = sh
+            .command(&acquire(&p, "ctl-a", 60))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            waiter.try_wait().unwrap().is_none(),
+            "[{}] the lease was taken while another held the mutex",
+            sh.name
+        );
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        let out = waiter.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", explain(&sh, &out));
+        assert_eq!(fact(&stdout(&out), "lease").as_deref(), Some("acquired"));
+    }
+}
+
+/// Without flock (a busybox-only host) the mutex is a directory: one left by a holder
+/// killed mid-operation is broken once it is 5 s old.
+#[test]
+fn without_flock_a_stale_mutex_directory_is_broken() {
+    let Some(sh) = busybox_only() else {
+        eprintln!("busybox not installed: no host without flock to test");
+        return;
+    };
+    let tmp = TempDir::new("mutex-dir");
+    let p = site(&tmp);
+    lease(&sh, &p, "ctl-a");
+    std::fs::create_dir_all(format!("{p}/.convoy/lock.d")).unwrap();
+    let o = Command::new("touch")
+        .args(["-d", "@1000"])
+        .arg(format!("{p}/.convoy/lock.d"))
+        .status()
+        .unwrap();
+    assert!(o.success());
+    let h = lease(&sh, &p, "ctl-a");
+    assert_eq!(h.generation, 1);
+    assert!(!Path::new(&format!("{p}/.convoy/lock.d")).exists());
+    assert!(!Path::new(&format!("{p}/.convoy/mutex")).exists());
+}
+
+/// A script still queued for the mutex when its controller went away (the watchdog left
+/// `gone.<attempt>`) gives up instead of taking the lease for nobody.
+#[test]
+fn a_script_whose_controller_is_gone_takes_no_lease() {
+    for sh in shells() {
+        let tmp = TempDir::new("gone");
+        let p = site(&tmp);
+        let attempt = Attempt::new("ctl-a");
+        std::fs::create_dir_all(format!("{p}/.convoy")).unwrap();
+        std::fs::write(format!("{p}/.convoy/gone.{}", attempt.token), "").unwrap();
+        let o = fails(
+            &sh,
+            Script::for_attempt(&p, &attempt)
+                .lease_acquire("ctl-a", 60)
+                .finish(),
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("the controller is gone"),
+            "{}",
+            explain(&sh, &o)
+        );
+        assert!(!Path::new(&format!("{p}/.convoy/lock")).exists());
     }
 }
 

@@ -93,6 +93,16 @@ fn busybox_dir() -> Option<PathBuf> {
     .clone()
 }
 
+/// busybox sh with nothing but busybox on its PATH: a host without util-linux (no `flock`).
+pub(crate) fn busybox_only() -> Option<Shell> {
+    let dir = busybox_dir()?;
+    Some(Shell {
+        name: "busybox-only",
+        program: dir.join("sh").to_string_lossy().into_owned(),
+        path: dir.display().to_string(),
+    })
+}
+
 /// dash (`sh`), plus busybox sh when busybox is installed.
 pub(crate) fn shells() -> Vec<Shell> {
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
