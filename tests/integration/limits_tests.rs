@@ -208,7 +208,7 @@ fn every_limit_holds_at_once_and_each_is_reached_on_ten_sites_by_ten_hosts() {
     let mut report = vec![format!("deployed in {took:?}")];
     let group_of = |host: &str| {
         let i: usize = host[1..].parse().unwrap();
-        if i % 2 == 0 { "ga" } else { "gb" }
+        if i.is_multiple_of(2) { "ga" } else { "gb" }
     };
     // Builds per host.
     let per_host_most = (0..HOSTS)
