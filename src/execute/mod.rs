@@ -156,14 +156,14 @@ impl<'a> SiteRun<'a> {
         }
     }
 
-    /// Observes every host; for git, hosts lacking the release build it in the same round
-    /// trip (see [`SiteRun::speculates`]).
     fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock().expect("not poisoned")
     }
 
-    /// Building in the observe round trip needs a site slot: without a free one the pass
-    /// only observes, and waits for a slot only if the planner finds something to do.
+    /// Observes every host; for git, hosts lacking the release build it in the same round
+    /// trip (see [`SiteRun::speculates`]) where their build permit is free. Building there
+    /// needs a site slot: without a free one the pass only observes, and waits for a slot
+    /// only if the planner finds something to do.
     async fn first_round_trip(&self) {
         let speculate = self.speculates() && self.take_free_slot();
         let (reports, built): (Vec<StepReport>, Vec<bool>) =
