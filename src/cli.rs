@@ -113,6 +113,14 @@ pub enum Command {
         /// Global cap on hosts worked on at once, across all sites.
         #[arg(long, value_name = "N", default_value_t = 32)]
         max_parallel: usize,
+        /// Cap on sites changed at once, each from its first build through its last switch
+        /// (default: no cap). Observing needs no slot: a site with nothing to do never waits.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_sites: Option<u32>,
+        /// Cap on builds running at once on one host, whatever their site (catch-up builds
+        /// included): with 1, ten sites sharing a host build there one after another.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        max_builds_per_host: u32,
         /// Daemon: re-check every site this often, to catch drift (e.g. `current` repointed by hand).
         #[arg(long, value_name = "DURATION", default_value = "5m")]
         resync: String,

@@ -18,6 +18,8 @@ pub(super) struct ReconcileArgs<'a> {
     pub(super) timeout: &'a str,
     pub(super) wait_unreachable: &'a str,
     pub(super) max_parallel: usize,
+    pub(super) max_sites: Option<usize>,
+    pub(super) max_builds_per_host: usize,
     pub(super) resync: &'a str,
     pub(super) metrics_addr: &'a str,
     pub(super) metrics_textfile: Option<std::path::PathBuf>,
@@ -60,6 +62,8 @@ pub(super) fn reconcile(
         timeout,
         wait_unreachable,
         max_parallel: args.max_parallel,
+        max_sites: args.max_sites,
+        max_builds_per_host: args.max_builds_per_host,
         known_hosts: cli.known_hosts.clone(),
         metrics_textfile: args.metrics_textfile,
     };

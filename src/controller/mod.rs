@@ -27,7 +27,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 
 use crate::desired::{DesiredSite, DesiredState};
-use crate::execute::{Context, Limits};
+use crate::execute::{Context, FleetLimits, Limits, groups_in_use};
 use crate::exit_code;
 use crate::host::Host;
 use crate::host::ssh::SshPool;
@@ -48,6 +48,10 @@ pub struct RunOptions {
     /// `--once`: how long a site may wait for an unreachable required host.
     pub wait_unreachable: Duration,
     pub max_parallel: usize,
+    /// `--max-sites`: sites changed at once (build through switch); `None`: no limit.
+    pub max_sites: Option<usize>,
+    /// `--max-builds-per-host`: builds at once on one host, across sites.
+    pub max_builds_per_host: usize,
     /// known_hosts to use instead of the ssh client's default.
     pub known_hosts: Option<std::path::PathBuf>,
     /// `--once`: also write the metrics here (node_exporter textfile collector).
@@ -117,15 +121,23 @@ pub fn context(
     shared: &Shared,
     previous: Option<&Context>,
 ) -> Context {
+    let fleet = FleetLimits {
+        max_parallel: options.max_parallel,
+        max_sites: options.max_sites,
+        max_builds_per_host: options.max_builds_per_host,
+    };
+    let groups = groups_in_use(desired);
+    let limits = match previous {
+        Some(previous) => previous
+            .limits
+            .carried_over(&fleet, &groups, desired.hosts.keys()),
+        None => Limits::new(&fleet, &groups, desired.hosts.keys()),
+    };
+    shared.metrics.show_limits(Arc::new(limits.clone()));
     Context {
         pool: shared.pool.clone(),
         hosts: desired.hosts.clone(),
-        limits: match previous {
-            Some(previous) => previous
-                .limits
-                .carried_over(options.max_parallel, &desired.group_limits),
-            None => Limits::new(options.max_parallel, &desired.group_limits),
-        },
+        limits,
         holder: shared.holder.clone(),
         lease_ttl: LEASE_TTL,
         command_timeout: options.timeout,

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cancel::Cancel;
 use crate::desired::{DesiredSite, FetchSpec};
@@ -26,7 +26,7 @@ use crate::plan::{self, Event, Outcome, PassState, Reach, Step};
 use crate::progress::Progress;
 use crate::status::HostStatus;
 
-pub use limits::Limits;
+pub use limits::{FleetLimits, Limits, groups_in_use};
 pub use unlock::break_leases;
 
 /// Everything a site run needs from the controller.
@@ -92,12 +92,20 @@ struct SiteRun<'a> {
     renewed: Mutex<BTreeMap<String, Instant>>,
     /// Host → (stage, group) within this site.
     membership: BTreeMap<String, (String, String)>,
+    /// This site's `--max-sites` slot, from before its first change on a host to the end
+    /// of its steps.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 /// Observes the site's hosts and returns what each reported (used by `plan` and `status`).
 pub async fn observe_site(ctx: &Context, site: &DesiredSite) -> plan::Observed {
     let run = SiteRun::new(ctx, site, PassState::default());
-    let reports = run.observe_hosts(false).await;
+    let reports: Vec<StepReport> = run
+        .observe_hosts(false)
+        .await
+        .into_iter()
+        .map(|(report, _)| report)
+        .collect();
     plan::observe(site, &ctx.holder, &mut run.book().pass, &reports)
 }
 
@@ -116,6 +124,7 @@ pub async fn reconcile_site(
     }
     run.first_round_trip().await;
     let outcome = run.converge().await;
+    drop(run.slot.lock().expect("not poisoned").take());
     run.release_leases().await;
     run.report(outcome)
 }
@@ -143,32 +152,58 @@ impl<'a> SiteRun<'a> {
             leased: Mutex::default(),
             renewed: Mutex::default(),
             membership,
+            slot: Mutex::default(),
         }
     }
 
-    /// Observes every host; for git, hosts lacking the release build it in the same round
-    /// trip (see [`SiteRun::speculates`]).
     fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock().expect("not poisoned")
     }
 
+    /// Observes every host; for git, hosts lacking the release build it in the same round
+    /// trip (see [`SiteRun::speculates`]) where their build permit is free. Building there
+    /// needs a site slot: without a free one the pass only observes, and waits for a slot
+    /// only if the planner finds something to do.
     async fn first_round_trip(&self) {
-        let speculate = self.speculates();
-        let reports = self.observe_hosts(speculate).await;
+        let speculate = self.speculates() && self.take_free_slot();
+        let (reports, built): (Vec<StepReport>, Vec<bool>) =
+            self.observe_hosts(speculate).await.into_iter().unzip();
         {
             let mut book = self.book();
             let Book { observed, pass, .. } = &mut *book;
             *observed = plan::observe(self.site, &self.ctx.holder, pass, &reports);
         }
-        if speculate {
-            for report in reports {
-                if report.ran().is_some_and(|a| a.observed().is_ok()) {
-                    let step = Step::Build {
-                        host: report.host.clone(),
-                    };
-                    self.fold(&step, &[report]);
-                }
+        for (report, built) in reports.into_iter().zip(built) {
+            if built && report.ran().is_some_and(|a| a.observed().is_ok()) {
+                let step = Step::Build {
+                    host: report.host.clone(),
+                };
+                self.fold(&step, &[report]);
             }
+        }
+    }
+
+    fn take_free_slot(&self) -> bool {
+        let mut slot = self.slot.lock().expect("not poisoned");
+        if slot.is_none() {
+            *slot = self.ctx.limits.try_site_slot();
+        }
+        slot.is_some()
+    }
+
+    /// Waits for this pass's `--max-sites` slot unless it holds one (it holds no round-trip
+    /// permit here: see `limits.rs` for why that order matters). False when a shutdown
+    /// came first.
+    async fn hold_slot(&self) -> bool {
+        if self.slot.lock().expect("not poisoned").is_some() {
+            return true;
+        }
+        tokio::select! {
+            slot = self.ctx.limits.site_slot() => {
+                *self.slot.lock().expect("not poisoned") = Some(slot);
+                true
+            }
+            () = self.ctx.cancel.cancelled() => false,
         }
     }
 
@@ -196,6 +231,9 @@ impl<'a> SiteRun<'a> {
                 };
             }
             previous = Some(next.steps.clone());
+            if !self.hold_slot().await {
+                return Outcome::Progressing;
+            }
             self.execute(next.steps).await;
         }
     }

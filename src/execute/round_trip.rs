@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
+use super::limits::{BuildPermit, Permits};
 use super::{Book, SiteRun};
 use crate::host::protocol::{Answer, LeaseState, OpStatus, StepReport};
 use crate::host::script::{Fence, Script};
@@ -25,22 +26,52 @@ impl SiteRun<'_> {
         self.host(host).path(&self.site.path)
     }
 
-    /// Runs `command` on `host` under the limits. `leased`: the script takes the lease (or
-    /// holds it): the lease is renewed in the background while the round trip lasts, and
-    /// released at the end of the pass. A cancel abandons the round trip at once.
+    /// Runs `command` on `host` under the limits (no build permit: see [`SiteRun::run_build`]).
+    /// `leased`: the script takes the lease (or holds it): the lease is renewed in the
+    /// background while the round trip lasts, and released at the end of the pass. A cancel
+    /// abandons the round trip at once.
     pub(super) async fn run_on(
         &self,
         host: &str,
         command: RemoteCommand,
         leased: bool,
     ) -> StepReport {
+        match self.permits(host, BuildPermit::None).await {
+            Ok(permits) => self.run_holding(host, command, leased, permits).await,
+            Err(cancelled) => cancelled,
+        }
+    }
+
+    /// A build round trip: as [`SiteRun::run_on`], holding the host's build permit too.
+    pub(super) async fn run_build(&self, host: &str, command: RemoteCommand) -> StepReport {
+        match self.permits(host, BuildPermit::Wait).await {
+            Ok(permits) => self.run_holding(host, command, true, permits).await,
+            Err(cancelled) => cancelled,
+        }
+    }
+
+    /// The round trip's permits, or the report of a cancel that came first.
+    async fn permits(&self, host: &str, build: BuildPermit) -> Result<Permits, StepReport> {
+        let group = &self.membership[host].1;
+        tokio::select! {
+            permits = self.ctx.limits.acquire(&self.site_limit, host, group, build) => Ok(permits),
+            () = self.ctx.cancel.cancelled() => Err(StepReport::read(
+                host,
+                &Err(HostError::Cancelled { host: host.to_string() }),
+            )),
+        }
+    }
+
+    /// Runs `command` while `_permits` are held.
+    async fn run_holding(
+        &self,
+        host: &str,
+        command: RemoteCommand,
+        leased: bool,
+        _permits: Permits,
+    ) -> StepReport {
         let cancelled = || HostError::Cancelled {
             host: host.to_string(),
-        };
-        let group = &self.membership[host].1;
-        let _permits = tokio::select! {
-            permits = self.ctx.limits.acquire(&self.site_limit, group) => permits,
-            () = self.ctx.cancel.cancelled() => return StepReport::read(host, &Err(cancelled())),
         };
         let held_before = self.mark_leased(host, leased);
         let started = Instant::now();
@@ -128,12 +159,24 @@ impl SiteRun<'_> {
         }
     }
 
-    /// Observes every host in one round trip each. With `speculate`, hosts that lack the
-    /// desired release also build it in the same round trip.
-    pub(super) async fn observe_hosts(&self, speculate: bool) -> Vec<StepReport> {
+    /// Observes every host in one round trip each. With `speculate`, a host that lacks the
+    /// desired release also builds it in the same round trip if its build permit is free
+    /// now (a host whose permit is taken is only observed, and built by a build step that
+    /// waits for it). Each report says whether its round trip could build.
+    pub(super) async fn observe_hosts(&self, speculate: bool) -> Vec<(StepReport, bool)> {
         let hosts: Vec<&String> = self.membership.keys().collect();
         join_all(hosts.iter().map(|host| async move {
-            let command = if speculate {
+            let build = if speculate {
+                BuildPermit::IfFree
+            } else {
+                BuildPermit::None
+            };
+            let permits = match self.permits(host, build).await {
+                Ok(permits) => permits,
+                Err(cancelled) => return (cancelled, false),
+            };
+            let builds = permits.may_build && speculate;
+            let command = if builds {
                 self.speculative_build(host)
             } else {
                 RemoteCommand::new(
@@ -143,7 +186,10 @@ impl SiteRun<'_> {
                     self.ctx.observe_timeout,
                 )
             };
-            self.run_on(host, command, speculate).await
+            (
+                self.run_holding(host, command, builds, permits).await,
+                builds,
+            )
         }))
         .await
     }

@@ -45,14 +45,22 @@ impl SiteRun<'_> {
 
     /// Runs `commands` at once, folding each answer as it arrives (so each host's line
     /// shows when that host is done, not when the slowest is).
+    /// `build`: these are builds, each under its host's build permit.
     async fn run_folding(
         &self,
         step_of: impl Fn(&str) -> Step,
         commands: Vec<(String, RemoteCommand)>,
+        build: bool,
     ) {
         let mut pending: FuturesUnordered<_> = commands
             .into_iter()
-            .map(|(host, command)| async move { self.run_on(&host, command, true).await })
+            .map(|(host, command)| async move {
+                if build {
+                    self.run_build(&host, command).await
+                } else {
+                    self.run_on(&host, command, true).await
+                }
+            })
             .collect();
         while let Some(report) = pending.next().await {
             self.fold(&step_of(&report.host), &[report]);
@@ -151,7 +159,7 @@ impl SiteRun<'_> {
         let step_of = |host: &str| Step::Build {
             host: host.to_string(),
         };
-        self.run_folding(step_of, commands).await;
+        self.run_folding(step_of, commands, true).await;
     }
 
     fn build_command(&self, host: &str, archive: Option<&(Archive, u64)>) -> RemoteCommand {
@@ -249,7 +257,7 @@ impl SiteRun<'_> {
                 )
             })
             .collect();
-        self.run_folding(|_| step.clone(), commands).await;
+        self.run_folding(|_| step.clone(), commands, false).await;
     }
 
     /// Pending, switch, activate, health, settled, clean-up, lease release: one round trip.

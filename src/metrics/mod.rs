@@ -7,9 +7,11 @@
 //! `--metrics-textfile` of `--once`, gauges only). Nothing here decides or stores anything.
 
 mod declare;
+mod limits;
 mod textfile;
 
 pub use declare::{DECLARED_OPERATIONS, KnownSite};
+pub use limits::{LimitReading, LimitSource};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -145,6 +147,8 @@ pub struct Metrics {
     sites: Mutex<BTreeMap<String, SiteSeries>>,
     /// Hosts of the declared sites: their `convoy_host_up` series.
     hosts_declared: Mutex<BTreeSet<String>>,
+    /// The concurrency limits, read at each scrape.
+    limits: limits::LimitsCollector,
 }
 
 /// The label sets of one site's series that are not fixed by the site name alone.
@@ -202,6 +206,7 @@ impl Metrics {
             state_write_errors: Family::default(),
             sites: Mutex::default(),
             hosts_declared: Mutex::default(),
+            limits: limits::LimitsCollector::default(),
             registry: Registry::default(),
             gauges: Registry::default(),
         };
@@ -216,6 +221,7 @@ impl Metrics {
         register_controller_gauges(&mut registry, &m);
         register_controller_gauges(&mut gauges, &m);
         register_controller_counters(&mut registry, &m);
+        registry.register_collector(Box::new(m.limits.clone()));
         m.declare_fixed();
         Metrics {
             registry,
@@ -236,6 +242,11 @@ impl Metrics {
     /// OpenMetrics (curl, promtool).
     pub fn encode_text(&self) -> String {
         textfile::to_text_format(&self.encode())
+    }
+
+    /// Shows `source`'s limits from the next scrape on (the limits of a new desired state).
+    pub fn show_limits(&self, source: std::sync::Arc<dyn LimitSource>) {
+        self.limits.show(source);
     }
 
     pub fn reconciled(&self, site: &str, outcome: &Outcome, duration: Duration) {

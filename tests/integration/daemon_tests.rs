@@ -19,6 +19,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(fleet: &Fleet, resync: &str) -> Daemon {
+        Daemon::start_with(fleet, resync, &[])
+    }
+
+    /// As [`Daemon::start`], with more `reconcile` flags.
+    pub fn start_with(fleet: &Fleet, resync: &str, extra: &[&str]) -> Daemon {
         let port = free_port();
         let log = fleet.dir.path().join(format!("daemon-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_convoy"))
@@ -34,6 +39,7 @@ impl Daemon {
                 "--metrics-addr",
                 &format!("127.0.0.1:{port}"),
             ])
+            .args(extra)
             .env_remove("RUST_LOG")
             .env_remove("CONVOY_LOG_FORMAT")
             .stdout(Stdio::null())

@@ -66,8 +66,24 @@ fn populated_metrics() -> Metrics {
     m.backoff("shop", Duration::ZERO);
     m.backoff("blog", Duration::from_secs(30));
     m.drift_corrected("shop", 1);
+    show_limits(&m);
     tick(&m);
     m
+}
+
+/// The limits of a controller with one site being changed, one of whose hosts is building.
+fn show_limits(m: &Metrics) {
+    use convoy::execute::{FleetLimits, Limits};
+    let fleet = FleetLimits {
+        max_sites: Some(4),
+        ..FleetLimits::default()
+    };
+    let groups = BTreeMap::from([("web".to_string(), Some(2)), ("db".to_string(), None)]);
+    let hosts = ["w1", "w2", "b1", "b2"].map(String::from);
+    let limits = Limits::new(&fleet, &groups, &hosts);
+    // Held for the life of the test process: what the gauges show as in use.
+    std::mem::forget(limits.try_site_slot());
+    m.show_limits(Arc::new(limits));
 }
 
 /// One more round of activity: what a reconcile pass of each site records.
@@ -826,7 +842,8 @@ fn a_real_prometheus_scrapes_the_daemon_during_a_lab_deploy() {
     let docs = |version: u32| {
         let mut docs = vec![
             fleet.group("scheduler", &[0], None),
-            fleet.group("frontend", &[1, 2], None),
+            // A maxParallel, so the ServerGroup limit panel has a limit to show.
+            fleet.group("frontend", &[1, 2], Some(2)),
         ];
         docs.extend(fleet.site(&SiteDef {
             version,

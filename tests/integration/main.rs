@@ -11,6 +11,7 @@ mod host_ops_tests;
 mod integrity_tests;
 mod lab;
 mod lab_tests;
+mod limits_tests;
 mod local_reconcile_tests;
 mod logging_tests;
 mod manifest_read_tests;

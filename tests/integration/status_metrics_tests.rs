@@ -393,10 +393,18 @@ fn every_metric_family_has_series_on_the_first_scrape_before_any_pass_ends() {
         "convoy_manifest_last_success_timestamp_seconds",
         "convoy_state_write_errors_total",
         "convoy_build_info",
+        // The concurrency limits (no `convoy_group_limit`: the group sets no maxParallel).
+        "convoy_limit",
+        "convoy_limit_in_use",
+        "convoy_group_limit_in_use",
     ]
     .map(String::from)
     .into();
     assert_eq!(families(&scrape), expected, "{scrape}");
+    assert!(
+        !scrape.contains(r#"convoy_limit{limit="max_sites"}"#),
+        "--max-sites is unset: no limit to show\n{scrape}"
+    );
     for (series, value) in [
         (
             r#"convoy_reconciles_total{site="app",result="converged"}"#,
@@ -436,6 +444,8 @@ fn every_metric_family_has_series_on_the_first_scrape_before_any_pass_ends() {
         ),
         (r#"convoy_state_write_errors_total{kind="status"}"#, 0.0),
         ("convoy_manifests_valid", 1.0),
+        (r#"convoy_limit{limit="max_parallel"}"#, 32.0),
+        (r#"convoy_limit{limit="max_builds_per_host"}"#, 1.0),
     ] {
         assert_eq!(
             sample(&scrape, series),
