@@ -27,7 +27,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 
 use crate::desired::{DesiredSite, DesiredState};
-use crate::execute::{Context, Limits};
+use crate::execute::{Context, Limits, SiteReport};
 use crate::exit_code;
 use crate::host::Host;
 use crate::host::ssh::SshPool;
@@ -52,6 +52,8 @@ pub struct RunOptions {
     pub known_hosts: Option<std::path::PathBuf>,
     /// `--once`: also write the metrics here (node_exporter textfile collector).
     pub metrics_textfile: Option<std::path::PathBuf>,
+    /// `--once --host`: change only these hosts (observing the rest); empty = every host.
+    pub hosts: Vec<String>,
 }
 
 /// Bounds of the per-site backoff while a required host is unreachable.
@@ -133,6 +135,7 @@ pub fn context(
         metrics: shared.metrics.clone(),
         cancel: shared.cancel.clone(),
         progress: shared.progress.clone(),
+        targets: (!options.hosts.is_empty()).then(|| options.hosts.iter().cloned().collect()),
     }
 }
 
@@ -220,6 +223,31 @@ pub fn requeue(outcome: &Outcome, mode: Mode, hosts: &BTreeMap<String, Host>) ->
         // Suspended: --once is done with the site; the daemon waits for a change or a resync.
         _ => Requeue::Done,
     }
+}
+
+/// Whether `site` deploys to any of `hosts`: `--host` skips the sites that do not.
+pub fn uses_any(site: &DesiredSite, hosts: &[String]) -> bool {
+    site.stages
+        .iter()
+        .flat_map(|s| &s.hosts)
+        .any(|h| hosts.contains(h))
+}
+
+/// `--once --host`: a site Blocked only by reachable hosts that no lease holds waits for
+/// hosts the run may not change (a required host without the build, an earlier stage not
+/// live): only another run changes them, so retrying until `--wait-unreachable` would
+/// only delay the exit. An unreachable or locked host may still come back or be freed.
+pub fn waits_for_another_run(report: &SiteReport) -> bool {
+    let Outcome::Blocked { hosts, .. } = &report.outcome else {
+        return false;
+    };
+    report.lease_expires_in.is_none()
+        && hosts.iter().all(|name| {
+            report
+                .hosts
+                .iter()
+                .any(|h| &h.name == name && h.reachable && h.last_error.is_none())
+        })
 }
 
 /// What a Blocked site's status says about its next retry.

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use super::queue::{Queue, Requeue};
 use super::{
     Ending, Mode, Pass, Retry, Shared, SiteResult, exit_code_of, interrupted, pass_once, publish,
-    render_site, requeue, wrote,
+    render_site, requeue, waits_for_another_run, wrote,
 };
 use crate::desired::{DesiredSite, DesiredState};
 use crate::execute::Context;
@@ -277,9 +277,11 @@ impl<'o> Controller<'o> {
         };
         self.note_drift(&ctx, site, &pass, resync_pass);
         let Pass { report, hold_lost } = pass;
-        let mut again =
-            self.queue
-                .finished(&name, requeue(&report.outcome, self.mode, &ctx.hosts), now);
+        let rule = match requeue(&report.outcome, self.mode, &ctx.hosts) {
+            _ if ctx.targets.is_some() && waits_for_another_run(&report) => Requeue::Done,
+            rule => rule,
+        };
+        let mut again = self.queue.finished(&name, rule, now);
         // Locked by a controller that stopped renewing: retry right after its lease expires.
         if let (Some(_), Some(expiry)) = (again, report.lease_expires_in) {
             again = self
