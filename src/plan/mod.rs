@@ -85,11 +85,7 @@ impl Member<'_> {
     }
 }
 
-fn members<'a>(
-    site: &'a DesiredSite,
-    observed: &'a Observed,
-    pass: &PassState,
-) -> Vec<Member<'a>> {
+fn members<'a>(site: &'a DesiredSite, observed: &'a Observed, pass: &PassState) -> Vec<Member<'a>> {
     site.stages
         .iter()
         .flat_map(|stage| {

@@ -141,7 +141,8 @@ mod tests {
             ("w2", offline),
         ]);
         if let Some(Reach::Reachable(v)) = o.get_mut("s1") {
-            v.once.insert("r2".into(), super::super::OnceState::Done { status: 0 });
+            v.once
+                .insert("r2".into(), super::super::OnceState::Done { status: 0 });
         }
         o
     }
@@ -226,7 +227,8 @@ mod tests {
                         ("w2", live("r1", &["r1", "r2"])),
                     ]);
                     if let Some(Reach::Reachable(v)) = o.get_mut("s1") {
-                        v.once.insert("r2".into(), super::super::OnceState::Done { status: 0 });
+                        v.once
+                            .insert("r2".into(), super::super::OnceState::Done { status: 0 });
                     }
                     o
                 },
