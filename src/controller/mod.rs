@@ -15,6 +15,7 @@ pub mod once_record;
 mod pass;
 mod publish;
 pub mod queue;
+mod requests;
 mod revision;
 mod run;
 mod run_once;

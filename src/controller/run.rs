@@ -48,6 +48,8 @@ pub(super) struct Sources {
     /// Probes of the hosts of waiting sites, and a due manifest reload retry.
     pub probe: Option<tokio::time::Interval>,
     pub heartbeat: Option<Arc<super::http::Heartbeat>>,
+    /// When to look for requests of commands (`convoy retry`) in the state dir.
+    pub requests: Option<tokio::time::Interval>,
 }
 
 /// The loop's state: the queue, the passes under way, and where results go.
@@ -167,6 +169,7 @@ impl<'o> Controller<'o> {
                 }
                 () = tick(&mut src.resync) => self.resync(),
                 () = tick(&mut src.probe) => self.probe().await,
+                () = tick(&mut src.requests) => self.take_requests(),
                 () = until(retry) => {}
                 Some(joined) = self.passes.join_next() => {
                     if let Ok((site, pass)) = joined {

@@ -19,6 +19,7 @@ mod once_output_tests;
 mod paths_tests;
 mod prom;
 mod release_scope_tests;
+mod retry_daemon_tests;
 mod revision_tests;
 mod shellcheck_tests;
 mod snapshot_tests;
