@@ -24,6 +24,7 @@ mod revision_tests;
 mod shellcheck_tests;
 mod snapshot_tests;
 mod status_metrics_tests;
+mod systemd_tests;
 mod targeting_tests;
 mod transport_tests;
 mod util;
