@@ -114,12 +114,8 @@ pub(super) fn reconcile(
             return Ok(code);
         }
     };
-    if let Some(code) = unknown_manifest_site(cli, &desired, args.site.as_deref(), err)? {
+    if let Some(code) = selection_problem(cli, &desired, &options, err)? {
         return Ok(code);
-    }
-    if let Some(problem) = host_problem(&desired, args.site.as_deref(), &args.hosts) {
-        writeln!(err, "{problem}")?;
-        return Ok(exit_code::INVALID);
     }
     let state = std::sync::Arc::new(StateDir::lock(&cli.state_dir)?);
     let code = runtime()?.block_on(controller::run_once(&desired, state.clone(), &options, out));
@@ -162,6 +158,25 @@ fn log_start(cli: &Cli, once: bool) {
         crate::cli::VERSION,
         if once { " --once" } else { "" }
     );
+}
+
+/// `--site` or `--host` names the manifests do not have: exit 2, before any host is touched.
+fn selection_problem(
+    cli: &Cli,
+    desired: &DesiredState,
+    options: &RunOptions,
+    err: &mut dyn Write,
+) -> anyhow::Result<Option<u8>> {
+    if let Some(code) = unknown_manifest_site(cli, desired, options.site.as_deref(), err)? {
+        return Ok(Some(code));
+    }
+    match host_problem(desired, options.site.as_deref(), &options.hosts) {
+        Some(problem) => {
+            writeln!(err, "{problem}")?;
+            Ok(Some(exit_code::INVALID))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Why `--host` names cannot be used, found before any host is touched: a name no

@@ -134,7 +134,7 @@ fn a_host_back_from_being_off_catches_up_alone_and_waits_for_what_it_may_not_cha
 fn host_needs_once_and_a_site_without_the_host_is_skipped() {
     let fleet = Fleet::new(1);
     deploy_single(&fleet);
-    let out = fleet.convoy(&["reconcile", "--host", "h0", "-f", "manifests"]);
+    let out = fleet.convoy(&["reconcile", "--host", "h0"]);
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("--once"), "{}", stderr(&out));
     // A second site on h0 only: --host of a host it lacks leaves it alone entirely.
