@@ -324,6 +324,54 @@ mod tests {
     }
 
     #[test]
+    fn a_host_run_retries_only_waits_that_may_end_by_themselves() {
+        let host = |name: &str, reachable: bool, error: Option<&str>| crate::status::HostStatus {
+            name: name.into(),
+            stage: "web".into(),
+            release: None,
+            reachable,
+            last_error: error.map(String::from),
+        };
+        let report = |hosts: Vec<crate::status::HostStatus>, locked: bool| SiteReport {
+            outcome: Outcome::Blocked {
+                hosts: vec!["a".into()],
+                reason: "waiting".into(),
+            },
+            hosts,
+            events: vec![],
+            revision: None,
+            failed_attempt: false,
+            lease_expires_in: locked.then_some(Duration::from_secs(5)),
+        };
+        // (case, report, waits for another run)
+        let rows = [
+            (
+                "reachable, not built",
+                report(vec![host("a", true, None)], false),
+                true,
+            ),
+            (
+                "unreachable",
+                report(vec![host("a", false, Some("refused"))], false),
+                false,
+            ),
+            (
+                "locked by another controller",
+                report(vec![host("a", true, Some("locked by x"))], true),
+                false,
+            ),
+        ];
+        for (case, report, expected) in rows {
+            assert_eq!(waits_for_another_run(&report), expected, "{case}");
+        }
+        let converged = SiteReport {
+            outcome: Outcome::Converged,
+            ..report(vec![], false)
+        };
+        assert!(!waits_for_another_run(&converged));
+    }
+
+    #[test]
     fn the_backoff_grows_from_one_second_to_thirty_with_jitter() {
         let delays: Vec<Duration> = backoff().take(12).collect();
         assert!(delays.iter().all(|d| *d >= BACKOFF_MIN), "{delays:?}");
