@@ -19,6 +19,8 @@ use crate::state::{Request, StateDir, StateError, now_ms};
 
 /// How long `retry` waits for the daemon holding the state dir to answer its request.
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// After that wait, how long an answer to a request that was taken may still take.
+const GRACE: Duration = Duration::from_secs(2);
 
 pub(super) fn retry(
     state_dir: &Path,
@@ -66,11 +68,11 @@ fn ask_daemon(
         if let Some(answer) = state.take_answer("retry", &token)? {
             break Some(answer);
         }
-        if Instant::now() >= deadline {
-            // Taken between the last look and now: its answer is on its way.
-            if state.withdraw_request("retry", &token) {
-                break None;
-            }
+        let now = Instant::now();
+        // Taken between the last look and now: its answer is written before the request
+        // goes, so it is there already; a short grace covers a slow file system.
+        if now >= deadline && (state.withdraw_request("retry", &token) || now >= deadline + GRACE) {
+            break None;
         }
         std::thread::sleep(Duration::from_millis(50));
     };

@@ -73,6 +73,7 @@ fn retry_while_the_daemon_runs_lifts_the_hold_within_a_second_and_converges() {
     });
     let log = daemon.log_text();
     let latency = retry_latency_ms(&log).unwrap_or_else(|| panic!("no retry line:\n{log}"));
+    eprintln!("the daemon took the retry {latency} ms after the request");
     assert!(
         latency < 1000,
         "the daemon took the request after {latency} ms:\n{log}"
