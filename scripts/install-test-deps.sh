@@ -3,7 +3,8 @@
 # OpenSSH server + client and git; prometheus + promtool for the
 # dashboard tests (tests/integration/prom.rs); shellcheck for the shell lint
 # (tests/integration/shellcheck_tests.rs); busybox for the host script tests
-# (src/host/script/tests/ runs them under dash and, when present, busybox sh).
+# (src/host/script/tests/ runs them under dash and, when present, busybox sh);
+# systemd for `systemd-analyze verify` of contrib/systemd/.
 # Idempotent; quiet when nothing is missing.
 # Never starts the system sshd or prometheus services: the tests run their own.
 set -euo pipefail
@@ -94,6 +95,12 @@ fi
 # already runs).
 if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ]; then
     without_service_starts apt_install prometheus
+fi
+
+# systemd-analyze verifies the units of contrib/systemd/
+# (tests/integration/systemd_tests.rs). Only the package: nothing is started.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    without_service_starts apt_install systemd
 fi
 
 # sshd refuses to start without its privilege-separation directory; /run is

@@ -101,6 +101,12 @@ pub enum Command {
         /// Only this site.
         #[arg(long, value_name = "NAME")]
         site: Option<String>,
+        /// With --once: change only this host (repeatable), e.g. a server back from being
+        /// off. The other hosts are observed, never changed: a required one without the
+        /// build, or an earlier stage not live yet, makes it wait (exit 1). Sites without
+        /// any of these hosts are skipped; the exit code is the targeted hosts'.
+        #[arg(long = "host", value_name = "NAME", requires = "once")]
+        hosts: Vec<String>,
         /// With --once: bound for the whole run. As a daemon: bound for one host round trip
         /// that runs user commands (build, once, activate, health).
         #[arg(long, value_name = "DURATION", default_value = "15m")]

@@ -37,6 +37,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Reconcile {
             once,
             site,
+            hosts,
             timeout,
             wait_unreachable,
             max_parallel,
@@ -50,6 +51,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             let args = reconcile::ReconcileArgs {
                 once: *once,
                 site: site.clone(),
+                hosts: hosts.clone(),
                 timeout,
                 wait_unreachable,
                 max_parallel: *max_parallel,
@@ -206,6 +208,7 @@ fn one_off(
         max_builds_per_host: 1,
         known_hosts: cli.known_hosts.clone(),
         metrics_textfile: None,
+        hosts: vec![],
     };
     let shared = controller::Shared::new(&options, state)
         .context("failed to create a private directory for SSH control sockets")?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{desired, runtime, unknown_manifest_site};
 use crate::cli::Cli;
 use crate::controller::{self, RunOptions};
+use crate::desired::DesiredState;
 use crate::exit_code;
 use crate::manifest::{self, LoadOptions};
 use crate::state::{StateDir, error_chain};
@@ -15,6 +16,8 @@ use crate::state::{StateDir, error_chain};
 pub(super) struct ReconcileArgs<'a> {
     pub(super) once: bool,
     pub(super) site: Option<String>,
+    /// `--host`: the only hosts to change.
+    pub(super) hosts: Vec<String>,
     pub(super) timeout: &'a str,
     pub(super) wait_unreachable: &'a str,
     pub(super) max_parallel: usize,
@@ -66,6 +69,7 @@ pub(super) fn reconcile(
         max_builds_per_host: args.max_builds_per_host,
         known_hosts: cli.known_hosts.clone(),
         metrics_textfile: args.metrics_textfile,
+        hosts: args.hosts.clone(),
     };
     if !args.once {
         if options.metrics_textfile.is_some() {
@@ -114,7 +118,7 @@ pub(super) fn reconcile(
             return Ok(code);
         }
     };
-    if let Some(code) = unknown_manifest_site(cli, &desired, args.site.as_deref(), err)? {
+    if let Some(code) = selection_problem(cli, &desired, &options, err)? {
         return Ok(code);
     }
     let state = std::sync::Arc::new(StateDir::lock(&cli.state_dir)?);
@@ -158,4 +162,54 @@ fn log_start(cli: &Cli, once: bool) {
         crate::cli::VERSION,
         if once { " --once" } else { "" }
     );
+}
+
+/// `--site` or `--host` names the manifests do not have: exit 2, before any host is touched.
+fn selection_problem(
+    cli: &Cli,
+    desired: &DesiredState,
+    options: &RunOptions,
+    err: &mut dyn Write,
+) -> anyhow::Result<Option<u8>> {
+    if let Some(code) = unknown_manifest_site(cli, desired, options.site.as_deref(), err)? {
+        return Ok(Some(code));
+    }
+    match host_problem(desired, options.site.as_deref(), &options.hosts) {
+        Some(problem) => {
+            writeln!(err, "{problem}")?;
+            Ok(Some(exit_code::INVALID))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Why `--host` names cannot be used, found before any host is touched: a name no
+/// ServerGroup has (with the closest one, if it looks like a typo), or hosts that no
+/// selected site deploys to.
+fn host_problem(desired: &DesiredState, site: Option<&str>, hosts: &[String]) -> Option<String> {
+    if hosts.is_empty() {
+        return None;
+    }
+    let known = desired.hosts.keys().map(String::as_str);
+    if let Some(unknown) = hosts.iter().find(|h| !desired.hosts.contains_key(*h)) {
+        let hint = match crate::manifest::suggest::closest(unknown, known) {
+            Some(close) => format!("; did you mean `{close}`?"),
+            None => String::new(),
+        };
+        return Some(format!(
+            "error: --host `{unknown}`: no ServerGroup has a host of that name{hint}"
+        ));
+    }
+    let used = desired
+        .sites
+        .values()
+        .filter(|s| site.is_none_or(|only| only == s.name))
+        .any(|s| controller::uses_any(s, hosts));
+    (!used).then(|| {
+        format!(
+            "error: --host {}: no selected Site deploys to {}",
+            hosts.join(", "),
+            if hosts.len() == 1 { "it" } else { "them" }
+        )
+    })
 }

@@ -1,9 +1,11 @@
 //! `convoy retry SITE`: lifts the Failed hold; with `--once-interrupted`, first clears the
 //! site's interrupted `once` records on its hosts, after showing them and asking. Holds the
-//! controller lock throughout, so no pass runs meanwhile.
+//! controller lock throughout, so no pass runs meanwhile. While a daemon holds the lock, a
+//! plain retry is a request the daemon carries out (`controller/requests.rs`).
 
 use std::io::{IsTerminal as _, Write};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::{desired_without_upload, one_off, runtime, unknown_site};
 use tokio::runtime::Runtime;
@@ -13,7 +15,12 @@ use crate::controller::{self, once_record, once_record::Interrupted};
 use crate::desired::DesiredSite;
 use crate::execute::Context;
 use crate::exit_code;
-use crate::state::StateDir;
+use crate::state::{Request, StateDir, StateError, now_ms};
+
+/// How long `retry` waits for the daemon holding the state dir to answer its request.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// After that wait, how long an answer to a request that was taken may still take.
+const GRACE: Duration = Duration::from_secs(2);
 
 pub(super) fn retry(
     state_dir: &Path,
@@ -21,7 +28,13 @@ pub(super) fn retry(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<u8> {
-    let state = StateDir::lock(state_dir)?;
+    let state = match StateDir::lock(state_dir) {
+        Ok(state) => state,
+        Err(StateError::Locked { holder, .. }) => {
+            return ask_daemon(state_dir, site, &holder, out, err);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(code) = unknown_site(&state, site, err)? {
         return Ok(code);
     }
@@ -31,6 +44,61 @@ pub(super) fn retry(
         "{site}: failed attempts cleared; the next pass tries its desired release again"
     )?;
     Ok(exit_code::OK)
+}
+
+/// A controller holds the state dir: ask it to retry `site` (a request file it reads every
+/// quarter second) and print its answer. A `--once` run takes no requests; nobody
+/// answering within [`ANSWER_WAIT`] is exit 1 and the request is withdrawn.
+fn ask_daemon(
+    state_dir: &Path,
+    site: &str,
+    holder: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let state = StateDir::open_read_only(state_dir);
+    let request = Request {
+        kind: "retry".into(),
+        site: site.to_string(),
+        requested_ms: now_ms(),
+    };
+    let token = state.send_request(&request)?;
+    let deadline = Instant::now() + ANSWER_WAIT;
+    let answer = loop {
+        if let Some(answer) = state.take_answer("retry", &token)? {
+            break Some(answer);
+        }
+        let now = Instant::now();
+        // Taken between the last look and now: its answer is written before the request
+        // goes, so it is there already; a short grace covers a slow file system.
+        if now >= deadline && (state.withdraw_request("retry", &token) || now >= deadline + GRACE) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    match answer {
+        Some(answer) if answer.ok => {
+            writeln!(out, "{}", answer.message)?;
+            Ok(exit_code::OK)
+        }
+        Some(answer) => {
+            writeln!(err, "error: {}", answer.message)?;
+            Ok(if answer.unknown_site {
+                exit_code::INVALID
+            } else {
+                exit_code::FAILED
+            })
+        }
+        None => {
+            writeln!(
+                err,
+                "error: no daemon answered within {}s: the state dir `{}` is held by {holder}; a `reconcile --once` run takes no requests (retry when it ends), a daemon answers within a second; request withdrawn",
+                ANSWER_WAIT.as_secs(),
+                crate::cli::resolved(state_dir).display()
+            )?;
+            Ok(exit_code::FAILED)
+        }
+    }
 }
 
 /// `retry SITE --once-interrupted`: lists the site's interrupted `once` records, asks,

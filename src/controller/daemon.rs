@@ -154,6 +154,7 @@ async fn listen(
         sighup: Some(sighup),
         reloads: Some(reload_rx),
         probe: Some(tokio::time::interval(PROBE_EVERY)),
+        requests: Some(tokio::time::interval(super::requests::POLL)),
         heartbeat: Some(heartbeat),
         ..Sources::default()
     };

@@ -15,6 +15,7 @@ pub mod once_record;
 mod pass;
 mod publish;
 pub mod queue;
+mod requests;
 mod revision;
 mod run;
 mod run_once;
@@ -27,7 +28,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 
 use crate::desired::{DesiredSite, DesiredState};
-use crate::execute::{Context, FleetLimits, Limits, groups_in_use};
+use crate::execute::{Context, FleetLimits, Limits, SiteReport, groups_in_use};
 use crate::exit_code;
 use crate::host::Host;
 use crate::host::ssh::SshPool;
@@ -56,6 +57,8 @@ pub struct RunOptions {
     pub known_hosts: Option<std::path::PathBuf>,
     /// `--once`: also write the metrics here (node_exporter textfile collector).
     pub metrics_textfile: Option<std::path::PathBuf>,
+    /// `--once --host`: change only these hosts (observing the rest); empty = every host.
+    pub hosts: Vec<String>,
 }
 
 /// Bounds of the per-site backoff while a required host is unreachable.
@@ -145,6 +148,7 @@ pub fn context(
         metrics: shared.metrics.clone(),
         cancel: shared.cancel.clone(),
         progress: shared.progress.clone(),
+        targets: (!options.hosts.is_empty()).then(|| options.hosts.iter().cloned().collect()),
     }
 }
 
@@ -234,6 +238,31 @@ pub fn requeue(outcome: &Outcome, mode: Mode, hosts: &BTreeMap<String, Host>) ->
     }
 }
 
+/// Whether `site` deploys to any of `hosts`: `--host` skips the sites that do not.
+pub fn uses_any(site: &DesiredSite, hosts: &[String]) -> bool {
+    site.stages
+        .iter()
+        .flat_map(|s| &s.hosts)
+        .any(|h| hosts.contains(h))
+}
+
+/// `--once --host`: a site Blocked only by reachable hosts that no lease holds waits for
+/// hosts the run may not change (a required host without the build, an earlier stage not
+/// live): only another run changes them, so retrying until `--wait-unreachable` would
+/// only delay the exit. An unreachable or locked host may still come back or be freed.
+pub fn waits_for_another_run(report: &SiteReport) -> bool {
+    let Outcome::Blocked { hosts, .. } = &report.outcome else {
+        return false;
+    };
+    report.lease_expires_in.is_none()
+        && hosts.iter().all(|name| {
+            report
+                .hosts
+                .iter()
+                .any(|h| &h.name == name && h.reachable && h.last_error.is_none())
+        })
+}
+
 /// What a Blocked site's status says about its next retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Retry {
@@ -304,6 +333,54 @@ mod tests {
                 "{outcome:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_host_run_retries_only_waits_that_may_end_by_themselves() {
+        let host = |name: &str, reachable: bool, error: Option<&str>| crate::status::HostStatus {
+            name: name.into(),
+            stage: "web".into(),
+            release: None,
+            reachable,
+            last_error: error.map(String::from),
+        };
+        let report = |hosts: Vec<crate::status::HostStatus>, locked: bool| SiteReport {
+            outcome: Outcome::Blocked {
+                hosts: vec!["a".into()],
+                reason: "waiting".into(),
+            },
+            hosts,
+            events: vec![],
+            revision: None,
+            failed_attempt: false,
+            lease_expires_in: locked.then_some(Duration::from_secs(5)),
+        };
+        // (case, report, waits for another run)
+        let rows = [
+            (
+                "reachable, not built",
+                report(vec![host("a", true, None)], false),
+                true,
+            ),
+            (
+                "unreachable",
+                report(vec![host("a", false, Some("refused"))], false),
+                false,
+            ),
+            (
+                "locked by another controller",
+                report(vec![host("a", true, Some("locked by x"))], true),
+                false,
+            ),
+        ];
+        for (case, report, expected) in rows {
+            assert_eq!(waits_for_another_run(&report), expected, "{case}");
+        }
+        let converged = SiteReport {
+            outcome: Outcome::Converged,
+            ..report(vec![], false)
+        };
+        assert!(!waits_for_another_run(&converged));
     }
 
     #[test]

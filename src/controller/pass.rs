@@ -59,7 +59,8 @@ pub fn pass_state(site: &DesiredSite, state: &StateDir) -> PassState {
 /// attempts, metrics. The caller publishes the status (it knows about retries).
 pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> Pass {
     let key = desired_key(site);
-    let pass = pass_state(site, state);
+    let mut pass = pass_state(site, state);
+    pass.targets = ctx.targets.clone();
     // From now on this Release's revision is fixed: a later edit is a validation error.
     // Unrecorded, that guard is off for this release, so the operator must hear of it.
     let applied = state.record_applied_revision(&site.name, &site.release, &site.revision);

@@ -157,6 +157,15 @@ fn status_of(
     ending: &Ending,
 ) -> SiteStatus {
     let (phase, mut message) = phase_and_message(site, &report.outcome, ending);
+    if phase == Phase::Converged
+        && let Some(others) = not_live(site, report)
+    {
+        // `--host`: converged are the targeted hosts; the status must not claim the rest.
+        message = format!(
+            "the targeted hosts run {}; hosts --host left alone and not on it: {others}",
+            site.release
+        );
+    }
     let mut reason = phase.as_str();
     let attempts = state.attempts(&site.name, &desired_key(site));
     // A held release fails every pass without trying: the cause is the last attempt's.
@@ -199,6 +208,17 @@ fn status_of(
             .collect(),
     };
     stamped(status, reason, state.load_status(&site.name).as_ref())
+}
+
+/// The hosts not live on the desired release, with what they run (`h0 (r1)`), if any.
+fn not_live(site: &DesiredSite, report: &SiteReport) -> Option<String> {
+    let others: Vec<String> = report
+        .hosts
+        .iter()
+        .filter(|h| h.release.as_deref() != Some(site.release.as_str()))
+        .map(|h| format!("{} ({})", h.name, h.release.as_deref().unwrap_or("none")))
+        .collect();
+    (!others.is_empty()).then(|| others.join(", "))
 }
 
 /// A failure as one line: the reason and, when one host is to blame, the host.

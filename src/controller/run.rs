@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use super::queue::{Queue, Requeue};
 use super::{
     Ending, Mode, Pass, Retry, Shared, SiteResult, exit_code_of, interrupted, pass_once, publish,
-    render_site, requeue, wrote,
+    render_site, requeue, waits_for_another_run, wrote,
 };
 use crate::desired::{DesiredSite, DesiredState};
 use crate::execute::Context;
@@ -48,6 +48,8 @@ pub(super) struct Sources {
     /// Probes of the hosts of waiting sites, and a due manifest reload retry.
     pub probe: Option<tokio::time::Interval>,
     pub heartbeat: Option<Arc<super::http::Heartbeat>>,
+    /// When to look for requests of commands (`convoy retry`) in the state dir.
+    pub requests: Option<tokio::time::Interval>,
 }
 
 /// The loop's state: the queue, the passes under way, and where results go.
@@ -167,6 +169,7 @@ impl<'o> Controller<'o> {
                 }
                 () = tick(&mut src.resync) => self.resync(),
                 () = tick(&mut src.probe) => self.probe().await,
+                () = tick(&mut src.requests) => self.take_requests(),
                 () = until(retry) => {}
                 Some(joined) = self.passes.join_next() => {
                     if let Ok((site, pass)) = joined {
@@ -277,9 +280,11 @@ impl<'o> Controller<'o> {
         };
         self.note_drift(&ctx, site, &pass, resync_pass);
         let Pass { report, hold_lost } = pass;
-        let mut again =
-            self.queue
-                .finished(&name, requeue(&report.outcome, self.mode, &ctx.hosts), now);
+        let rule = match requeue(&report.outcome, self.mode, &ctx.hosts) {
+            _ if ctx.targets.is_some() && waits_for_another_run(&report) => Requeue::Done,
+            rule => rule,
+        };
+        let mut again = self.queue.finished(&name, rule, now);
         // Locked by a controller that stopped renewing: retry right after its lease expires.
         if let (Some(_), Some(expiry)) = (again, report.lease_expires_in) {
             again = self

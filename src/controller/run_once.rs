@@ -48,6 +48,12 @@ pub async fn run_once(
     if let Some(only) = &options.site {
         desired.sites.retain(|name, _| name == only);
     }
+    // `--host`: a site none of whose hosts is targeted is not touched, not even observed.
+    if !options.hosts.is_empty() {
+        desired
+            .sites
+            .retain(|_, site| super::uses_any(site, &options.hosts));
+    }
     shared.progress = Some(Arc::new(Progress::new(
         desired.sites.len(),
         std::io::stderr().is_terminal(),

@@ -47,6 +47,8 @@ pub struct Context {
     pub cancel: Arc<Cancel>,
     /// Live counters for a terminal, when one is watching.
     pub progress: Option<Arc<Progress>>,
+    /// `--once --host`: the only hosts a pass may change; `None` = every host.
+    pub targets: Option<BTreeSet<String>>,
 }
 
 /// What a site run ended with.

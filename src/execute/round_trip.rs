@@ -3,6 +3,7 @@
 //! [`StepReport`]. Also the round trips every pass makes whatever its steps: observe,
 //! take a lease, and give the leases back at the end.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -165,7 +166,18 @@ impl SiteRun<'_> {
     /// waits for it). Each report says whether its round trip could build.
     pub(super) async fn observe_hosts(&self, speculate: bool) -> Vec<(StepReport, bool)> {
         let hosts: Vec<&String> = self.membership.keys().collect();
+        // `--host`: the others are only observed.
+        let speculate_on: BTreeSet<&String> = {
+            let book = self.book();
+            hosts
+                .iter()
+                .copied()
+                .filter(|h| speculate && plan::targeted(&book.pass, h))
+                .collect()
+        };
+        let speculate_on = &speculate_on;
         join_all(hosts.iter().map(|host| async move {
+            let speculate = speculate_on.contains(host);
             let build = if speculate {
                 BuildPermit::IfFree
             } else {

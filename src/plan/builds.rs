@@ -9,8 +9,9 @@ pub(super) fn plan(site: &DesiredSite, members: &[Member]) -> Option<Plan> {
     let builds: Vec<Step> = members
         .iter()
         .filter(|m| {
-            m.workable()
-                .is_some_and(|v| !v.complete.contains_key(desired))
+            m.targeted
+                && m.workable()
+                    .is_some_and(|v| !v.complete.contains_key(desired))
         })
         .map(|m| Step::Build {
             host: m.host.to_string(),
@@ -19,7 +20,7 @@ pub(super) fn plan(site: &DesiredSite, members: &[Member]) -> Option<Plan> {
     if !builds.is_empty() {
         return Some(Plan::progress(dedup_hosts(builds)));
     }
-    gate(members)
+    gate(members).or_else(|| super::targeting::unbuilt(site, members))
 }
 
 /// Every host of every required stage must be reachable (and so, built).

@@ -7,6 +7,7 @@ use crate::desired::DesiredSite;
 pub(super) fn plan(site: &DesiredSite, members: &[Member]) -> Option<Plan> {
     let cleanups: Vec<Step> = members
         .iter()
+        .filter(|m| m.targeted)
         .filter_map(|m| {
             let remove = releases_to_remove(m.workable()?, &site.release, site.keep_releases);
             (!remove.is_empty()).then(|| Step::Cleanup {

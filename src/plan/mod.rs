@@ -19,6 +19,7 @@ mod model;
 mod once;
 mod preview;
 mod switch;
+mod targeting;
 #[cfg(test)]
 mod tests;
 
@@ -31,10 +32,11 @@ pub use fold::{fold, fold_lease, fold_release, fold_unsent, observe};
 pub use model::*;
 pub use once::once_interrupted_reason;
 pub use preview::{preview, reports_of_success};
+pub use targeting::targeted;
 
 /// Decides the next steps for one site.
 pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
-    let members = members(site, observed);
+    let members = members(site, observed, pass);
     failures::plan(site, &members, pass)
         .or_else(|| builds::plan(site, &members))
         .or_else(|| once::plan(site, &members, pass))
@@ -43,9 +45,13 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
         .unwrap_or_else(|| settled(&members))
 }
 
-/// Nothing left to do: converged, or converged but for unreachable optional hosts.
+/// Nothing left to do: converged, or converged but for unreachable optional hosts. Only the
+/// hosts this run may change count (`--host`: the exit code is theirs).
 fn settled(members: &[Member]) -> Plan {
-    let skipped: Vec<&Member> = members.iter().filter(|m| m.workable().is_none()).collect();
+    let skipped: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.targeted && m.workable().is_none())
+        .collect();
     if skipped.is_empty() {
         Plan::done(Outcome::Converged)
     } else {
@@ -61,6 +67,8 @@ struct Member<'a> {
     stage: &'a str,
     optional: bool,
     reach: Option<&'a Reach>,
+    /// This run may change the host (`--host`; every host without it).
+    targeted: bool,
 }
 
 impl Member<'_> {
@@ -77,7 +85,7 @@ impl Member<'_> {
     }
 }
 
-fn members<'a>(site: &'a DesiredSite, observed: &'a Observed) -> Vec<Member<'a>> {
+fn members<'a>(site: &'a DesiredSite, observed: &'a Observed, pass: &PassState) -> Vec<Member<'a>> {
     site.stages
         .iter()
         .flat_map(|stage| {
@@ -86,6 +94,7 @@ fn members<'a>(site: &'a DesiredSite, observed: &'a Observed) -> Vec<Member<'a>>
                 stage: &stage.name,
                 optional: stage.optional,
                 reach: observed.get(host),
+                targeted: targeted(pass, host),
             })
         })
         .collect()

@@ -161,6 +161,9 @@ pub struct PassState {
     pub once_failed: Option<OnceFailure>,
     /// Stages whose `once` is known done from the state dir (a second proof besides hosts).
     pub once_done: BTreeSet<String>,
+    /// `--host`: the only hosts this run may change (build, switch, roll back, clean up);
+    /// `None` = every host. The others are observed all the same (see `targeting.rs`).
+    pub targets: Option<BTreeSet<String>>,
     /// Failed attempts of this desired release in earlier runs.
     pub attempts: u32,
     /// A host failed an operation of convoy's own (a lease write on a full disk, ...): the

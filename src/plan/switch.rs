@@ -23,16 +23,16 @@ fn batch(
     let desired = site.release.as_str();
     let pending: Vec<&Member> = members
         .iter()
-        .filter(|m| m.stage == stage.name)
-        // Not live yet, or switched by a pass that died before activate + health passed.
-        .filter(|m| {
-            m.workable().is_some_and(|v| {
-                v.current.as_deref() != Some(desired) || v.pending.as_deref() == Some(desired)
-            })
-        })
+        .filter(|m| m.stage == stage.name && to_switch(m, desired))
         .collect();
     if pending.is_empty() {
         return None;
+    }
+    // `--host`: only targeted hosts switch, and never ahead of an earlier stage.
+    let (pending, others): (Vec<&Member>, Vec<&Member>) =
+        pending.into_iter().partition(|m| m.targeted);
+    if pending.is_empty() {
+        return super::targeting::stage_order(site, stage, &others, members);
     }
     let size = match site.rollout.batch {
         0 => pending.len(),
@@ -63,6 +63,13 @@ fn batch(
         pause,
         cleanup,
     }]))
+}
+
+/// Workable and not live yet, or switched by a pass that died before activate + health passed.
+pub(super) fn to_switch(m: &Member, desired: &str) -> bool {
+    m.workable().is_some_and(|v| {
+        v.current.as_deref() != Some(desired) || v.pending.as_deref() == Some(desired)
+    })
 }
 
 /// A host's view once `current` points at `desired`: the old current becomes previous.

@@ -10,6 +10,7 @@
 //! <dir>/sites/<site>/revisions.json   release -> commit, a branch resolved once per release
 //! <dir>/sites/<site>/applied.json     release -> `spec.revision` as first applied (immutable)
 //! <dir>/sites/<site>/history.jsonl    append-only log of what convoy did, one event a line
+//! <dir>/requests/                     requests to the running daemon and its answers
 //! ```
 //! Every whole-file write goes to a temporary file in the same directory, is fsynced, then
 //! renamed over the old one, so a controller killed at any instant leaves either the old or
@@ -26,6 +27,7 @@
 mod files;
 mod history;
 mod output;
+mod requests;
 #[cfg(test)]
 mod tests;
 mod time;
@@ -45,6 +47,7 @@ pub use files::replace_atomically;
 use files::{read_json, write_atomic, write_json_atomic};
 pub use history::HistoryEvent;
 pub use output::KEEP_OUTPUTS;
+pub use requests::{Answer, Pending, Request, now_ms};
 pub use time::{now_rfc3339, parse_rfc3339, rfc3339};
 
 /// Where convoy keeps its state when `--state-dir` is not given.

@@ -128,6 +128,48 @@ proptest! {
         }
     }
 
+    /// `--host`: whatever the targets, steps that change hosts touch targeted hosts only,
+    /// and the gate and the stage order hold over the whole site.
+    #[test]
+    fn host_targeting_changes_only_targeted_hosts_and_keeps_gate_and_order(
+        (s, o) in arb_fleet(),
+        mask in any::<u16>(),
+    ) {
+        let targets: std::collections::BTreeSet<String> = o
+            .keys()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, h)| h.clone())
+            .collect();
+        let pass = PassState { targets: Some(targets.clone()), ..PassState::default() };
+        let p = plan(&s, &o, &pass);
+        for step in &p.steps {
+            if matches!(step, Step::Once { .. }) {
+                continue;
+            }
+            for host in step.hosts() {
+                prop_assert!(targets.contains(host), "{step:?} on untargeted {host}");
+            }
+            if let Step::Switch { stage, .. } = step {
+                for required in s.stages.iter().filter(|st| !st.optional) {
+                    for host in &required.hosts {
+                        let v = reach_of(&o, host);
+                        prop_assert!(v.is_some_and(|v| v.complete.contains_key(&s.release)), "{host} not built");
+                    }
+                }
+                let index = s.stages.iter().position(|st| &st.name == stage).unwrap();
+                for earlier in &s.stages[..index] {
+                    for host in &earlier.hosts {
+                        if let Some(v) = reach_of(&o, host) {
+                            prop_assert_eq!(v.current.as_deref(), Some(s.release.as_str()), "{} not live", host);
+                            prop_assert!(v.pending.as_deref() != Some(s.release.as_str()), "{} unverified", host);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn once_is_never_started_where_a_record_exists((s, o) in arb_fleet()) {
         let p = plan(&s, &o, &PassState::default());
