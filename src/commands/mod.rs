@@ -200,6 +200,7 @@ fn one_off(
         max_parallel,
         known_hosts: cli.known_hosts.clone(),
         metrics_textfile: None,
+        notifications: vec![],
     };
     let shared = controller::Shared::new(&options, state)
         .context("failed to create a private directory for SSH control sockets")?;

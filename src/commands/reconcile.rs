@@ -55,13 +55,14 @@ pub(super) fn reconcile(
         }
     };
     log_start(cli, args.once);
-    let options = RunOptions {
+    let mut options = RunOptions {
         site: args.site.clone(),
         timeout,
         wait_unreachable,
         max_parallel: args.max_parallel,
         known_hosts: cli.known_hosts.clone(),
         metrics_textfile: args.metrics_textfile,
+        notifications: vec![],
     };
     if !args.once {
         if options.metrics_textfile.is_some() {
@@ -112,6 +113,16 @@ pub(super) fn reconcile(
     };
     if let Some(code) = unknown_manifest_site(cli, &desired, args.site.as_deref(), err)? {
         return Ok(code);
+    }
+    // Webhook URLs are read now: a missing one stops the run before any host is touched.
+    match crate::notify::resolve(&desired.notifications) {
+        Ok(targets) => options.notifications = targets,
+        Err(errors) => {
+            for e in &errors {
+                writeln!(err, "error: {}", error_chain(e))?;
+            }
+            return Ok(exit_code::INVALID);
+        }
     }
     let state = std::sync::Arc::new(StateDir::lock(&cli.state_dir)?);
     let code = runtime()?.block_on(controller::run_once(&desired, state.clone(), &options, out));

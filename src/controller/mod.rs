@@ -52,6 +52,9 @@ pub struct RunOptions {
     pub known_hosts: Option<std::path::PathBuf>,
     /// `--once`: also write the metrics here (node_exporter textfile collector).
     pub metrics_textfile: Option<std::path::PathBuf>,
+    /// `--once`: the Notifications with their URLs read (the daemon reads them at each
+    /// reload).
+    pub notifications: Vec<crate::notify::Target>,
 }
 
 /// Bounds of the per-site backoff while a required host is unreachable.
