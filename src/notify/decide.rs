@@ -142,7 +142,8 @@ mod tests {
             send: None,
         };
         // (before, now, rolled back, hosts changed, subscribed, expected)
-        let rows: Vec<(Option<&Seen>, Seen, bool, bool, &[E], Decision)> = vec![
+        type Row<'a> = (Option<&'a Seen>, Seen, bool, bool, &'a [E], Decision);
+        let rows: Vec<Row> = vec![
             // A deploy converges: news.
             (
                 Some(&conv1),

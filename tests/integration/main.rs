@@ -14,6 +14,7 @@ mod lab_tests;
 mod local_reconcile_tests;
 mod logging_tests;
 mod manifest_read_tests;
+mod notify_tests;
 mod once_interrupted_tests;
 mod once_output_tests;
 mod paths_tests;
