@@ -114,15 +114,9 @@ pub(super) fn reconcile(
     if let Some(code) = unknown_manifest_site(cli, &desired, args.site.as_deref(), err)? {
         return Ok(code);
     }
-    // Webhook URLs are read now: a missing one stops the run before any host is touched.
-    match crate::notify::resolve(&desired.notifications) {
+    match webhook_urls(&desired, err)? {
         Ok(targets) => options.notifications = targets,
-        Err(errors) => {
-            for e in &errors {
-                writeln!(err, "error: {}", error_chain(e))?;
-            }
-            return Ok(exit_code::INVALID);
-        }
+        Err(code) => return Ok(code),
     }
     let state = std::sync::Arc::new(StateDir::lock(&cli.state_dir)?);
     let code = runtime()?.block_on(controller::run_once(&desired, state.clone(), &options, out));
@@ -130,6 +124,23 @@ pub(super) fn reconcile(
         tracing::warn!("{warning}");
     }
     Ok(code)
+}
+
+/// The Notifications with their webhook URLs, read now: a missing one stops the run before
+/// any host is touched (exit 2), naming the Notification and the variable or file.
+fn webhook_urls(
+    desired: &crate::desired::DesiredState,
+    err: &mut dyn Write,
+) -> anyhow::Result<Result<Vec<crate::notify::Target>, u8>> {
+    match crate::notify::resolve(&desired.notifications) {
+        Ok(targets) => Ok(Ok(targets)),
+        Err(errors) => {
+            for e in &errors {
+                writeln!(err, "error: {}", error_chain(e))?;
+            }
+            Ok(Err(exit_code::INVALID))
+        }
+    }
 }
 
 /// Why `--metrics-textfile PATH` cannot be written, found before any host is touched: its
