@@ -189,7 +189,7 @@ fn an_offline_optional_host_is_told_once_by_name_and_its_return_once() {
             .reconcile_cmd(&[])
             .env("AUDIT_URL", json.url())
             .env("CHAT_URL", slack.url())
-            .env("RUST_LOG", "convoy=debug")
+            .env("RUST_LOG", "trace")
             .output()
             .unwrap()
     };
@@ -243,7 +243,7 @@ fn an_offline_optional_host_is_told_once_by_name_and_its_return_once() {
     for file in walk(&fleet.state()) {
         seen.push_str(&String::from_utf8_lossy(&std::fs::read(file).unwrap()));
     }
-    assert!(stderr(&out).contains("DEBUG"), "debug logging was on");
+    assert!(stderr(&out).contains("TRACE"), "every log level was on");
     assert!(!seen.contains("s3cr3t"), "a webhook URL leaked:\n{seen}");
 }
 
@@ -416,6 +416,22 @@ fn a_failing_receiver_is_retried_and_counted_while_the_daemon_deploys() {
         "{metrics}"
     );
     assert!(failing.bodies().len() >= 2, "retried");
+    // A reload whose URL cannot be read is an invalid load: the last valid state stays.
+    std::fs::remove_file(&url_file).unwrap();
+    write_fleet(&fleet, 2, &[0], &[1], &docs);
+    wait_until(Duration::from_secs(20), "the load is refused", || {
+        daemon.get("/readyz").0 == 503
+    });
+    let log = daemon.log_text();
+    assert!(
+        log.contains("Notification/audit: spec.webhook.urlFrom: Notification `audit`: failed to read the webhook URL from"),
+        "{log}"
+    );
+    assert_eq!(
+        fleet.current(1, "app").as_deref(),
+        Some("app.r1"),
+        "nothing deployed"
+    );
     assert_eq!(daemon.terminate(Duration::from_secs(30)), Some(0));
     let log = daemon.log_text();
     assert!(log.contains("the receiver answered HTTP 500"), "{log}");
