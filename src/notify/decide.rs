@@ -143,153 +143,39 @@ mod tests {
         };
         // (before, now, rolled back, hosts changed, subscribed, expected)
         type Row<'a> = (Option<&'a Seen>, Seen, bool, bool, &'a [E], Decision);
+        #[rustfmt::skip]
         let rows: Vec<Row> = vec![
             // A deploy converges: news.
-            (
-                Some(&conv1),
-                conv2.clone(),
-                false,
-                true,
-                ALL,
-                send(E::Converged),
-            ),
+            (Some(&conv1), conv2.clone(), false, true, ALL, send(E::Converged)),
             // The same state again (a resync, a cron run): nothing.
-            (
-                Some(&conv2),
-                conv2.clone(),
-                false,
-                false,
-                ALL,
-                quiet.clone(),
-            ),
-            (
-                Some(&deg_a),
-                deg_a.clone(),
-                false,
-                false,
-                ALL,
-                quiet.clone(),
-            ),
-            (
-                Some(&blocked),
-                blocked.clone(),
-                false,
-                false,
-                ALL,
-                quiet.clone(),
-            ),
+            (Some(&conv2), conv2.clone(), false, false, ALL, quiet.clone()),
+            (Some(&deg_a), deg_a.clone(), false, false, ALL, quiet.clone()),
+            (Some(&blocked), blocked.clone(), false, false, ALL, quiet.clone()),
             // An optional host goes offline, then a second one: each is news.
-            (
-                Some(&conv2),
-                deg_a.clone(),
-                false,
-                false,
-                ALL,
-                send(E::Degraded),
-            ),
-            (
-                Some(&deg_a),
-                deg_ab.clone(),
-                false,
-                false,
-                ALL,
-                send(E::Degraded),
-            ),
+            (Some(&conv2), deg_a.clone(), false, false, ALL, send(E::Degraded)),
+            (Some(&deg_a), deg_ab.clone(), false, false, ALL, send(E::Degraded)),
             // ...and back: converged again.
-            (
-                Some(&deg_ab),
-                conv2.clone(),
-                false,
-                true,
-                ALL,
-                send(E::Converged),
-            ),
+            (Some(&deg_ab), conv2.clone(), false, true, ALL, send(E::Converged)),
             // A rollback is always news, even when the phase stays Failed.
-            (
-                Some(&conv1),
-                failed.clone(),
-                true,
-                true,
-                ALL,
-                send(E::RolledBack),
-            ),
-            (
-                Some(&failed),
-                failed.clone(),
-                true,
-                true,
-                ALL,
-                Decision {
-                    record: false,
-                    send: Some(E::RolledBack),
-                },
-            ),
+            (Some(&conv1), failed.clone(), true, true, ALL, send(E::RolledBack)),
+            (Some(&failed), failed.clone(), true, true, ALL, Decision { record: false, send: Some(E::RolledBack) }),
             // Not subscribed to rollbacks: the phase change is the message, once.
-            (
-                Some(&conv1),
-                failed.clone(),
-                true,
-                true,
-                &[E::Failed],
-                send(E::Failed),
-            ),
-            (
-                Some(&failed),
-                failed.clone(),
-                true,
-                true,
-                &[E::Failed],
-                quiet.clone(),
-            ),
+            (Some(&conv1), failed.clone(), true, true, &[E::Failed], send(E::Failed)),
+            (Some(&failed), failed.clone(), true, true, &[E::Failed], quiet.clone()),
             // Not subscribed to the new phase: learnt, not sent (previousPhase stays true).
-            (
-                Some(&conv1),
-                conv2.clone(),
-                false,
-                true,
-                &[E::Failed],
-                learn.clone(),
-            ),
-            (
-                Some(&conv1),
-                blocked.clone(),
-                false,
-                false,
-                &[E::Failed, E::Degraded],
-                learn.clone(),
-            ),
-            // Never told anything: a problem is news, a fleet already fine is learnt quietly,
+            (Some(&conv1), conv2.clone(), false, true, &[E::Failed], learn.clone()),
+            (Some(&conv1), blocked.clone(), false, false, &[E::Failed, E::Degraded], learn.clone()),
+            // Never told anything: a problem is news, a fleet already converged is learnt quietly,
             (None, failed.clone(), false, true, ALL, send(E::Failed)),
             (None, deg_a.clone(), false, false, ALL, send(E::Degraded)),
             (None, conv2.clone(), false, false, ALL, learn.clone()),
             // but a first deploy that changed hosts is news.
             (None, conv2.clone(), false, true, ALL, send(E::Converged)),
             // Interrupted or Unmanaged is no state of the site: nothing, nothing learnt.
-            (
-                Some(&conv1),
-                seen(Interrupted, "r2", &[]),
-                false,
-                true,
-                ALL,
-                quiet.clone(),
-            ),
-            (
-                Some(&conv1),
-                seen(Unmanaged, "r1", &[]),
-                false,
-                false,
-                ALL,
-                quiet.clone(),
-            ),
+            (Some(&conv1), seen(Interrupted, "r2", &[]), false, true, ALL, quiet.clone()),
+            (Some(&conv1), seen(Unmanaged, "r1", &[]), false, false, ALL, quiet.clone()),
             // Suspended is learnt but no one subscribes to it.
-            (
-                Some(&conv1),
-                seen(Suspended, "r1", &[]),
-                false,
-                false,
-                ALL,
-                learn.clone(),
-            ),
+            (Some(&conv1), seen(Suspended, "r1", &[]), false, false, ALL, learn.clone()),
         ];
         for (i, (before, now, rolled_back, changed, events, expected)) in
             rows.into_iter().enumerate()
