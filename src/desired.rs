@@ -8,7 +8,10 @@ use crate::host::Host;
 use crate::host::local::LocalHost;
 use crate::host::ssh::SshHost;
 use crate::manifest::Catalog;
-use crate::manifest::types::{DEFAULT_CONNECT_TIMEOUT, HostSpec, SshSettings};
+use crate::manifest::types::{
+    DEFAULT_CONNECT_TIMEOUT, HostSpec, NotificationEvent, NotificationSpec, SshSettings,
+    WebhookFormat,
+};
 use crate::manifest::validate::archive_path_of_site;
 
 /// One site as the engine sees it.
@@ -82,6 +85,29 @@ pub struct DesiredState {
     /// Each Site's `metadata.labels`: for `convoy status -l`, never part of what a pass
     /// does (an edited label neither lifts a hold nor starts a pass).
     pub site_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// The commit of the manifests this state was read from, when they came from git.
+    pub commit: Option<String>,
+    /// Who hears about what (the URLs are read when convoy starts sending, see `notify`).
+    pub notifications: Vec<DesiredNotification>,
+}
+
+/// A Notification as the engine uses it: where its URL comes from, never the URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredNotification {
+    pub name: String,
+    /// `None`: every site.
+    pub sites: Option<Vec<String>>,
+    pub events: Vec<NotificationEvent>,
+    pub format: WebhookFormat,
+    pub url_from: UrlSource,
+}
+
+/// Where a webhook URL is read from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UrlSource {
+    Env(String),
+    /// Absolute (a relative path was anchored at its manifest's directory).
+    File(std::path::PathBuf),
 }
 
 impl DesiredState {
@@ -164,8 +190,28 @@ impl DesiredState {
             state.sites.insert(name.clone(), desired);
         }
         state.site_labels = site_labels(catalog);
+        state.notifications = notifications(catalog);
         state
     }
+}
+
+fn notifications(catalog: &Catalog) -> Vec<DesiredNotification> {
+    let of = |(name, n): (&String, &crate::manifest::types::Object<NotificationSpec>)| {
+        let url = &n.spec.webhook.url_from;
+        DesiredNotification {
+            name: name.clone(),
+            sites: (!n.spec.sites.is_empty())
+                .then(|| n.spec.sites.iter().map(|s| s.value.clone()).collect()),
+            events: n.spec.events.value.clone(),
+            format: n.spec.webhook.format,
+            url_from: match (&url.env, &url.file) {
+                (Some(env), _) => UrlSource::Env(env.value.clone()),
+                (None, Some(file)) => UrlSource::File(file.value.clone().into()),
+                (None, None) => unreachable!("validation requires exactly one URL source"),
+            },
+        }
+    };
+    catalog.notifications.iter().map(of).collect()
 }
 
 /// Each Site's `metadata.labels`, without their positions.

@@ -12,6 +12,7 @@ pub mod host;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod progress;
 pub mod state;

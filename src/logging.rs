@@ -23,6 +23,12 @@ pub fn init(format: LogFormat) {
         },
         _ => (EnvFilter::new(DEFAULT_FILTER), None),
     };
+    // The HTTP client of notifications logs request URLs, and a webhook URL is a secret:
+    // its records are never shown, whatever `RUST_LOG` asks for.
+    let filter = ["ureq=off", "ureq_proto=off"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, EnvFilter::add_directive);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -209,6 +209,7 @@ fn one_off(
         known_hosts: cli.known_hosts.clone(),
         metrics_textfile: None,
         hosts: vec![],
+        notifications: vec![],
     };
     let shared = controller::Shared::new(&options, state)
         .context("failed to create a private directory for SSH control sockets")?;

@@ -60,7 +60,7 @@ pub(super) fn reconcile(
         }
     };
     log_start(cli, args.once);
-    let options = RunOptions {
+    let mut options = RunOptions {
         site: args.site.clone(),
         timeout,
         wait_unreachable,
@@ -70,6 +70,7 @@ pub(super) fn reconcile(
         known_hosts: cli.known_hosts.clone(),
         metrics_textfile: args.metrics_textfile,
         hosts: args.hosts.clone(),
+        notifications: vec![],
     };
     if !args.once {
         if options.metrics_textfile.is_some() {
@@ -121,12 +122,33 @@ pub(super) fn reconcile(
     if let Some(code) = selection_problem(cli, &desired, &options, err)? {
         return Ok(code);
     }
+    match webhook_urls(&desired, err)? {
+        Ok(targets) => options.notifications = targets,
+        Err(code) => return Ok(code),
+    }
     let state = std::sync::Arc::new(StateDir::lock(&cli.state_dir)?);
     let code = runtime()?.block_on(controller::run_once(&desired, state.clone(), &options, out));
     for warning in state.take_warnings() {
         tracing::warn!("{warning}");
     }
     Ok(code)
+}
+
+/// The Notifications with their webhook URLs, read now: a missing one stops the run before
+/// any host is touched (exit 2), naming the Notification and the variable or file.
+fn webhook_urls(
+    desired: &crate::desired::DesiredState,
+    err: &mut dyn Write,
+) -> anyhow::Result<Result<Vec<crate::notify::Target>, u8>> {
+    match crate::notify::resolve(&desired.notifications) {
+        Ok(targets) => Ok(Ok(targets)),
+        Err(errors) => {
+            for e in &errors {
+                writeln!(err, "error: {}", error_chain(e))?;
+            }
+            Ok(Err(exit_code::INVALID))
+        }
+    }
 }
 
 /// Why `--metrics-textfile PATH` cannot be written, found before any host is touched: its

@@ -101,6 +101,9 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
             "shutdown grace period over; leaving the remaining passes (their hosts keep a complete release)"
         );
     }
+    if let Some(notifier) = controller.notifier.take() {
+        notifier.close(crate::notify::ONCE_GRACE).await;
+    }
     controller.shared.close().await;
     tracing::info!("stopped");
     exit_code::OK
@@ -193,11 +196,24 @@ impl Controller<'_> {
                 return;
             }
         };
+        let mut new = DesiredState::from_catalog(&catalog);
+        // A webhook URL that cannot be read makes the manifests unusable, as an error would.
+        let targets = match crate::notify::resolve(&new.notifications) {
+            Ok(targets) => targets,
+            Err(errors) => {
+                let diagnostics = unresolved(&catalog, &errors);
+                let failure = manifest::LoadFailure {
+                    diagnostics,
+                    read_failed: false,
+                };
+                source.invalid(failure, &metrics, &self.state);
+                return;
+            }
+        };
         source.reload_retry = None;
         metrics.manifests_loaded(true);
         let _ = wrote(&metrics, "manifests", self.state.save_manifests(true, &[]));
         source.ready.store(true, Ordering::SeqCst);
-        let mut new = DesiredState::from_catalog(&catalog);
         let only = source.options.run.site.as_deref();
         super::desired_loaded(&metrics, &self.state, &new, only);
         if let Some(only) = &source.options.run.site {
@@ -228,6 +244,19 @@ impl Controller<'_> {
             self.ctx.as_deref(),
         )));
         self.desired = Some(new);
+        let memory = self
+            .notifier
+            .as_ref()
+            .map(|n| n.memory())
+            .unwrap_or_default();
+        if let Some(old) = self.notifier.take() {
+            old.retire();
+        }
+        self.notifier = Some(crate::notify::Notifier::start(
+            targets,
+            metrics.clone(),
+            memory,
+        ));
         for name in changed {
             // A new desired state starts a fresh backoff.
             self.queue.reset(&name);
@@ -323,6 +352,38 @@ fn load_checked(
         read_failed: false,
     })?;
     Ok(catalog)
+}
+
+/// Webhook URLs that could not be read, as located problems of their Notifications.
+fn unresolved(
+    catalog: &manifest::Catalog,
+    errors: &[crate::notify::ResolveError],
+) -> manifest::diagnostic::Diagnostics {
+    use manifest::types::Kind;
+    use manifest::validate::ObjectKey;
+    let diagnostics = errors
+        .iter()
+        .map(|e| {
+            let name = e.notification();
+            let key = ObjectKey::named(Kind::Notification, name);
+            manifest::diagnostic::Diagnostic {
+                file: catalog
+                    .files
+                    .get(&key)
+                    .map(|f| f.to_string())
+                    .unwrap_or_default(),
+                pos: catalog
+                    .notifications
+                    .get(name)
+                    .map(|n| n.spec.webhook.url_from.pos)
+                    .unwrap_or_default(),
+                object: Some(format!("Notification/{name}")),
+                field: Some("spec.webhook.urlFrom".into()),
+                message: crate::state::error_chain(e),
+            }
+        })
+        .collect();
+    manifest::diagnostic::Diagnostics(diagnostics)
 }
 
 /// The sites of `new` whose desired state differs from `old`'s: their spec, how their

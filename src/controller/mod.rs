@@ -59,6 +59,9 @@ pub struct RunOptions {
     pub metrics_textfile: Option<std::path::PathBuf>,
     /// `--once --host`: change only these hosts (observing the rest); empty = every host.
     pub hosts: Vec<String>,
+    /// `--once`: the Notifications with their URLs read (the daemon reads them at each
+    /// reload).
+    pub notifications: Vec<crate::notify::Target>,
 }
 
 /// Bounds of the per-site backoff while a required host is unreachable.

@@ -87,6 +87,8 @@ pub(super) struct Controller<'o> {
     out: Out<'o>,
     /// The daemon's manifest source; `None` for `--once`.
     pub manifests: Option<super::daemon::Manifests>,
+    /// Who hears about each pass (`notify`); `None` until set up.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 impl<'o> Controller<'o> {
@@ -112,6 +114,7 @@ impl<'o> Controller<'o> {
             quiet: 0,
             out,
             manifests: None,
+            notifier: None,
         }
     }
 
@@ -335,6 +338,10 @@ impl<'o> Controller<'o> {
             stopped: self.stopped.as_deref(),
         };
         let status = publish(&ctx, &self.state, site, &report, &ending);
+        if let Some(notifier) = &self.notifier {
+            let commit = self.desired.as_ref().and_then(|d| d.commit.as_deref());
+            notifier.after_pass(&self.state, &name, commit, &report, &status);
+        }
         let result = SiteResult {
             name: name.clone(),
             report,

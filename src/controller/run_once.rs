@@ -67,6 +67,11 @@ pub async fn run_once(
     controller.wait_unreachable = Some(options.wait_unreachable);
     controller.desired = Some(Arc::new(desired));
     controller.ctx = Some(Arc::new(ctx));
+    controller.notifier = Some(crate::notify::Notifier::start(
+        options.notifications.clone(),
+        controller.shared.metrics.clone(),
+        crate::notify::Memory::default(),
+    ));
     controller.enqueue(sites.iter().cloned());
     let mut sources = once_sources();
     let stopped = controller.run(&mut sources).await;
@@ -79,6 +84,10 @@ pub async fn run_once(
     if let Some(why) = &stopped {
         report_unfinished(&mut controller, &sites, why);
         codes.push(exit_code::FAILED);
+    }
+    // Messages of the last passes get a moment to leave; a slow receiver never more.
+    if let Some(notifier) = controller.notifier.take() {
+        notifier.close(crate::notify::ONCE_GRACE).await;
     }
     if !finish(&mut controller, options, sites.len(), started).await {
         codes.push(exit_code::FAILED);

@@ -419,27 +419,47 @@ impl JsonSchema for IntOrPercent {
 
 // ---------------------------------------------------------------- Notification
 
-/// Who hears about what (not supported yet: manifests using it are refused).
+/// Who hears about what: phase changes, rollbacks and offline hosts of the sites it names,
+/// sent once per change to a webhook.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NotificationSpec {
     /// Sites to report on (default: every site).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sites: Vec<String>,
-    /// Which phase changes to send.
-    pub events: Vec<NotificationEvent>,
+    pub sites: Vec<Located<String>>,
+    /// Which changes to send: a site entering a phase (Converged, Progressing, Degraded,
+    /// Blocked, Failed; Degraded and Blocked again whenever the set of offline hosts changes),
+    /// or hosts rolled back (RolledBack).
+    #[schemars(length(min = 1))]
+    pub events: Located<Vec<NotificationEvent>>,
     /// Where to send them.
     pub webhook: Webhook,
 }
 
 /// Events a notification can subscribe to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
 pub enum NotificationEvent {
     Failed,
     Blocked,
     Degraded,
     RolledBack,
     Converged,
+    Progressing,
+}
+
+impl NotificationEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationEvent::Failed => "Failed",
+            NotificationEvent::Blocked => "Blocked",
+            NotificationEvent::Degraded => "Degraded",
+            NotificationEvent::RolledBack => "RolledBack",
+            NotificationEvent::Converged => "Converged",
+            NotificationEvent::Progressing => "Progressing",
+        }
+    }
 }
 
 /// An HTTP receiver.
@@ -448,8 +468,9 @@ pub enum NotificationEvent {
 pub struct Webhook {
     /// `slack` (incoming-webhook JSON) or `json` (convoy's event object).
     pub format: WebhookFormat,
-    /// Where the URL comes from; never the URL itself.
-    pub url_from: UrlFrom,
+    /// Where the URL comes from (exactly one of `env` or `file`); never the URL itself, which
+    /// is a secret.
+    pub url_from: Located<UrlFrom>,
 }
 
 /// Payload format of a webhook.
@@ -460,14 +481,15 @@ pub enum WebhookFormat {
     Json,
 }
 
-/// A secret's source: an environment variable or a file.
+/// A secret's source: an environment variable of the controller, or a file on the
+/// controller (relative: to this manifest file's directory). Read when convoy starts.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UrlFrom {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<String>,
+    pub env: Option<Located<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
+    pub file: Option<Located<String>>,
 }
 
 mod defaults {

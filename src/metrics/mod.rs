@@ -82,6 +82,18 @@ pub struct StateFileLabel {
     pub kind: String,
 }
 
+/// A Notification (by name) and what became of a message: one of [`NOTIFICATION_RESULTS`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub notification: String,
+    pub result: String,
+}
+
+/// What can become of a notification message: `sent` (the receiver answered 2xx), `failed`
+/// (one attempt failed; it is retried), `gave_up` (every retry failed), `dropped` (the queue
+/// was full and this, the oldest, made room; or `--once` ended before it was handed over).
+pub const NOTIFICATION_RESULTS: [&str; 4] = ["sent", "failed", "gave_up", "dropped"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
@@ -109,7 +121,7 @@ pub const RESULTS: [&str; 6] = [
 ];
 
 /// Every `kind` of state-dir file whose writes are counted (see `controller::wrote`).
-pub const STATE_FILE_KINDS: [&str; 8] = [
+pub const STATE_FILE_KINDS: [&str; 9] = [
     "status",
     "labels",
     "attempts",
@@ -118,6 +130,7 @@ pub const STATE_FILE_KINDS: [&str; 8] = [
     "history",
     "manifests",
     "instance",
+    "notified",
 ];
 
 /// convoy's metrics. Cheap to share: every family is reference-counted inside.
@@ -140,6 +153,7 @@ pub struct Metrics {
     manifests_valid: Gauge,
     manifest_last_success: FloatGauge,
     state_write_errors: Family<StateFileLabel, Counter>,
+    notifications: Family<NotificationLabels, Counter>,
     /// The gauges again, alone: what a `--once` textfile holds.
     gauges: Registry,
     /// Label sets in use per site, so its series can be replaced or removed (families
@@ -204,6 +218,7 @@ impl Metrics {
             manifests_valid: Gauge::default(),
             manifest_last_success: FloatGauge::default(),
             state_write_errors: Family::default(),
+            notifications: Family::default(),
             sites: Mutex::default(),
             hosts_declared: Mutex::default(),
             limits: limits::LimitsCollector::default(),
@@ -376,6 +391,27 @@ impl Metrics {
             .inc();
     }
 
+    /// A notification message of `notification` was `result` (one of
+    /// [`NOTIFICATION_RESULTS`]).
+    pub fn notification(&self, notification: &str, result: &'static str) {
+        self.notifications
+            .get_or_create(&NotificationLabels {
+                notification: notification.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Every result of `notification` at 0, so `increase()` sees the first failure.
+    pub fn declare_notification(&self, notification: &str) {
+        for result in NOTIFICATION_RESULTS {
+            drop(self.notifications.get_or_create(&NotificationLabels {
+                notification: notification.into(),
+                result: result.into(),
+            }));
+        }
+    }
+
     pub fn manifests_loaded(&self, valid: bool) {
         self.manifests_valid.set(i64::from(valid));
         if valid {
@@ -506,6 +542,11 @@ fn register_controller_counters(r: &mut Registry, m: &Metrics) {
         "convoy_state_write_errors",
         "Writes to the state directory that failed, by file kind",
         m.state_write_errors.clone(),
+    );
+    r.register(
+        "convoy_notifications",
+        "Notification messages by Notification and result (sent, failed attempt, gave_up, dropped)",
+        m.notifications.clone(),
     );
 }
 

@@ -63,6 +63,7 @@ const APPLIED_FILE: &str = "applied.json";
 const HISTORY_FILE: &str = "history.jsonl";
 const MANIFESTS_FILE: &str = "manifests.json";
 const INSTANCE_FILE: &str = "instance-id";
+const NOTIFIED_FILE: &str = "notified.json";
 
 /// What went wrong with the state directory. Every variant names the path involved; the
 /// underlying cause is chained (`source`), not pasted into the message.
@@ -322,6 +323,21 @@ impl StateDir {
     /// Replaces the saved status of `site` atomically.
     pub fn save_status(&self, site: &str, status: &SiteStatus) -> Result<(), StateError> {
         write_json_atomic(&self.site_file(site, STATUS_FILE)?, status)
+    }
+
+    /// What each Notification was last told about `site` (see `notify::decide`), so a cron
+    /// run of `--once` does not repeat a message for a state that did not change.
+    pub fn notified<T: DeserializeOwned + Default>(&self, site: &str) -> T {
+        self.read_or_warn(site, NOTIFIED_FILE).unwrap_or_default()
+    }
+
+    /// Replaces what the Notifications were last told about `site`, atomically.
+    pub fn save_notified<T: serde::Serialize>(
+        &self,
+        site: &str,
+        notified: &T,
+    ) -> Result<(), StateError> {
+        write_json_atomic(&self.site_file(site, NOTIFIED_FILE)?, notified)
     }
 
     /// The Site's `metadata.labels` as last recorded (empty if none).

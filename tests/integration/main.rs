@@ -15,6 +15,7 @@ mod limits_tests;
 mod local_reconcile_tests;
 mod logging_tests;
 mod manifest_read_tests;
+mod notify_tests;
 mod once_interrupted_tests;
 mod once_output_tests;
 mod paths_tests;

@@ -5,6 +5,7 @@
 //! objects by name (and how a Release is named within its site) in `refs.rs`.
 
 mod fields;
+mod notifications;
 mod paths;
 mod refs;
 #[cfg(test)]
@@ -36,6 +37,8 @@ pub struct Catalog {
     pub groups: BTreeMap<String, Object<ServerGroupSpec>>,
     /// Keyed by (site, release name): a Release's name is unique among its site's Releases.
     pub releases: BTreeMap<(String, String), Object<ReleaseSpec>>,
+    /// Notifications by name (`urlFrom.file` made absolute).
+    pub notifications: BTreeMap<String, Object<NotificationSpec>>,
     /// Distinct host names across the fleet.
     pub hosts: BTreeSet<String>,
     /// Per Site with an archive: the directories its archive must resolve inside (the
@@ -56,13 +59,20 @@ impl Catalog {
         fn count(n: usize, what: &str) -> String {
             format!("{n} {what}{}", if n == 1 { "" } else { "s" })
         }
-        format!(
+        let mut summary = format!(
             "{}, {}, {}, {}",
             count(self.sites.len(), "site"),
             count(self.groups.len(), "server group"),
             count(self.releases.len(), "release"),
             count(self.hosts.len(), "host")
-        )
+        );
+        if !self.notifications.is_empty() {
+            summary.push_str(&format!(
+                ", {}",
+                count(self.notifications.len(), "notification")
+            ));
+        }
+        summary
     }
 }
 
@@ -122,6 +132,7 @@ pub fn validate(loaded: Loaded, options: &LoadOptions) -> Result<Catalog, Diagno
         given: &archive_roots,
     };
     catalog.archive_roots = check_sites(&mut r, &catalog, &index, &roots);
+    notifications::check_notifications(&mut r, &catalog, &index);
 
     let mut diagnostics = r.diagnostics;
     if diagnostics.is_empty() {
@@ -180,13 +191,7 @@ fn check_names(r: &mut Reporter, objects: &[Sourced]) -> (Catalog, BTreeMap<Obje
             AnyObject::Site(o) => drop(catalog.sites.insert(name, (**o).clone())),
             AnyObject::ServerGroup(o) => drop(catalog.groups.insert(name, o.clone())),
             AnyObject::Release(o) => drop(catalog.releases.insert((key.scope, name), o.clone())),
-            AnyObject::Notification(o) => r.at(
-                file,
-                &id,
-                o.kind.pos,
-                "kind",
-                "the Notification kind is not supported yet: remove this manifest (convoy refuses settings it cannot honour)",
-            ),
+            AnyObject::Notification(o) => drop(catalog.notifications.insert(name, o.clone())),
         }
     }
     (catalog, files)
@@ -414,7 +419,7 @@ fn first_position(catalog: &Catalog, key: &ObjectKey) -> Pos {
         Kind::Release => catalog
             .release(&key.scope, name)
             .map(|o| o.metadata.name.pos),
-        Kind::Notification => None,
+        Kind::Notification => catalog.notifications.get(name).map(|o| o.metadata.name.pos),
     }
     .unwrap_or_default()
 }

@@ -79,6 +79,12 @@ pub(super) fn anchor_paths(catalog: &mut Catalog, files: &BTreeMap<ObjectKey, Ar
             archive.path.value = anchored(&archive.path.value, file);
         }
     }
+    for (name, notification) in catalog.notifications.iter_mut() {
+        let file = &files[&ObjectKey::named(Kind::Notification, name)];
+        if let Some(path) = &mut notification.spec.webhook.url_from.value.file {
+            path.value = anchored(&path.value, file);
+        }
+    }
 }
 
 /// Where `path` really leads: the part that exists with its symlinks resolved, then the
