@@ -29,6 +29,9 @@ pub struct DesiredSite {
     pub rollout: RolloutSpec,
     pub keep_releases: usize,
     pub suspend: bool,
+    /// `dependsOn`: the sites that must be Converged on their desired release before this
+    /// one runs `once` or switches, in manifest order.
+    pub depends_on: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +85,9 @@ pub struct DesiredState {
     /// Each Site's `metadata.labels`: for `convoy status -l`, never part of what a pass
     /// does (an edited label neither lifts a hold nor starts a pass).
     pub site_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Every Site's desired release, also when a run selects one site (`--site`): what a
+    /// site's dependencies must be Converged on.
+    pub releases: BTreeMap<String, String>,
 }
 
 impl DesiredState {
@@ -160,12 +166,20 @@ impl DesiredState {
                 },
                 keep_releases: spec.keep_releases.value as usize,
                 suspend: spec.suspend,
+                depends_on: depends_on(spec),
             };
+            state.releases.insert(name.clone(), desired.release.clone());
             state.sites.insert(name.clone(), desired);
         }
         state.site_labels = site_labels(catalog);
         state
     }
+}
+
+/// A Site's `dependsOn`, without positions.
+fn depends_on(spec: &crate::manifest::types::SiteSpec) -> Vec<String> {
+    let entries = spec.depends_on.iter().flat_map(|d| d.iter());
+    entries.map(|s| s.value.clone()).collect()
 }
 
 /// Each Site's `metadata.labels`, without their positions.

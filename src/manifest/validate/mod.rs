@@ -2,8 +2,10 @@
 //! anything is reported, so an operator fixes a broken commit in one round. A desired
 //! state that fails here is never acted on: nothing on any host is touched. The rules of
 //! single values are in `fields.rs`, those of paths in `paths.rs`, references between
-//! objects by name (and how a Release is named within its site) in `refs.rs`.
+//! objects by name (and how a Release is named within its site) in `refs.rs`, the order
+//! between sites (`dependsOn`) in `depends.rs`.
 
+mod depends;
 mod fields;
 mod paths;
 mod refs;
@@ -122,6 +124,7 @@ pub fn validate(loaded: Loaded, options: &LoadOptions) -> Result<Catalog, Diagno
         given: &archive_roots,
     };
     catalog.archive_roots = check_sites(&mut r, &catalog, &index, &roots);
+    depends::check_depends_on(&mut r, &catalog, &index);
 
     let mut diagnostics = r.diagnostics;
     if diagnostics.is_empty() {
