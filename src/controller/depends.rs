@@ -13,15 +13,23 @@ use super::run::Controller;
 use crate::desired::DesiredSite;
 use crate::plan::{Dependency, Outcome};
 
-/// Sites whose last pass ended waiting, with the sites they wait for.
+/// Sites whose last pass ended waiting, with the sites they wait for, and those of them
+/// parked: their next pass comes when a site they wait for ends one.
 #[derive(Debug, Default)]
 pub struct Dependents {
     waiting: BTreeMap<String, BTreeSet<String>>,
+    parked: BTreeSet<String>,
 }
 
 impl Dependents {
+    /// Whether `site` is parked: it has a pass to come, after a site it waits for.
+    pub fn parked(&self, site: &str) -> bool {
+        self.parked.contains(site)
+    }
+
     /// Records how `site`'s pass ended: waiting for the sites `on`, or not waiting (`None`).
     pub fn record(&mut self, site: &str, on: Option<&[Dependency]>) {
+        self.parked.remove(site);
         match on {
             Some(on) => {
                 let sites = on.iter().map(|d| d.site.clone()).collect();
@@ -33,8 +41,8 @@ impl Dependents {
         }
     }
 
-    /// A pass of `site` ended with no retry pending: the sites that waited for it, which
-    /// run again now (and are forgotten until they wait again).
+    /// A pass of `site` ended with no pass of it to come: the sites that waited for it,
+    /// which run again now (and are forgotten until they wait again).
     pub fn released_by(&mut self, site: &str) -> Vec<String> {
         let released: Vec<String> = self
             .waiting
@@ -44,6 +52,7 @@ impl Dependents {
             .collect();
         for dependent in &released {
             self.waiting.remove(dependent);
+            self.parked.remove(dependent);
         }
         released
     }
@@ -100,15 +109,22 @@ impl Controller<'_> {
             .into_iter()
             .filter(|d| !d.ready())
             .collect();
-        let wait = decide(on, &today, |s| self.queue.pending(s));
-        if wait == Wait::Again {
-            self.queue.enqueue(&site.name);
-            *again = Some(now);
+        // A parked site has a pass to come too: a chain waits for its first link.
+        let pending = |s: &str| self.queue.pending(s) || self.dependents.parked(s);
+        let wait = decide(on, &today, pending);
+        match wait {
+            Wait::Again => {
+                self.queue.enqueue(&site.name);
+                *again = Some(now);
+            }
+            Wait::Parked => drop(self.dependents.parked.insert(site.name.clone())),
+            Wait::Done => {}
         }
         wait
     }
 
-    /// `site`'s pass ended with no retry pending: the sites waiting for it run again now.
+    /// `site`'s pass ended with no pass of it to come (no retry, not parked): the sites
+    /// waiting for it run again now.
     pub(super) fn release_dependents(&mut self, site: &str) {
         for dependent in self.dependents.released_by(site) {
             self.queue.enqueue(&dependent);
@@ -170,5 +186,18 @@ mod tests {
         // A site whose pass no longer waits is not released.
         dependents.record("api", None);
         assert_eq!(dependents.released_by("billing"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_parked_site_stays_parked_until_released_or_its_next_pass() {
+        let mut dependents = Dependents::default();
+        dependents.record("shop", Some(&[dep("licensing", Phase::Progressing)]));
+        dependents.parked.insert("shop".into());
+        assert!(dependents.parked("shop"));
+        dependents.record("shop", Some(&[dep("licensing", Phase::Progressing)]));
+        assert!(!dependents.parked("shop"), "a new pass decides again");
+        dependents.parked.insert("shop".into());
+        dependents.released_by("licensing");
+        assert!(!dependents.parked("shop"));
     }
 }

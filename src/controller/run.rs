@@ -347,13 +347,11 @@ impl<'o> Controller<'o> {
             report,
             status,
         };
-        self.report(
-            &result,
-            again.is_none() && wait != Wait::Parked,
-            hold_lost.is_some(),
-        );
+        let done = again.is_none() && wait != Wait::Parked;
+        self.report(&result, done, hold_lost.is_some());
         match again {
-            None => self.release_dependents(&name),
+            None if done => self.release_dependents(&name),
+            None => {}
             Some(_) => drop(self.waiting.insert(name, result)),
         }
     }

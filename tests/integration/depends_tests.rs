@@ -13,28 +13,37 @@ use crate::util::stdout;
 const TRACED_HEALTH: &str = "  health:\n    command: 'sh bin/health && echo \"health $CONVOY_SITE $CONVOY_HOST $(date +%s.%N)\" >> /srv/convoy-lab/trace.log'\n    timeout: 5s\n";
 
 fn docs(fleet: &Fleet, lic_version: u32, lic_build_sleep: &str) -> Vec<String> {
-    let mut docs = vec![fleet.group("g0", &[0], None), fleet.group("g1", &[1], None)];
-    let lic = fleet.site(&SiteDef {
-        name: "lic",
-        version: lic_version,
-        stages: &[("web", "g0", false, false)],
-        build_sleep: lic_build_sleep,
-        ..SiteDef::default()
-    });
-    let shop = fleet.site(&SiteDef {
-        name: "shop",
-        stages: &[("web", "g1", false, false)],
-        ..SiteDef::default()
-    });
+    chain(
+        fleet,
+        &[("lic", lic_version, lic_build_sleep), ("shop", 1, "0")],
+    )
+}
+
+/// Site i on host hi with its own group, release `<site>.r<version>`; each site after the
+/// first depends on the one before it. The first one's health check is traced.
+fn chain(fleet: &Fleet, sites: &[(&str, u32, &str)]) -> Vec<String> {
     let health = "  health: {command: sh bin/health, timeout: 5s, retries: 1, interval: 1s}\n";
-    assert!(lic[0].contains(health) && shop[0].contains("  keepReleases: 3\n"));
-    docs.push(lic[0].replace(health, TRACED_HEALTH));
-    docs.extend(lic[1..].iter().cloned());
-    docs.push(shop[0].replace(
-        "  keepReleases: 3\n",
-        "  keepReleases: 3\n  dependsOn: [lic]\n",
-    ));
-    docs.extend(shop[1..].iter().cloned());
+    let keep = "  keepReleases: 3\n";
+    let groups: Vec<String> = (0..sites.len()).map(|i| format!("g{i}")).collect();
+    let mut docs: Vec<String> = (0..sites.len())
+        .map(|i| fleet.group(&groups[i], &[i], None))
+        .collect();
+    for (i, (name, version, build_sleep)) in sites.iter().enumerate() {
+        let stages = [("web", groups[i].as_str(), false, false)];
+        let mut site = fleet.site(&SiteDef {
+            name,
+            version: *version,
+            stages: &stages,
+            build_sleep,
+            ..SiteDef::default()
+        });
+        assert!(site[0].contains(health) && site[0].contains(keep));
+        site[0] = match i {
+            0 => site[0].replace(health, TRACED_HEALTH),
+            _ => site[0].replace(keep, &format!("{keep}  dependsOn: [{}]\n", sites[i - 1].0)),
+        };
+        docs.extend(site);
+    }
     docs
 }
 
@@ -85,6 +94,22 @@ fn one_once_run_switches_the_dependency_first_while_the_dependent_builds_early()
         text.contains("switch waits for site lic"),
         "the wait is reported while it lasts:\n{text}"
     );
+}
+
+#[test]
+fn a_chain_of_three_goes_live_link_by_link_in_one_once_run() {
+    let fleet = Fleet::new(3);
+    fleet.write(&chain(
+        &fleet,
+        &[("lic", 1, "2"), ("billing", 1, "0"), ("shop", 1, "0")],
+    ));
+    let out = fleet.reconcile(&[]);
+    assert_exit(&out, 0);
+    let live: Vec<f64> = [(0, "lic"), (1, "billing"), (2, "shop")]
+        .iter()
+        .map(|(i, site)| times(&fleet, *i, "activate", site)[0].1)
+        .collect();
+    assert!(live[0] < live[1] && live[1] < live[2], "{live:?}");
 }
 
 #[test]
