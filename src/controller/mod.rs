@@ -284,6 +284,12 @@ mod tests {
             (Outcome::Converged, Requeue::Done, Requeue::Done),
             (Outcome::Progressing, Requeue::Done, Requeue::Done),
             (Outcome::Suspended, Requeue::Done, Requeue::Done),
+            // dependsOn: run again when the dependency's pass ends, not on a timer.
+            (
+                Outcome::Waiting { on: vec![] },
+                Requeue::Done,
+                Requeue::Done,
+            ),
             (failed, Requeue::Done, Requeue::Done),
             (degraded, Requeue::Done, backoff.clone()),
             (blocked, backoff.clone(), backoff.clone()),

@@ -136,6 +136,11 @@ fn a_failed_dependency_holds_its_dependent_until_a_new_release_fixes_it() {
         shop["message"],
         "shop.r1 built; switch waits for site lic (Failed)"
     );
+    let table = stdout(&fleet.convoy(&["status"]));
+    assert!(
+        table.contains("switch waits for site lic (Failed)"),
+        "{table}"
+    );
 
     // The fix: a new release of lic on a host that builds again.
     fleet.mark(0, "fail-build", false);
