@@ -32,6 +32,9 @@ pub struct DesiredSite {
     pub rollout: RolloutSpec,
     pub keep_releases: usize,
     pub suspend: bool,
+    /// `dependsOn`: the sites that must be Converged on their desired release before this
+    /// one runs `once` or switches, in manifest order.
+    pub depends_on: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +92,9 @@ pub struct DesiredState {
     pub commit: Option<String>,
     /// Who hears about what (the URLs are read when convoy starts sending, see `notify`).
     pub notifications: Vec<DesiredNotification>,
+    /// Every Site's desired release, also when a run selects one site (`--site`): what a
+    /// site's dependencies must be Converged on.
+    pub releases: BTreeMap<String, String>,
 }
 
 /// A Notification as the engine uses it: where its URL comes from, never the URL.
@@ -186,7 +192,9 @@ impl DesiredState {
                 },
                 keep_releases: spec.keep_releases.value as usize,
                 suspend: spec.suspend,
+                depends_on: depends_on(spec),
             };
+            state.releases.insert(name.clone(), desired.release.clone());
             state.sites.insert(name.clone(), desired);
         }
         state.site_labels = site_labels(catalog);
@@ -212,6 +220,12 @@ fn notifications(catalog: &Catalog) -> Vec<DesiredNotification> {
         }
     };
     catalog.notifications.iter().map(of).collect()
+}
+
+/// A Site's `dependsOn`, without positions.
+fn depends_on(spec: &crate::manifest::types::SiteSpec) -> Vec<String> {
+    let entries = spec.depends_on.iter().flat_map(|d| d.iter());
+    entries.map(|s| s.value.clone()).collect()
 }
 
 /// Each Site's `metadata.labels`, without their positions.

@@ -27,13 +27,23 @@ pub(super) fn plan(
     let (options, shared) = one_off(cli, &state, None, max_parallel)?;
     let ctx = controller::context(&desired, &options, &shared, None);
     let runtime = runtime()?;
-    for s in desired
-        .sites
-        .values()
+    let order = plan::order(
+        desired
+            .sites
+            .values()
+            .map(|s| (s.name.as_str(), &s.depends_on[..])),
+    );
+    if desired.sites.values().any(|s| !s.depends_on.is_empty()) {
+        // dependsOn: the order sites switch in (builds may run earlier).
+        writeln!(out, "switch order: {}", order.join(", "))?;
+    }
+    for s in order
+        .iter()
+        .map(|name| &desired.sites[*name])
         .filter(|s| site.is_none_or(|name| s.name == name))
     {
         let observed = runtime.block_on(crate::execute::observe_site(&ctx, s));
-        let pass = controller::pass_state(s, &state);
+        let pass = controller::pass_state(s, &desired.releases, &state);
         let (steps, outcome) = plan::preview(s, &observed, &pass);
         writeln!(out, "{}: desired {}", s.name, s.release)?;
         for (host, reach) in &observed {
@@ -52,7 +62,12 @@ pub(super) fn plan(
         if steps.is_empty() {
             writeln!(out, "  nothing to do")?;
         }
-        writeln!(out, "  => {outcome:?}")?;
+        match &outcome {
+            plan::Outcome::Waiting { on } => {
+                writeln!(out, "  => Waiting: {}", plan::waiting_message(on))?;
+            }
+            other => writeln!(out, "  => {other:?}")?,
+        }
     }
     runtime.block_on(shared.close());
     Ok(exit_code::OK)

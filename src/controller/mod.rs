@@ -9,6 +9,7 @@
 //! Site status objects and their metrics; `log.rs` says what the daemon logs about each pass.
 
 pub mod daemon;
+mod depends;
 mod http;
 mod log;
 pub mod once_record;
@@ -36,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::plan::Outcome;
 use crate::progress::Progress;
 use crate::state::{self, StateDir};
-pub use pass::{Pass, pass_once, pass_state, wrote};
+pub use pass::{Pass, dependencies, pass_once, pass_state, wrote};
 pub use publish::{Ending, desired_loaded, interrupted, publish};
 use queue::Requeue;
 pub use run_once::{SiteResult, render_site, run_once};
@@ -237,6 +238,7 @@ pub fn requeue(outcome: &Outcome, mode: Mode, hosts: &BTreeMap<String, Host>) ->
         (Mode::Daemon, Outcome::Degraded { skipped }) => probing(skipped),
         // Converged, Failed (the failure hold decides about the next attempt), Progressing,
         // Suspended: --once is done with the site; the daemon waits for a change or a resync.
+        // Waiting (dependsOn): the loop runs it again when a site it waits for ends a pass.
         _ => Requeue::Done,
     }
 }
@@ -282,9 +284,11 @@ pub fn exit_code_of(outcome: &Outcome) -> u8 {
     match outcome {
         Outcome::Converged | Outcome::Suspended => exit_code::OK,
         Outcome::Degraded { .. } => exit_code::DEGRADED,
-        Outcome::Blocked { .. } | Outcome::Failed { .. } | Outcome::Progressing => {
-            exit_code::FAILED
-        }
+        // A site left waiting for a dependency did not converge.
+        Outcome::Blocked { .. }
+        | Outcome::Failed { .. }
+        | Outcome::Progressing
+        | Outcome::Waiting { .. } => exit_code::FAILED,
     }
 }
 
@@ -324,6 +328,12 @@ mod tests {
             (Outcome::Converged, Requeue::Done, Requeue::Done),
             (Outcome::Progressing, Requeue::Done, Requeue::Done),
             (Outcome::Suspended, Requeue::Done, Requeue::Done),
+            // dependsOn: run again when the dependency's pass ends, not on a timer.
+            (
+                Outcome::Waiting { on: vec![] },
+                Requeue::Done,
+                Requeue::Done,
+            ),
             (failed, Requeue::Done, Requeue::Done),
             (degraded, Requeue::Done, backoff.clone()),
             (blocked, backoff.clone(), backoff.clone()),

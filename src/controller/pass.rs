@@ -4,6 +4,7 @@
 //! ([`wrote`]), never dropped silently, and never stops the pass. Deciding what to do is
 //! the planner's job; doing it is the executor's.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::publish::failure_message;
@@ -12,7 +13,7 @@ use super::{desired_key, once_record};
 use crate::desired::{DesiredSite, FetchSpec};
 use crate::execute::{self, Context, SiteReport};
 use crate::metrics::Metrics;
-use crate::plan::{EventKind, Outcome, PassState};
+use crate::plan::{Dependency, EventKind, Outcome, PassState};
 use crate::state::{self, HistoryEvent, StateDir, StateError};
 
 /// A failed state-dir write: one error in the log naming the file and the OS error, and one
@@ -39,9 +40,14 @@ pub struct Pass {
 }
 
 /// What the state dir knows of `site` before a pass: the failed attempts of its desired
-/// state, and the stages whose `once` already ran for its release. Every pass starts from
-/// this, and `convoy plan` previews from it, so the preview is the pass.
-pub fn pass_state(site: &DesiredSite, state: &StateDir) -> PassState {
+/// state, the stages whose `once` already ran for its release, and the recorded status of
+/// each site it depends on (`releases`: every Site's desired release). Every pass starts
+/// from this, and `convoy plan` previews from it, so the preview is the pass.
+pub fn pass_state(
+    site: &DesiredSite,
+    releases: &BTreeMap<String, String>,
+    state: &StateDir,
+) -> PassState {
     let once_done = state
         .history(&site.name)
         .into_iter()
@@ -51,15 +57,42 @@ pub fn pass_state(site: &DesiredSite, state: &StateDir) -> PassState {
     PassState {
         attempts: state.attempts(&site.name, &desired_key(site)).attempts,
         once_done,
+        dependencies: dependencies(site, releases, state),
         ..PassState::default()
     }
 }
 
+/// The sites `site` depends on, as their last recorded statuses show them. A site that is
+/// not part of this run (`--site`) is judged the same way: by what its last pass recorded.
+pub fn dependencies(
+    site: &DesiredSite,
+    releases: &BTreeMap<String, String>,
+    state: &StateDir,
+) -> Vec<Dependency> {
+    site.depends_on
+        .iter()
+        .map(|name| {
+            let recorded = state.load_status(name);
+            Dependency {
+                site: name.clone(),
+                phase: recorded.as_ref().map(|s| s.phase),
+                recorded_release: recorded.map(|s| s.desired_release),
+                desired_release: releases.get(name).cloned().unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
 /// One pass of one site, with its bookkeeping: history, the resolved revision, failed
 /// attempts, metrics. The caller publishes the status (it knows about retries).
-pub async fn pass_once(ctx: &Context, site: &DesiredSite, state: &StateDir) -> Pass {
+pub async fn pass_once(
+    ctx: &Context,
+    site: &DesiredSite,
+    releases: &BTreeMap<String, String>,
+    state: &StateDir,
+) -> Pass {
     let key = desired_key(site);
-    let mut pass = pass_state(site, state);
+    let mut pass = pass_state(site, releases, state);
     pass.targets = ctx.targets.clone();
     // From now on this Release's revision is fixed: a later edit is a validation error.
     // Unrecorded, that guard is off for this release, so the operator must hear of it.

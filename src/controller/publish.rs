@@ -10,7 +10,7 @@ use super::{Retry, desired_key, wrote};
 use crate::desired::{DesiredSite, DesiredState};
 use crate::execute::{Context, SiteReport};
 use crate::metrics::{KnownSite, Metrics};
-use crate::plan::Outcome;
+use crate::plan::{Dependency, Outcome, waiting_message};
 use crate::state::{self, StateDir};
 use crate::status::{HostStatus, Phase, SiteStatus, conditions};
 
@@ -274,6 +274,16 @@ fn phase_and_message(site: &DesiredSite, outcome: &Outcome, ending: &Ending) -> 
         Outcome::Suspended => (
             Phase::Suspended,
             "suspended: observed only, nothing changed".to_string(),
+        ),
+        // Held by a dependency that will not converge by itself: Blocked, like a site held
+        // by an unreachable host; else still on its way.
+        Outcome::Waiting { on } => (
+            if on.iter().any(Dependency::stuck) {
+                Phase::Blocked
+            } else {
+                Phase::Progressing
+            },
+            format!("{} built; {}", site.release, waiting_message(on)),
         ),
     }
 }

@@ -212,6 +212,11 @@ impl Queue {
     pub fn is_idle(&self) -> bool {
         self.queued.is_empty() && self.running.is_empty() && self.waiting.is_empty()
     }
+
+    /// Whether `site` has a pass to come: queued, running, or waiting for its retry.
+    pub fn pending(&self, site: &str) -> bool {
+        self.queued.contains(site) || self.running.contains(site) || self.waiting.contains_key(site)
+    }
 }
 
 #[cfg(test)]

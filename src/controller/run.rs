@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
+use super::depends::Wait;
 use super::queue::{Queue, Requeue};
 use super::{
     Ending, Mode, Pass, Retry, Shared, SiteResult, exit_code_of, interrupted, pass_once, publish,
@@ -80,6 +81,8 @@ pub(super) struct Controller<'o> {
     stopped: Option<String>,
     /// The last result of each site waiting for a retry, to report if the retry never comes.
     waiting: BTreeMap<String, SiteResult>,
+    /// Sites waiting for a dependency (`dependsOn`), run again when it ends a pass.
+    pub dependents: super::depends::Dependents,
     /// `--once`: the exit code of each site that is done.
     pub codes: BTreeMap<String, u8>,
     /// `--once`: sites that were converged and stayed so (nothing printed for them).
@@ -110,12 +113,18 @@ impl<'o> Controller<'o> {
             blocked_since: BTreeMap::new(),
             stopped: None,
             waiting: BTreeMap::new(),
+            dependents: Default::default(),
             codes: BTreeMap::new(),
             quiet: 0,
             out,
             manifests: None,
             notifier: None,
         }
+    }
+
+    /// The run is stopping: no retry is made or promised any more.
+    pub(super) fn stopped(&self) -> bool {
+        self.stopped.is_some()
     }
 
     /// Writes a line to the `--once` output (above the status line of a terminal), or logs it.
@@ -260,9 +269,10 @@ impl<'o> Controller<'o> {
                 self.resync_passes.insert(name.clone());
             }
             let state = self.state.clone();
+            let desired = self.desired.clone().unwrap_or_default();
             self.running.insert(name.clone(), site.clone());
             self.passes.spawn(async move {
-                let pass = pass_once(&ctx, &site, &state).await;
+                let pass = pass_once(&ctx, &site, &desired.releases, &state).await;
                 (site, pass)
             });
         }
@@ -327,6 +337,8 @@ impl<'o> Controller<'o> {
             self.queue.remove(&name);
             again = None;
         }
+        // dependsOn: a site waiting for one that still has a pass to come is not done.
+        let wait = self.after_dependencies(site, &report.outcome, &mut again, now);
         let retry = match (&report.outcome, scheduled, dropped) {
             (Outcome::Blocked { .. }, Some((_, n, _)), Some(why)) => Retry::Dropped { n, why },
             (Outcome::Blocked { .. }, Some((_, n, delay)), None) => Retry::Due { n, delay },
@@ -347,9 +359,12 @@ impl<'o> Controller<'o> {
             report,
             status,
         };
-        self.report(&result, again.is_none(), hold_lost.is_some());
-        if again.is_some() {
-            self.waiting.insert(name, result);
+        let done = again.is_none() && wait != Wait::Parked;
+        self.report(&result, done, hold_lost.is_some());
+        match again {
+            None if done => self.release_dependents(&name),
+            None => {}
+            Some(_) => drop(self.waiting.insert(name, result)),
         }
     }
 

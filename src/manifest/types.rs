@@ -233,9 +233,10 @@ pub struct SiteSpec {
     /// true: observe and report, change nothing.
     #[serde(default)]
     pub suspend: bool,
-    /// Other Sites that must be Converged before this one switches (not supported yet).
+    /// Other Sites that must be Converged on their own desired release before this one
+    /// runs `once` or switches (builds go ahead). A cycle or an unknown name is an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub depends_on: Option<Located<Vec<String>>>,
+    pub depends_on: Option<Located<Vec<Located<String>>>>,
 }
 
 /// One stage of a site: a ServerGroup that goes live together.

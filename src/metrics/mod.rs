@@ -111,13 +111,14 @@ pub fn phases() -> impl Iterator<Item = Phase> {
 }
 
 /// Every `result` label value: [`result_label`] of each outcome.
-pub const RESULTS: [&str; 6] = [
+pub const RESULTS: [&str; 7] = [
     "converged",
     "progressing",
     "degraded",
     "blocked",
     "failed",
     "suspended",
+    "waiting",
 ];
 
 /// Every `kind` of state-dir file whose writes are counted (see `controller::wrote`).
@@ -195,6 +196,7 @@ pub fn result_label(outcome: &Outcome) -> &'static str {
         Outcome::Blocked { .. } => "blocked",
         Outcome::Failed { .. } => "failed",
         Outcome::Suspended => "suspended",
+        Outcome::Waiting { .. } => "waiting",
     }
 }
 

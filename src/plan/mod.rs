@@ -6,11 +6,13 @@
 //!
 //! One call plans one phase: the rollback of a failed stage, or a stop on a failure
 //! ([`failures`]); all builds, then the gate ([`builds`]); then `once` ([`once`]); then one
-//! batch of one stage ([`switch`]); then clean-up ([`cleanup`]). Re-planning after each
+//! batch of one stage ([`switch`]), both held while a site this one depends on is not
+//! Converged ([`depends`]); then clean-up ([`cleanup`]). Re-planning after each
 //! phase keeps every decision on fresh facts while costing no extra round trip.
 
 mod builds;
 mod cleanup;
+mod depends;
 mod failures;
 mod fold;
 #[cfg(test)]
@@ -28,6 +30,7 @@ use std::collections::BTreeSet;
 use crate::desired::DesiredSite;
 
 pub use cleanup::releases_to_remove;
+pub use depends::{Dependency, order, waiting_message};
 pub use fold::{fold, fold_lease, fold_release, fold_unsent, observe};
 pub use model::*;
 pub use once::once_interrupted_reason;
@@ -39,8 +42,11 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
     let members = members(site, observed, pass);
     failures::plan(site, &members, pass)
         .or_else(|| builds::plan(site, &members))
-        .or_else(|| once::plan(site, &members, pass))
-        .or_else(|| switch::plan(site, &members, pass))
+        .or_else(|| {
+            let next =
+                once::plan(site, &members, pass).or_else(|| switch::plan(site, &members, pass));
+            depends::hold(next, &pass.dependencies)
+        })
         .or_else(|| cleanup::plan(site, &members))
         .unwrap_or_else(|| settled(&members))
 }

@@ -179,6 +179,8 @@ pub struct PassState {
     pub revision: Option<String>,
     /// Hosts locked by another controller: seconds until that lease expires (host clock).
     pub locked_for: BTreeMap<String, u64>,
+    /// The sites this one depends on (`dependsOn`), as their recorded statuses show them.
+    pub dependencies: Vec<super::Dependency>,
 }
 
 /// One unit of work for the executor.
@@ -235,6 +237,12 @@ pub enum Outcome {
         host: Option<String>,
     },
     Suspended,
+    /// Built, but `once` and the switch wait for these sites (`dependsOn`), not yet
+    /// Converged on their desired releases. No retry of its own: the controller runs the
+    /// site again when one of them ends a pass.
+    Waiting {
+        on: Vec<super::Dependency>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,6 +5,7 @@ mod crd_tests;
 mod daemon_guard_tests;
 mod daemon_tests;
 mod dashboard_tests;
+mod depends_tests;
 mod engine_tests;
 mod fleet;
 mod host_ops_tests;

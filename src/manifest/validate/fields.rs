@@ -479,7 +479,7 @@ fn check_health(r: &mut Reporter, file: &Arc<str>, id: &str, health: &Health) {
 }
 
 /// `spec.rollout` and `spec.keepReleases`, and the settings convoy refuses rather than
-/// ignore (`maxFailed`, `dependsOn`).
+/// ignore (`maxFailed`).
 fn check_rollout(r: &mut Reporter, file: &Arc<str>, id: &str, spec: &SiteSpec) {
     let rollout = &spec.rollout;
     if rollout.max_parallel.value == 0 {
@@ -514,8 +514,5 @@ fn check_rollout(r: &mut Reporter, file: &Arc<str>, id: &str, spec: &SiteSpec) {
                 spec.keep_releases.value
             ),
         );
-    }
-    if let Some(depends_on) = &spec.depends_on {
-        r.at(file, id, depends_on.pos, "spec.dependsOn", "not supported yet: convoy cannot order sites, so it refuses the setting rather than ignore it");
     }
 }

@@ -2,8 +2,10 @@
 //! anything is reported, so an operator fixes a broken commit in one round. A desired
 //! state that fails here is never acted on: nothing on any host is touched. The rules of
 //! single values are in `fields.rs`, those of paths in `paths.rs`, references between
-//! objects by name (and how a Release is named within its site) in `refs.rs`.
+//! objects by name (and how a Release is named within its site) in `refs.rs`, the order
+//! between sites (`dependsOn`) in `depends.rs`.
 
+mod depends;
 mod fields;
 mod notifications;
 mod paths;
@@ -133,6 +135,7 @@ pub fn validate(loaded: Loaded, options: &LoadOptions) -> Result<Catalog, Diagno
     };
     catalog.archive_roots = check_sites(&mut r, &catalog, &index, &roots);
     notifications::check_notifications(&mut r, &catalog, &index);
+    depends::check_depends_on(&mut r, &catalog, &index);
 
     let mut diagnostics = r.diagnostics;
     if diagnostics.is_empty() {

@@ -48,6 +48,7 @@ pub(super) fn site(release: &str, stages: &[StageDef]) -> DesiredSite {
         },
         keep_releases: 3,
         suspend: false,
+        depends_on: vec![],
     }
 }
 
