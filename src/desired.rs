@@ -8,7 +8,7 @@ use crate::host::Host;
 use crate::host::local::LocalHost;
 use crate::host::ssh::SshHost;
 use crate::manifest::Catalog;
-use crate::manifest::types::{DEFAULT_CONNECT_TIMEOUT, HostSpec, SshSettings};
+use crate::manifest::types::{DEFAULT_CONNECT_TIMEOUT, HostSpec, IntOrPercent, SshSettings};
 use crate::manifest::validate::archive_path_of_site;
 
 /// One site as the engine sees it.
@@ -70,6 +70,32 @@ pub struct RolloutSpec {
     pub batch: usize,
     pub pause: Duration,
     pub failure_retries: u32,
+    /// How many hosts of an optional stage may fail their build or health check while the
+    /// rollout goes on (`rollout.maxFailed`; required stages need every host).
+    pub max_failed: MaxFailed,
+}
+
+/// `rollout.maxFailed`: a count of hosts, or a percentage of a stage's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxFailed {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Default for MaxFailed {
+    /// 0: any failure stops the rollout.
+    fn default() -> Self {
+        MaxFailed::Count(0)
+    }
+}
+
+impl std::fmt::Display for MaxFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxFailed::Count(n) => write!(f, "{n}"),
+            MaxFailed::Percent(n) => write!(f, "{n}%"),
+        }
+    }
 }
 
 /// Everything convoy should make true, plus how to reach each host.
@@ -157,6 +183,11 @@ impl DesiredState {
                     batch: spec.rollout.batch as usize,
                     pause: spec.rollout.pause.as_std(),
                     failure_retries: spec.rollout.failure_retries.value,
+                    max_failed: match spec.rollout.max_failed.as_ref().map(|m| m.value) {
+                        None => MaxFailed::default(),
+                        Some(IntOrPercent::Count(n)) => MaxFailed::Count(n),
+                        Some(IntOrPercent::Percent(n)) => MaxFailed::Percent(n),
+                    },
                 },
                 keep_releases: spec.keep_releases.value as usize,
                 suspend: spec.suspend,

@@ -214,8 +214,9 @@ pub fn requeue(outcome: &Outcome, mode: Mode, hosts: &BTreeMap<String, Host>) ->
         (Mode::Once, Outcome::Blocked { .. }) => Requeue::Backoff { probes: vec![] },
         // The daemon also probes the hosts, so a server that boots catches up in seconds,
         (Mode::Daemon, Outcome::Blocked { hosts, .. }) => probing(hosts),
-        // and retries the optional hosts a Degraded pass skipped (--once reports and ends).
-        (Mode::Daemon, Outcome::Degraded { skipped }) => probing(skipped),
+        // and retries the optional hosts a Degraded pass skipped or that failed within
+        // rollout.maxFailed (--once reports and ends); only unreachable ones are probed.
+        (Mode::Daemon, Outcome::Degraded { skipped, .. }) => probing(skipped),
         // Converged, Failed (the failure hold decides about the next attempt), Progressing,
         // Suspended: --once is done with the site; the daemon waits for a change or a resync.
         _ => Requeue::Done,
@@ -269,6 +270,11 @@ mod tests {
         };
         let degraded = Outcome::Degraded {
             skipped: vec!["b".into()],
+            failed: vec![],
+        };
+        let degraded_by_failures = Outcome::Degraded {
+            skipped: vec![],
+            failed: vec!["c".into()],
         };
         let failed = Outcome::Failed {
             reason: "build failed".into(),
@@ -282,6 +288,7 @@ mod tests {
             (Outcome::Suspended, Requeue::Done, Requeue::Done),
             (failed, Requeue::Done, Requeue::Done),
             (degraded, Requeue::Done, backoff.clone()),
+            (degraded_by_failures, Requeue::Done, backoff.clone()),
             (blocked, backoff.clone(), backoff.clone()),
         ];
         for (outcome, once, daemon) in rows {

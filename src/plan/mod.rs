@@ -5,12 +5,15 @@
 //! until no step is left.
 //!
 //! One call plans one phase: the rollback of a failed stage, or a stop on a failure
-//! ([`failures`]); all builds, then the gate ([`builds`]); then `once` ([`once`]); then one
+//! ([`failures`], within `rollout.maxFailed`: [`failure_budget`]); all builds, then the gate ([`builds`]); then `once` ([`once`]); then one
 //! batch of one stage ([`switch`]); then clean-up ([`cleanup`]). Re-planning after each
 //! phase keeps every decision on fresh facts while costing no extra round trip.
 
 mod builds;
 mod cleanup;
+mod failure_budget;
+#[cfg(test)]
+mod failure_budget_tests;
 mod failures;
 mod fold;
 #[cfg(test)]
@@ -27,6 +30,7 @@ use std::collections::BTreeSet;
 use crate::desired::DesiredSite;
 
 pub use cleanup::releases_to_remove;
+pub use failure_budget::describe as describe_failure_budget;
 pub use fold::{fold, fold_lease, fold_release, fold_unsent, observe};
 pub use model::*;
 pub use once::once_interrupted_reason;
@@ -34,7 +38,7 @@ pub use preview::{preview, reports_of_success};
 
 /// Decides the next steps for one site.
 pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
-    let members = members(site, observed);
+    let members = members(site, observed, pass);
     failures::plan(site, &members, pass)
         .or_else(|| builds::plan(site, &members))
         .or_else(|| once::plan(site, &members, pass))
@@ -43,14 +47,20 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
         .unwrap_or_else(|| settled(&members))
 }
 
-/// Nothing left to do: converged, or converged but for unreachable optional hosts.
+/// Nothing left to do: converged, or converged but for optional hosts that were unreachable
+/// or failed within `rollout.maxFailed`.
 fn settled(members: &[Member]) -> Plan {
-    let skipped: Vec<&Member> = members.iter().filter(|m| m.workable().is_none()).collect();
-    if skipped.is_empty() {
+    let skipped: Vec<&Member> = members.iter().filter(|m| m.free().is_none()).collect();
+    let failed: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.failed && m.free().is_some())
+        .collect();
+    if skipped.is_empty() && failed.is_empty() {
         Plan::done(Outcome::Converged)
     } else {
         Plan::done(Outcome::Degraded {
             skipped: host_names(&skipped),
+            failed: host_names(&failed),
         })
     }
 }
@@ -61,6 +71,9 @@ struct Member<'a> {
     stage: &'a str,
     optional: bool,
     reach: Option<&'a Reach>,
+    /// Failed its build or health check in this pass ([`failure_budget`]): nothing more is
+    /// done on it until the next pass.
+    failed: bool,
 }
 
 impl Member<'_> {
@@ -71,21 +84,29 @@ impl Member<'_> {
         }
     }
 
-    /// Reachable and not held by another controller: convoy may act on it.
-    fn workable(&self) -> Option<&HostView> {
+    /// Reachable and not held by another controller: what it holds is known.
+    fn free(&self) -> Option<&HostView> {
         self.view().filter(|v| v.locked_by.is_none())
+    }
+
+    /// Free and not failed in this pass: convoy may act on it.
+    fn workable(&self) -> Option<&HostView> {
+        self.free().filter(|_| !self.failed)
     }
 }
 
-fn members<'a>(site: &'a DesiredSite, observed: &'a Observed) -> Vec<Member<'a>> {
+fn members<'a>(site: &'a DesiredSite, observed: &'a Observed, pass: &PassState) -> Vec<Member<'a>> {
+    let failed = failure_budget::failed_hosts(pass);
     site.stages
         .iter()
         .flat_map(|stage| {
+            let failed = &failed;
             stage.hosts.iter().map(move |host| Member {
                 host,
                 stage: &stage.name,
                 optional: stage.optional,
                 reach: observed.get(host),
+                failed: failed.contains(host.as_str()),
             })
         })
         .collect()

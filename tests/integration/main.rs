@@ -6,6 +6,7 @@ mod daemon_guard_tests;
 mod daemon_tests;
 mod dashboard_tests;
 mod engine_tests;
+mod failure_budget_tests;
 mod fleet;
 mod host_ops_tests;
 mod integrity_tests;
