@@ -8,7 +8,9 @@ use crate::host::Host;
 use crate::host::local::LocalHost;
 use crate::host::ssh::SshHost;
 use crate::manifest::Catalog;
-use crate::manifest::types::{DEFAULT_CONNECT_TIMEOUT, HostSpec, IntOrPercent, SshSettings};
+use crate::manifest::types::{
+    DEFAULT_CONNECT_TIMEOUT, HostSpec, IntOrPercent, Rollout, SshSettings,
+};
 use crate::manifest::validate::archive_path_of_site;
 
 /// One site as the engine sees it.
@@ -75,6 +77,21 @@ pub struct RolloutSpec {
     pub max_failed: MaxFailed,
 }
 
+impl From<&Rollout> for RolloutSpec {
+    fn from(rollout: &Rollout) -> Self {
+        RolloutSpec {
+            max_parallel: rollout.max_parallel.value as usize,
+            batch: rollout.batch as usize,
+            pause: rollout.pause.as_std(),
+            failure_retries: rollout.failure_retries.value,
+            max_failed: rollout
+                .max_failed
+                .as_ref()
+                .map_or_else(MaxFailed::default, |m| m.value.into()),
+        }
+    }
+}
+
 /// `rollout.maxFailed`: a count of hosts, or a percentage of a stage's hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaxFailed {
@@ -86,6 +103,15 @@ impl Default for MaxFailed {
     /// 0: any failure stops the rollout.
     fn default() -> Self {
         MaxFailed::Count(0)
+    }
+}
+
+impl From<IntOrPercent> for MaxFailed {
+    fn from(written: IntOrPercent) -> Self {
+        match written {
+            IntOrPercent::Count(n) => MaxFailed::Count(n),
+            IntOrPercent::Percent(n) => MaxFailed::Percent(n),
+        }
     }
 }
 
@@ -178,17 +204,7 @@ impl DesiredState {
                     retries: h.retries,
                     interval: h.interval.as_std(),
                 }),
-                rollout: RolloutSpec {
-                    max_parallel: spec.rollout.max_parallel.value as usize,
-                    batch: spec.rollout.batch as usize,
-                    pause: spec.rollout.pause.as_std(),
-                    failure_retries: spec.rollout.failure_retries.value,
-                    max_failed: match spec.rollout.max_failed.as_ref().map(|m| m.value) {
-                        None => MaxFailed::default(),
-                        Some(IntOrPercent::Count(n)) => MaxFailed::Count(n),
-                        Some(IntOrPercent::Percent(n)) => MaxFailed::Percent(n),
-                    },
-                },
+                rollout: RolloutSpec::from(&spec.rollout),
                 keep_releases: spec.keep_releases.value as usize,
                 suspend: spec.suspend,
             };
