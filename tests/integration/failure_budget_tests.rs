@@ -162,3 +162,44 @@ fn a_required_stage_needs_every_host_whatever_max_failed_says() {
         "{site}"
     );
 }
+
+#[test]
+fn the_daemon_retries_a_failed_host_with_backoff_until_it_converges() {
+    use std::time::Duration;
+
+    use crate::daemon_tests::{Daemon, wait_until};
+
+    let fleet = Fleet::new(3);
+    write(&fleet, 1, &[0], &[1, 2], "1");
+    fleet.mark(2, "fail-build", true);
+    let daemon = Daemon::start(&fleet, "5m");
+    let phase = |name: &str| {
+        daemon.get("/metrics").1.contains(&format!(
+            "convoy_site_phase{{site=\"app\",phase=\"{name}\"}} 1"
+        ))
+    };
+    wait_until(Duration::from_secs(60), "the site is Degraded", || {
+        phase("Degraded")
+    });
+    assert_eq!(
+        on(&fleet, 3),
+        vec![Some("app.r1".into()), Some("app.r1".into()), None]
+    );
+    // No change and no resync is due: only the backoff brings the failed host back.
+    let build_failures = || {
+        stdout(&fleet.convoy(&["history", "app"]))
+            .lines()
+            .filter(|l| l.contains("BuildFailed") && l.contains("h2"))
+            .count()
+    };
+    wait_until(Duration::from_secs(60), "h2 is tried again", || {
+        build_failures() >= 2
+    });
+    fleet.mark(2, "fail-build", false);
+    wait_until(Duration::from_secs(90), "h2 converges", || {
+        fleet.current(2, "app").as_deref() == Some("app.r1")
+    });
+    wait_until(Duration::from_secs(30), "the site is Converged", || {
+        phase("Converged")
+    });
+}
