@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{HealthFailure, PassState, Plan, Step, StepError};
+use super::{HealthFailure, Member, PassState, Plan, Step, StepError};
 use crate::desired::{DesiredSite, DesiredStage, MaxFailed};
 
 /// How many of a stage's `hosts` may fail: the count as written (never more than the stage
@@ -118,6 +118,28 @@ pub(super) fn stopping_health_failure<'p>(
         let stage = site.stages.iter().find(|s| s.name == failure.stage)?;
         (!tolerated(site, stage, pass)).then(|| (failure, why_stop(site, stage, pass)))
     })
+}
+
+/// A host the budget tolerated whose rollback did not bring it back: it still runs the
+/// release that failed on it, so it did not keep its previous release, and the budget
+/// cannot cover it. (Beyond the budget the site fails anyway.)
+pub(super) fn stuck_on_failed_release<'m>(
+    site: &DesiredSite,
+    members: &[Member<'m>],
+    pass: &PassState,
+) -> Option<&'m str> {
+    let within = |stage: &str| {
+        let stage = site.stages.iter().find(|s| s.name == stage);
+        stage.is_some_and(|stage| tolerated(site, stage, pass))
+    };
+    members
+        .iter()
+        .filter(|m| m.failed && pass.rolled_back.contains(m.host) && within(m.stage))
+        .find(|m| {
+            m.view()
+                .is_some_and(|v| v.current.as_deref() == Some(&site.release))
+        })
+        .map(|m| m.host)
 }
 
 /// What the budget adds to a Failed message: nothing when no budget was set.

@@ -12,6 +12,8 @@ use crate::host::protocol::{Answer, HostAnswer, Op, OpStatus, StepReport};
 enum Fail {
     Build,
     Health,
+    /// Health fails, then the rollback fails too.
+    Stuck,
 }
 
 /// A required scheduler, then an optional frontend of four.
@@ -27,12 +29,13 @@ fn failing(step: &Step, host: &str, fail: Option<Fail>) -> Option<HostAnswer> {
             (Op::Prepare, OpStatus::Done),
             (Op::Build, OpStatus::Failed(1)),
         ],
-        (Step::Switch { .. }, Some(Fail::Health)) => &[
+        (Step::Switch { .. }, Some(Fail::Health | Fail::Stuck)) => &[
             (Op::Pending, OpStatus::Done),
             (Op::Switch, OpStatus::Done),
             (Op::Activate, OpStatus::Done),
             (Op::Health, OpStatus::Failed(7)),
         ],
+        (Step::Rollback { .. }, Some(Fail::Stuck)) => &[(Op::Rollback, OpStatus::Failed(1))],
         _ => return None,
     };
     Some(HostAnswer {
@@ -268,6 +271,18 @@ fn each_row_ends_as_the_budget_says() {
         rolled.dedup();
         assert_eq!(rolled.len(), all, "{}: {steps:?}", row.name);
     }
+}
+
+#[test]
+fn a_tolerated_host_whose_rollback_fails_fails_the_site() {
+    let (s, mut o) = fleet(MaxFailed::Count(1), 0);
+    let (outcome, _) = pass(&s, &mut o, &[("w2", Fail::Stuck)]);
+    assert!(
+        matches!(&outcome, Outcome::Failed { host: Some(h), reason }
+            if h == "w2" && reason.contains("rollback failed") && reason.contains("still runs")),
+        "{outcome:?}"
+    );
+    assert_eq!(current(&o)["w2"], "r1");
 }
 
 #[test]

@@ -46,6 +46,16 @@ pub(super) fn plan(site: &DesiredSite, members: &[Member], pass: &PassState) -> 
             &once.host,
         ));
     }
+    if let Some(host) = failure_budget::stuck_on_failed_release(site, members, pass) {
+        let error = pass
+            .errors
+            .get(host)
+            .map(|e| e.headline())
+            .unwrap_or_default();
+        let reason =
+            format!("{error}; the host still runs the release that failed its health check");
+        return Some(failed(reason, host));
+    }
     failure_budget::stopping_health_failure(site, pass).map(|(health, budget)| {
         failed(
             format!("health check failed: {}{budget}", health.error.headline()),
