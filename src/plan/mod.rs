@@ -4,10 +4,11 @@
 //! network. The executor runs the steps, hands the answers to [`fold`], and asks again
 //! until no step is left.
 //!
-//! One call plans one phase: the rollback of a failed stage, or a stop on a failure
-//! ([`failures`], within `rollout.maxFailed`: [`failure_budget`]); all builds, then the gate ([`builds`]); then `once` ([`once`]); then one
-//! batch of one stage ([`switch`]); then clean-up ([`cleanup`]). Re-planning after each
-//! phase keeps every decision on fresh facts while costing no extra round trip.
+//! One call plans one phase: the rollback of a failed stage (or host), or a stop on a
+//! failure ([`failures`]; which failures an optional stage tolerates: [`failure_budget`]);
+//! all builds, then the gate ([`builds`]); then `once` ([`once`]); then one batch of one
+//! stage ([`switch`]); then clean-up ([`cleanup`]). Re-planning after each phase keeps every
+//! decision on fresh facts while costing no extra round trip.
 
 mod builds;
 mod cleanup;
