@@ -92,7 +92,8 @@ pub enum Command {
     /// Converge every site to its desired release.
     ///
     /// With --once: one pass, then exit 0 (converged), 3 (degraded: optional hosts
-    /// unreachable), 1 (failed or blocked) or 2 (invalid manifests). Without --once: run as a
+    /// unreachable or failed within rollout.maxFailed), 1 (failed or blocked) or 2 (invalid
+    /// manifests). Without --once: run as a
     /// controller that watches the manifest directory.
     Reconcile {
         /// Converge once and exit, for cron or CI.

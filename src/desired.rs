@@ -9,8 +9,8 @@ use crate::host::local::LocalHost;
 use crate::host::ssh::SshHost;
 use crate::manifest::Catalog;
 use crate::manifest::types::{
-    DEFAULT_CONNECT_TIMEOUT, HostSpec, NotificationEvent, NotificationSpec, SshSettings,
-    WebhookFormat,
+    DEFAULT_CONNECT_TIMEOUT, HostSpec, IntOrPercent, NotificationEvent, NotificationSpec, Rollout,
+    SshSettings, WebhookFormat,
 };
 use crate::manifest::validate::archive_path_of_site;
 
@@ -76,6 +76,56 @@ pub struct RolloutSpec {
     pub batch: usize,
     pub pause: Duration,
     pub failure_retries: u32,
+    /// How many hosts of an optional stage may fail their build or health check while the
+    /// rollout goes on (`rollout.maxFailed`; required stages need every host).
+    pub max_failed: MaxFailed,
+}
+
+impl From<&Rollout> for RolloutSpec {
+    fn from(rollout: &Rollout) -> Self {
+        RolloutSpec {
+            max_parallel: rollout.max_parallel.value as usize,
+            batch: rollout.batch as usize,
+            pause: rollout.pause.as_std(),
+            failure_retries: rollout.failure_retries.value,
+            max_failed: rollout
+                .max_failed
+                .as_ref()
+                .map_or_else(MaxFailed::default, |m| m.value.into()),
+        }
+    }
+}
+
+/// `rollout.maxFailed`: a count of hosts, or a percentage of a stage's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxFailed {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Default for MaxFailed {
+    /// 0: any failure stops the rollout.
+    fn default() -> Self {
+        MaxFailed::Count(0)
+    }
+}
+
+impl From<IntOrPercent> for MaxFailed {
+    fn from(written: IntOrPercent) -> Self {
+        match written {
+            IntOrPercent::Count(n) => MaxFailed::Count(n),
+            IntOrPercent::Percent(n) => MaxFailed::Percent(n),
+        }
+    }
+}
+
+impl std::fmt::Display for MaxFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxFailed::Count(n) => write!(f, "{n}"),
+            MaxFailed::Percent(n) => write!(f, "{n}%"),
+        }
+    }
 }
 
 /// Everything convoy should make true, plus how to reach each host.
@@ -184,12 +234,7 @@ impl DesiredState {
                     retries: h.retries,
                     interval: h.interval.as_std(),
                 }),
-                rollout: RolloutSpec {
-                    max_parallel: spec.rollout.max_parallel.value as usize,
-                    batch: spec.rollout.batch as usize,
-                    pause: spec.rollout.pause.as_std(),
-                    failure_retries: spec.rollout.failure_retries.value,
-                },
+                rollout: RolloutSpec::from(&spec.rollout),
                 keep_releases: spec.keep_releases.value as usize,
                 suspend: spec.suspend,
                 depends_on: depends_on(spec),

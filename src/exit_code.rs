@@ -6,5 +6,6 @@ pub const OK: u8 = 0;
 pub const FAILED: u8 = 1;
 /// Invalid manifests or usage: nothing touched any host.
 pub const INVALID: u8 = 2;
-/// Converged except hosts of optional stages that are unreachable (Degraded).
+/// Converged except hosts of optional stages that are unreachable or failed within
+/// `rollout.maxFailed` (Degraded).
 pub const DEGRADED: u8 = 3;

@@ -46,6 +46,9 @@ pub(super) fn plan(
         let pass = controller::pass_state(s, &desired.releases, &state);
         let (steps, outcome) = plan::preview(s, &observed, &pass);
         writeln!(out, "{}: desired {}", s.name, s.release)?;
+        for budget in plan::describe_failure_budget(s) {
+            writeln!(out, "  {budget}")?;
+        }
         for (host, reach) in &observed {
             let seen = match reach {
                 plan::Reach::Reachable(v) => {

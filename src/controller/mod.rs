@@ -234,8 +234,9 @@ pub fn requeue(outcome: &Outcome, mode: Mode, hosts: &BTreeMap<String, Host>) ->
         (Mode::Once, Outcome::Blocked { .. }) => Requeue::Backoff { probes: vec![] },
         // The daemon also probes the hosts, so a server that boots catches up in seconds,
         (Mode::Daemon, Outcome::Blocked { hosts, .. }) => probing(hosts),
-        // and retries the optional hosts a Degraded pass skipped (--once reports and ends).
-        (Mode::Daemon, Outcome::Degraded { skipped }) => probing(skipped),
+        // and retries the optional hosts a Degraded pass skipped or that failed within
+        // rollout.maxFailed (--once reports and ends); only unreachable ones are probed.
+        (Mode::Daemon, Outcome::Degraded { skipped, .. }) => probing(skipped),
         // Converged, Failed (the failure hold decides about the next attempt), Progressing,
         // Suspended: --once is done with the site; the daemon waits for a change or a resync.
         // Waiting (dependsOn): the loop runs it again when a site it waits for ends a pass.
@@ -317,6 +318,11 @@ mod tests {
         };
         let degraded = Outcome::Degraded {
             skipped: vec!["b".into()],
+            failed: vec![],
+        };
+        let degraded_by_failures = Outcome::Degraded {
+            skipped: vec![],
+            failed: vec!["c".into()],
         };
         let failed = Outcome::Failed {
             reason: "build failed".into(),
@@ -336,6 +342,7 @@ mod tests {
             ),
             (failed, Requeue::Done, Requeue::Done),
             (degraded, Requeue::Done, backoff.clone()),
+            (degraded_by_failures, Requeue::Done, backoff.clone()),
             (blocked, backoff.clone(), backoff.clone()),
         ];
         for (outcome, once, daemon) in rows {

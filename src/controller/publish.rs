@@ -246,14 +246,9 @@ fn phase_and_message(site: &DesiredSite, outcome: &Outcome, ending: &Ending) -> 
             Some(why) => (Phase::Interrupted, interrupted_message(why)),
             None => (Phase::Progressing, "rollout under way".to_string()),
         },
-        Outcome::Degraded { skipped } => (
-            Phase::Degraded,
-            format!(
-                "every reachable host runs {}; optional hosts unreachable: {}",
-                site.release,
-                skipped.join(", ")
-            ),
-        ),
+        Outcome::Degraded { skipped, failed } => {
+            (Phase::Degraded, degraded_message(site, skipped, failed))
+        }
         Outcome::Blocked { hosts, reason } => {
             let mut message = format!("{reason}: {}", hosts.join(", "));
             match &ending.retry {
@@ -286,4 +281,26 @@ fn phase_and_message(site: &DesiredSite, outcome: &Outcome, ending: &Ending) -> 
             format!("{} built; {}", site.release, waiting_message(on)),
         ),
     }
+}
+
+/// Which optional hosts do not run the release, and why: unreachable, or failed within
+/// `rollout.maxFailed` (each host's `lastError` says how).
+fn degraded_message(site: &DesiredSite, skipped: &[String], failed: &[String]) -> String {
+    let mut message = match failed.is_empty() {
+        true => format!("every reachable host runs {}", site.release),
+        false => format!("every other host runs {}", site.release),
+    };
+    if !skipped.is_empty() {
+        message.push_str(&format!(
+            "; optional hosts unreachable: {}",
+            skipped.join(", ")
+        ));
+    }
+    if !failed.is_empty() {
+        message.push_str(&format!(
+            "; optional hosts failed within rollout.maxFailed, kept their previous release (retried next pass): {}",
+            failed.join(", ")
+        ));
+    }
+    message
 }

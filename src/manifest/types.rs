@@ -325,7 +325,9 @@ pub struct Rollout {
     #[serde(default = "defaults::failure_retries")]
     #[schemars(range(min = 1))]
     pub failure_retries: Located<u32>,
-    /// Failures tolerated in an optional stage, a count or `N%` (not supported yet).
+    /// Hosts of an optional stage that may fail their build or health check while the rollout
+    /// goes on (they keep their previous release; the site is Degraded): a count, or `N%` of
+    /// the stage's hosts rounded down. Required stages need every host. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_failed: Option<Located<IntOrPercent>>,
 }

@@ -1,15 +1,16 @@
 //! Rules that stop a pass before any new work: a changed host key, a suspended or held
 //! site, and a failure earlier in this pass. A failed switch, activate or health check first
 //! rolls back every host of its stage switched in this attempt (the failing ones included),
-//! as one step, then fails the site.
+//! as one step, then fails the site. Which failures stop the pass, and what a health
+//! failure rolls back, is `rollout.maxFailed`'s to say ([`failure_budget`]).
 
-use super::{Member, Outcome, PassState, Plan, Reach, Step};
+use super::{Member, Outcome, PassState, Plan, Reach, failure_budget};
 use crate::desired::DesiredSite;
 
 pub(super) fn plan(site: &DesiredSite, members: &[Member], pass: &PassState) -> Option<Plan> {
     // First: whatever else went wrong, hosts switched in this attempt must not stay on a
     // release whose stage failed.
-    if let Some(rollback) = rollback(pass) {
+    if let Some(rollback) = failure_budget::rollback(site, pass) {
         return Some(rollback);
     }
     // A changed host key may be an attacker: the whole site stops, even for an optional host.
@@ -32,8 +33,9 @@ pub(super) fn plan(site: &DesiredSite, members: &[Member], pass: &PassState) -> 
             host: None,
         }));
     }
-    if let Some((host, error)) = pass.build_failed.iter().next() {
-        return Some(failed(format!("build failed: {}", error.headline()), host));
+    if let Some((host, error, budget)) = failure_budget::stopping_build_failure(site, pass) {
+        let reason = format!("build failed: {}{budget}", error.headline());
+        return Some(failed(reason, host));
     }
     if let Some((host, error)) = pass.host_errors.iter().next() {
         return Some(failed(format!("host error: {}", error.headline()), host));
@@ -44,22 +46,22 @@ pub(super) fn plan(site: &DesiredSite, members: &[Member], pass: &PassState) -> 
             &once.host,
         ));
     }
-    pass.health_failed.as_ref().map(|health| {
+    if let Some(host) = failure_budget::stuck_on_failed_release(site, members, pass) {
+        let error = pass
+            .errors
+            .get(host)
+            .map(|e| e.headline())
+            .unwrap_or_default();
+        let reason =
+            format!("{error}; the host still runs the release that failed its health check");
+        return Some(failed(reason, host));
+    }
+    failure_budget::stopping_health_failure(site, pass).map(|(health, budget)| {
         failed(
-            format!("health check failed: {}", health.error.headline()),
+            format!("health check failed: {}{budget}", health.error.headline()),
             &health.host,
         )
     })
-}
-
-/// The rollback of the failed stage's switched hosts, once.
-fn rollback(pass: &PassState) -> Option<Plan> {
-    let health = pass.health_failed.as_ref().filter(|_| !pass.rolled_back)?;
-    let hosts = pass.switched.get(&health.stage).filter(|h| !h.is_empty())?;
-    Some(Plan::progress(vec![Step::Rollback {
-        stage: health.stage.clone(),
-        hosts: hosts.clone(),
-    }]))
 }
 
 fn failed(reason: String, host: &str) -> Plan {

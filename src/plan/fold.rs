@@ -62,7 +62,7 @@ pub fn fold(
                 f.pass.failed_attempt = true;
             }
         }
-        Step::Rollback { .. } => f.pass.rolled_back = true,
+        Step::Rollback { hosts, .. } => f.pass.rolled_back.extend(hosts.iter().cloned()),
         _ => {}
     }
     f.events
@@ -477,12 +477,14 @@ impl<'a> Folder<'a> {
             Some(_) if switched => {
                 let error = live_error();
                 self.fail(host, error.clone());
+                self.live_failed(stage, host, &error);
                 self.record_failure(host, EventKind::HealthFailed, &error, answer);
                 Some(error)
             }
             Some(_) => {
                 let error = live_error();
                 self.fail(host, error.clone());
+                self.live_failed(stage, host, &error);
                 self.pass.health_failed.get_or_insert(HealthFailure {
                     stage: stage.to_string(),
                     host: host.to_string(),
@@ -492,6 +494,16 @@ impl<'a> Folder<'a> {
                 None
             }
         }
+    }
+
+    /// The host failed its switch, activate or health check (whether it went live or not).
+    fn live_failed(&mut self, stage: &str, host: &str, error: &StepError) {
+        let failure = HealthFailure {
+            stage: stage.to_string(),
+            host: host.to_string(),
+            error: error.clone(),
+        };
+        self.pass.live_failed.insert(host.to_string(), failure);
     }
 
     /// `current` now points at the desired release; like the host, the old one becomes

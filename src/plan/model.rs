@@ -155,8 +155,11 @@ pub struct PassState {
     pub switched: BTreeMap<String, Vec<String>>,
     /// The first host whose switch, activate or health check failed.
     pub health_failed: Option<HealthFailure>,
-    /// The switched hosts of that stage were rolled back.
-    pub rolled_back: bool,
+    /// Every host whose switch, activate or health check failed, by host: what
+    /// `rollout.maxFailed` counts besides build failures.
+    pub live_failed: BTreeMap<String, HealthFailure>,
+    /// Hosts a rollback was sent to in this pass (each at most once).
+    pub rolled_back: BTreeSet<String>,
     /// The `once` commands of a stage failed on a host.
     pub once_failed: Option<OnceFailure>,
     /// Stages whose `once` is known done from the state dir (a second proof besides hosts).
@@ -222,9 +225,12 @@ pub enum Outcome {
     /// Steps remain: the executor runs them and plans again.
     Progressing,
     Converged,
-    /// Converged except these optional hosts, unreachable.
+    /// Converged except these hosts of optional stages: `skipped`, unreachable (or locked by
+    /// another controller); `failed`, their build or health check failed within
+    /// `rollout.maxFailed` (they keep their previous release).
     Degraded {
         skipped: Vec<String>,
+        failed: Vec<String>,
     },
     /// A required host is unreachable (or locked by another controller): retry with backoff.
     Blocked {

@@ -40,7 +40,7 @@ fn stage_plan(desired: &str, stage: &DesiredStage, members: &[Member]) -> Option
     let unseen: Vec<&Member> = stage_members
         .iter()
         .copied()
-        .filter(|m| m.workable().is_none())
+        .filter(|m| m.free().is_none())
         .collect();
     if !unseen.is_empty() {
         return Some(Plan::done(Outcome::Blocked {

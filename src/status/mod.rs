@@ -26,7 +26,8 @@ pub enum Phase {
     Converged,
     /// A rollout is under way.
     Progressing,
-    /// Converged except hosts of optional stages that are unreachable.
+    /// Converged except hosts of optional stages that are unreachable or failed within
+    /// `rollout.maxFailed`.
     Degraded,
     /// A required host is unreachable; nothing switches until it is back.
     Blocked,

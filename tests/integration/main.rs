@@ -7,6 +7,7 @@ mod daemon_tests;
 mod dashboard_tests;
 mod depends_tests;
 mod engine_tests;
+mod failure_budget_tests;
 mod fleet;
 mod host_ops_tests;
 mod integrity_tests;

@@ -114,7 +114,11 @@ pub fn check(kind: Kind, doc: &Node) -> Vec<Problem> {
             _ => problems.push(at(error.to_string())),
         }
     }
-    floats_for_integers(doc, &checker.schema, "", &mut problems);
+    // A float the validator refused already (`1.5`) needs no second message at its place.
+    let mut floats = vec![];
+    floats_for_integers(doc, &checker.schema, "", &mut floats);
+    floats.retain(|f| !problems.iter().any(|p| p.pos == f.pos));
+    problems.extend(floats);
     // A value can break two keywords saying the same thing (a boolean where an enum of
     // strings belongs fails `type` and `enum`).
     problems.sort();
@@ -388,6 +392,26 @@ mod tests {
                 ("5:42".into(), "spec.ssh.conectTimeout".into(), "unknown field `conectTimeout`: did you mean `connectTimeout`?".into()),
                 ("6:11".into(), "spec.hosts[0]".into(), "missing field `address`".into()),
                 ("6:27".into(), "spec.hosts[0].port".into(), "expected a whole number from 0 to 65535, got the number `2.0`: write a plain whole number (no fraction, exponent or leading zero)".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fraction_where_a_count_belongs_is_one_problem() {
+        let text = "apiVersion: convoy.dev/v1alpha1\nkind: Site\nmetadata: {name: s}\nspec:\n  release: r\n  path: /p\n  stages: []\n  fetch: {}\n  rollout: {maxFailed: 1.5, maxParallel: 2.5}\n";
+        assert_eq!(
+            problems(Kind::Site, text),
+            [
+                (
+                    "9:24".into(),
+                    "spec.rollout.maxFailed".into(),
+                    "expected a whole number or a string, got the number `1.5`".into()
+                ),
+                (
+                    "9:42".into(),
+                    "spec.rollout.maxParallel".into(),
+                    "expected a whole number from 0 to 4294967295, got the number `2.5`".into()
+                ),
             ]
         );
     }

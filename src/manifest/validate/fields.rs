@@ -478,8 +478,8 @@ fn check_health(r: &mut Reporter, file: &Arc<str>, id: &str, health: &Health) {
     }
 }
 
-/// `spec.rollout` and `spec.keepReleases`, and the settings convoy refuses rather than
-/// ignore (`maxFailed`).
+/// `spec.rollout` and `spec.keepReleases`. `rollout.maxFailed`'s range (a count >= 0, or
+/// `0%`..`100%`) is the schema's, checked when the document loads.
 fn check_rollout(r: &mut Reporter, file: &Arc<str>, id: &str, spec: &SiteSpec) {
     let rollout = &spec.rollout;
     if rollout.max_parallel.value == 0 {
@@ -499,9 +499,6 @@ fn check_rollout(r: &mut Reporter, file: &Arc<str>, id: &str, spec: &SiteSpec) {
             "spec.rollout.failureRetries",
             "must be at least 1",
         );
-    }
-    if let Some(max_failed) = &rollout.max_failed {
-        r.at(file, id, max_failed.pos, "spec.rollout.maxFailed", "not supported yet: convoy cannot honour a failure budget, so it refuses the setting rather than ignore it");
     }
     if spec.keep_releases.value < 2 {
         r.at(

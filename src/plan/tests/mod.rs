@@ -7,7 +7,7 @@ mod sim;
 use std::time::Duration;
 
 use super::*;
-use crate::desired::{DesiredSite, DesiredStage, FetchSpec, RolloutSpec};
+use crate::desired::{DesiredSite, DesiredStage, FetchSpec, MaxFailed, RolloutSpec};
 
 /// (stage name, optional, hosts, has once)
 pub(super) type StageDef<'a> = (&'a str, bool, &'a [&'a str], bool);
@@ -45,6 +45,7 @@ pub(super) fn site(release: &str, stages: &[StageDef]) -> DesiredSite {
             batch: 0,
             pause: Duration::from_secs(5),
             failure_retries: 3,
+            max_failed: MaxFailed::default(),
         },
         keep_releases: 3,
         suspend: false,
@@ -304,7 +305,8 @@ fn unreachable_optional_host_is_skipped_and_the_site_is_degraded() {
     assert_eq!(
         plan(&s, &o, &pass).outcome,
         Outcome::Degraded {
-            skipped: vec!["w1".into()]
+            skipped: vec!["w1".into()],
+            failed: vec![],
         }
     );
 }
@@ -355,7 +357,7 @@ fn a_health_failure_rolls_back_every_switched_host_of_the_stage_then_fails() {
             hosts: vec!["w1".into(), "w2".into()]
         }]
     );
-    pass.rolled_back = true;
+    pass.rolled_back = ["w1".to_string(), "w2".to_string()].into();
     assert!(matches!(
         plan(&s, &o, &pass).outcome,
         Outcome::Failed { .. }
@@ -482,7 +484,8 @@ fn preview_lists_a_whole_pass_in_order() {
     assert_eq!(
         outcome,
         Outcome::Degraded {
-            skipped: vec!["w2".into()]
+            skipped: vec!["w2".into()],
+            failed: vec![],
         }
     );
 }
