@@ -44,6 +44,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             metrics_addr,
             metrics_textfile,
             archive_roots,
+            git,
         } => {
             let args = reconcile::ReconcileArgs {
                 once: *once,
@@ -57,6 +58,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 load: LoadOptions {
                     archive_roots: archive_roots.clone(),
                 },
+                git,
             };
             reconcile::reconcile(cli, args, out, err)
         }

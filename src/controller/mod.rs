@@ -9,6 +9,8 @@
 //! Site status objects and their metrics; `log.rs` says what the daemon logs about each pass.
 
 pub mod daemon;
+mod from_git;
+pub mod git;
 mod http;
 mod log;
 pub mod once_record;
@@ -19,6 +21,7 @@ mod revision;
 mod run;
 mod run_once;
 pub mod watch;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::plan::Outcome;
 use crate::progress::Progress;
 use crate::state::{self, StateDir};
+pub use from_git::load_once as load_git_once;
 pub use pass::{Pass, pass_once, pass_state, wrote};
 pub use publish::{Ending, desired_loaded, interrupted, publish};
 use queue::Requeue;
@@ -133,6 +137,7 @@ pub fn context(
         metrics: shared.metrics.clone(),
         cancel: shared.cancel.clone(),
         progress: shared.progress.clone(),
+        commit: desired.commit.clone(),
     }
 }
 

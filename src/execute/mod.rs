@@ -47,6 +47,9 @@ pub struct Context {
     pub cancel: Arc<Cancel>,
     /// Live counters for a terminal, when one is watching.
     pub progress: Option<Arc<Progress>>,
+    /// The manifest commit of the desired state this context serves (git source), for
+    /// status and history.
+    pub commit: Option<String>,
 }
 
 /// What a site run ended with.

@@ -7,6 +7,7 @@
 //! `--metrics-textfile` of `--once`, gauges only). Nothing here decides or stores anything.
 
 mod declare;
+mod git;
 mod textfile;
 
 pub use declare::{DECLARED_OPERATIONS, KnownSite};
@@ -81,6 +82,16 @@ pub struct StateFileLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommitLabel {
+    pub commit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
 }
@@ -107,7 +118,7 @@ pub const RESULTS: [&str; 6] = [
 ];
 
 /// Every `kind` of state-dir file whose writes are counted (see `controller::wrote`).
-pub const STATE_FILE_KINDS: [&str; 8] = [
+pub const STATE_FILE_KINDS: [&str; 9] = [
     "status",
     "labels",
     "attempts",
@@ -116,6 +127,7 @@ pub const STATE_FILE_KINDS: [&str; 8] = [
     "history",
     "manifests",
     "instance",
+    "source",
 ];
 
 /// convoy's metrics. Cheap to share: every family is reference-counted inside.
@@ -138,6 +150,10 @@ pub struct Metrics {
     manifests_valid: Gauge,
     manifest_last_success: FloatGauge,
     state_write_errors: Family<StateFileLabel, Counter>,
+    /// The manifest commit being served (git source): one series at a time.
+    manifest_info: Family<CommitLabel, Gauge>,
+    manifest_commit: Mutex<Option<CommitLabel>>,
+    webhook_requests: Family<ResultLabel, Counter>,
     /// The gauges again, alone: what a `--once` textfile holds.
     gauges: Registry,
     /// Label sets in use per site, so its series can be replaced or removed (families
@@ -200,6 +216,9 @@ impl Metrics {
             manifests_valid: Gauge::default(),
             manifest_last_success: FloatGauge::default(),
             state_write_errors: Family::default(),
+            manifest_info: Family::default(),
+            manifest_commit: Mutex::default(),
+            webhook_requests: Family::default(),
             sites: Mutex::default(),
             hosts_declared: Mutex::default(),
             registry: Registry::default(),
@@ -482,6 +501,11 @@ fn register_controller_gauges(r: &mut Registry, m: &Metrics) {
         })
         .set(1);
     r.register("convoy_build_info", "convoy's version", build_info);
+    r.register(
+        "convoy_manifest_info",
+        "The manifest commit being served (git source)",
+        m.manifest_info.clone(),
+    );
 }
 
 /// The controller's own errors: manifest loads, state dir writes.
@@ -495,6 +519,11 @@ fn register_controller_counters(r: &mut Registry, m: &Metrics) {
         "convoy_state_write_errors",
         "Writes to the state directory that failed, by file kind",
         m.state_write_errors.clone(),
+    );
+    r.register(
+        "convoy_webhook_requests",
+        "Requests to /hooks/git by result (accepted, missing_signature, bad_signature, too_large)",
+        m.webhook_requests.clone(),
     );
 }
 

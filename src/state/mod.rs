@@ -10,6 +10,8 @@
 //! <dir>/sites/<site>/revisions.json   release -> commit, a branch resolved once per release
 //! <dir>/sites/<site>/applied.json     release -> `spec.revision` as first applied (immutable)
 //! <dir>/sites/<site>/history.jsonl    append-only log of what convoy did, one event a line
+//! <dir>/source.json                   the git branch followed (`reconcile --git`), commit served
+//! <dir>/git/                          convoy's clone of that repository and the served tree
 //! ```
 //! Every whole-file write goes to a temporary file in the same directory, is fsynced, then
 //! renamed over the old one, so a controller killed at any instant leaves either the old or
@@ -26,6 +28,7 @@
 mod files;
 mod history;
 mod output;
+mod source;
 #[cfg(test)]
 mod tests;
 mod time;
@@ -45,6 +48,7 @@ pub use files::replace_atomically;
 use files::{read_json, write_atomic, write_json_atomic};
 pub use history::HistoryEvent;
 pub use output::KEEP_OUTPUTS;
+pub use source::SourceStatus;
 pub use time::{now_rfc3339, parse_rfc3339, rfc3339};
 
 /// Where convoy keeps its state when `--state-dir` is not given.

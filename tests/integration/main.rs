@@ -7,6 +7,7 @@ mod daemon_tests;
 mod dashboard_tests;
 mod engine_tests;
 mod fleet;
+mod git_source_tests;
 mod host_ops_tests;
 mod integrity_tests;
 mod lab;
