@@ -68,8 +68,8 @@ fn local_site(root: &Path, version: u32) -> Vec<(&'static str, String)> {
         root = root.display()
     );
     vec![
-        ("manifests/fleet.yaml", manifests),
-        ("manifests/app/VERSION", format!("{version}\n")),
+        ("deploy/fleet.yaml", manifests),
+        ("deploy/app/VERSION", format!("{version}\n")),
     ]
 }
 
@@ -98,7 +98,7 @@ impl GitDaemon {
             .arg("reconcile")
             .arg("--git")
             .arg(repo)
-            .args(["--path", "manifests/", "--state-dir"])
+            .args(["--path", "deploy/", "--state-dir"])
             .arg(dir.join("state"))
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(extra)
@@ -391,7 +391,7 @@ fn a_force_push_is_followed_and_an_invalid_commit_keeps_the_last_good_one_served
     wait_until(
         Duration::from_secs(15),
         "the invalid commit is reported",
-        || daemon.log_text().contains("manifests/fleet.yaml:17:"),
+        || daemon.log_text().contains("deploy/fleet.yaml:17:"),
     );
     let log = daemon.log_text();
     assert!(
@@ -405,7 +405,7 @@ fn a_force_push_is_followed_and_an_invalid_commit_keeps_the_last_good_one_served
     assert!(out.contains(&format!("commit {good}")), "{out}");
     assert!(out.contains("InvalidCommit") && out.contains(&bad), "{out}");
     assert!(
-        text(&status.stderr).contains("manifests/fleet.yaml:17:"),
+        text(&status.stderr).contains("deploy/fleet.yaml:17:"),
         "{}",
         text(&status.stderr)
     );
@@ -486,7 +486,7 @@ fn once_with_git_fetches_once_and_reconciles_that_commit() {
         Command::new(env!("CARGO_BIN_EXE_convoy"))
             .args(["reconcile", "--once", "--git"])
             .arg(&remote.bare)
-            .args(["--path", "manifests", "--state-dir"])
+            .args(["--path", "deploy", "--state-dir"])
             .arg(dir.path().join("state"))
             .args(extra)
             .current_dir(dir.path())
@@ -507,7 +507,7 @@ fn once_with_git_fetches_once_and_reconciles_that_commit() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(
-        err.contains(&format!("commit {bad}")) && err.contains("manifests/fleet.yaml:"),
+        err.contains(&format!("commit {bad}")) && err.contains("deploy/fleet.yaml:"),
         "{err}"
     );
     assert_eq!(live(&root).as_deref(), Some("r1"));
@@ -530,7 +530,7 @@ fn a_lab_fleet_follows_a_pushed_commit() {
         }));
         docs.join("---\n")
     };
-    remote.push(&[("manifests/fleet.yaml", &docs(1))], "r1");
+    remote.push(&[("deploy/fleet.yaml", &docs(1))], "r1");
     let daemon = GitDaemon::start(
         fleet.dir.path(),
         &remote.bare,
@@ -545,7 +545,7 @@ fn a_lab_fleet_follows_a_pushed_commit() {
     wait_until(Duration::from_secs(60), "app.r1 on the lab", || {
         on("app.r1")
     });
-    let commit = remote.push(&[("manifests/fleet.yaml", &docs(2))], "r2");
+    let commit = remote.push(&[("deploy/fleet.yaml", &docs(2))], "r2");
     wait_until(Duration::from_secs(60), "app.r2 on the lab", || {
         on("app.r2")
     });
