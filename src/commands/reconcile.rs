@@ -97,6 +97,10 @@ pub(super) fn reconcile(
         return Ok(code);
     }
     let state = std::sync::Arc::new(StateDir::lock(&cli.state_dir)?);
+    // The desired state comes from -f now: `status` must not name a git branch.
+    if let Err(e) = state.forget_source() {
+        tracing::error!("{}", error_chain(&e));
+    }
     let code = runtime()?.block_on(controller::run_once(&desired, state.clone(), &options, out));
     for warning in state.take_warnings() {
         tracing::warn!("{warning}");

@@ -192,6 +192,7 @@ async fn listen(
                 git.source.clone(),
                 git.feed.clone(),
                 reload_tx,
+                shared.metrics.clone(),
             );
             tokio::spawn(follow);
             None

@@ -377,11 +377,20 @@ impl Feed {
 /// Fetches every `interval` (or at once when `feed.trigger` is notified), exports each new
 /// commit and tells the loop through `reload`. A failed fetch is retried with exponential
 /// backoff (1 s up to 30 s, jitter), reset by the next success. Runs until the loop is gone.
-pub async fn follow(dir: GitDir, source: GitSource, feed: Arc<Feed>, reload: UnboundedSender<()>) {
+pub async fn follow(
+    dir: GitDir,
+    source: GitSource,
+    feed: Arc<Feed>,
+    reload: UnboundedSender<()>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     let mut delays: Option<Box<dyn Iterator<Item = Duration> + Send>> = None;
     let mut last: Option<String> = None;
+    metrics.declare_git_fetches();
     loop {
-        let update = match dir.fetch(&source).await {
+        let fetched = dir.fetch(&source).await;
+        metrics.git_fetched(fetched.is_ok());
+        let update = match fetched {
             Ok(commit) if last.as_ref() == Some(&commit) => {
                 delays = None;
                 None

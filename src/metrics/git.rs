@@ -1,5 +1,5 @@
 //! The git source's metrics: the manifest commit served (`convoy_manifest_info`, one
-//! series at a time) and the webhook's requests by result. Registered with the others in
+//! series at a time), fetches and the webhook's requests by result. Registered with the others in
 //! `mod.rs`; nothing here decides anything.
 
 use super::{CommitLabel, Metrics, ResultLabel};
@@ -28,6 +28,25 @@ impl Metrics {
                 result: (*result).into(),
             });
         }
+    }
+
+    /// The git source is followed: both fetch results exist from the first scrape.
+    pub fn declare_git_fetches(&self) {
+        for result in ["ok", "failed"] {
+            let _ = self.git_fetches.get_or_create(&ResultLabel {
+                result: result.into(),
+            });
+        }
+    }
+
+    /// One fetch of the git source's branch, `ok` or `failed`.
+    pub fn git_fetched(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.git_fetches
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
     }
 
     /// One webhook request and what became of it (a fixed few results).

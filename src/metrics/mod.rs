@@ -154,6 +154,7 @@ pub struct Metrics {
     manifest_info: Family<CommitLabel, Gauge>,
     manifest_commit: Mutex<Option<CommitLabel>>,
     webhook_requests: Family<ResultLabel, Counter>,
+    git_fetches: Family<ResultLabel, Counter>,
     /// The gauges again, alone: what a `--once` textfile holds.
     gauges: Registry,
     /// Label sets in use per site, so its series can be replaced or removed (families
@@ -219,6 +220,7 @@ impl Metrics {
             manifest_info: Family::default(),
             manifest_commit: Mutex::default(),
             webhook_requests: Family::default(),
+            git_fetches: Family::default(),
             sites: Mutex::default(),
             hosts_declared: Mutex::default(),
             registry: Registry::default(),
@@ -524,6 +526,11 @@ fn register_controller_counters(r: &mut Registry, m: &Metrics) {
         "convoy_webhook_requests",
         "Requests to /hooks/git by result (accepted, missing_signature, bad_signature, too_large)",
         m.webhook_requests.clone(),
+    );
+    r.register(
+        "convoy_git_fetches",
+        "Fetches of the git source's branch by result (ok, failed)",
+        m.git_fetches.clone(),
     );
 }
 

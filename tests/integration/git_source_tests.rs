@@ -218,6 +218,12 @@ fn a_pushed_commit_deploys_within_the_interval_and_status_history_metrics_name_i
         live(&root).as_deref() == Some("r1")
     });
 
+    let (code, _) = daemon.request("POST", "/hooks/git", &[], b"{}");
+    assert_eq!(
+        code, 404,
+        "no webhook without a secret: never acted on unsigned"
+    );
+
     let second = push_site(&remote, &root, 2);
     let pushed = Instant::now();
     wait_until(Duration::from_secs(30), "r2 live", || {
@@ -342,6 +348,7 @@ fn a_signed_webhook_fetches_at_once_and_a_wrong_or_missing_signature_does_nothin
 
     // Signed: fetched at once (the interval is an hour), and a burst coalesces.
     let loads_before = loads(&daemon);
+    let fetches_before = fetches_ok(&daemon);
     let signed = sign("s3cret", body);
     let sent = Instant::now();
     for _ in 0..20 {
@@ -369,6 +376,21 @@ fn a_signed_webhook_fetches_at_once_and_a_wrong_or_missing_signature_does_nothin
         live(&root).as_deref() == Some("r2")
     });
     assert_eq!(loads(&daemon), loads_before + 1, "{}", daemon.log_text());
+    // Twenty signed requests: one fetch under way, at most one more pending.
+    let fetches = fetches_ok(&daemon) - fetches_before;
+    assert!(
+        (1..=2).contains(&fetches),
+        "{fetches} fetches for a burst of 20"
+    );
+}
+
+/// `convoy_git_fetches_total{result="ok"}`.
+fn fetches_ok(daemon: &GitDaemon) -> u64 {
+    let metrics = daemon.metrics();
+    let prefix = r#"convoy_git_fetches_total{result="ok"} "#;
+    let line = metrics.lines().find(|l| l.starts_with(prefix));
+    line.and_then(|l| l[prefix.len()..].trim().parse().ok())
+        .unwrap_or_else(|| panic!("no fetch counter:\n{metrics}"))
 }
 
 #[test]
