@@ -74,10 +74,12 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         }
     };
     let ready = Arc::new(AtomicBool::new(false));
-    let git = options
-        .git
-        .as_ref()
-        .map(|g| super::from_git::GitFollow::new(g.source.clone(), &state));
+    let git = options.git.as_ref().map(|g| {
+        let git = super::from_git::GitFollow::new(g.source.clone(), &state);
+        // An earlier run's exports, before the fetcher writes new ones.
+        git.dir.prune_incoming();
+        git
+    });
     let (mut sources, _watch, serve) = match listen(&options, &shared, &ready, git.as_ref()).await {
         Ok(listening) => listening,
         Err(message) => {

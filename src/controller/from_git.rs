@@ -149,7 +149,8 @@ impl GitFollow {
                     tree: Ok(incoming),
                 });
             } else {
-                self.dir.prune_incoming(None);
+                // Only this export: the fetcher may be writing the next one beside it.
+                let _ = std::fs::remove_dir_all(&incoming);
             }
             return invalid(failure);
         }
@@ -161,7 +162,6 @@ impl GitFollow {
                 read_failed: true,
             });
         }
-        self.dir.prune_incoming(None);
         self.served = Some(commit.to_string());
         match self.load_tree(&self.dir.tree(), load, state) {
             Ok(catalog) => Loaded::Valid {

@@ -257,16 +257,9 @@ impl GitDir {
         Ok(())
     }
 
-    /// Removes every export but `keep`'s (older commits, invalid ones, partial exports).
-    pub fn prune_incoming(&self, keep: Option<&Path>) {
-        let Ok(entries) = std::fs::read_dir(self.incoming()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if Some(entry.path().as_path()) != keep {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
+    /// Removes every export (an earlier run's leftovers); only before the fetcher starts.
+    pub fn prune_incoming(&self) {
+        let _ = std::fs::remove_dir_all(self.incoming());
     }
 }
 
@@ -366,11 +359,12 @@ impl Feed {
             .take()
     }
 
-    fn put(&self, update: Update) {
-        *self
-            .latest
+    /// Leaves `update` for the loop; returns the one it replaces, which the loop never took.
+    fn put(&self, update: Update) -> Option<Update> {
+        self.latest
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(update);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(update)
     }
 }
 
@@ -390,18 +384,25 @@ pub async fn follow(
     loop {
         let fetched = dir.fetch(&source).await;
         metrics.git_fetched(fetched.is_ok());
+        let fetched = match fetched {
+            Ok(commit) if last.as_ref() == Some(&commit) => Ok(None),
+            Ok(commit) => match dir.export(&source, &commit).await {
+                Ok(tree) => Ok(Some((commit, Ok(tree)))),
+                // The commit itself is wrong: reported once, like invalid manifests.
+                Err(e @ GitError::NoPath { .. }) => Ok(Some((commit, Err(e.to_string())))),
+                // The disk, not the commit: tried again, on backoff.
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
         let update = match fetched {
-            Ok(commit) if last.as_ref() == Some(&commit) => {
+            Ok(None) => {
                 delays = None;
                 None
             }
-            Ok(commit) => {
+            Ok(Some((commit, tree))) => {
                 delays = None;
                 last = Some(commit.clone());
-                let tree = match dir.export(&source, &commit).await {
-                    Ok(tree) => Ok(tree),
-                    Err(e) => Err(crate::state::error_chain(&e)),
-                };
                 Some(Update::Fetched { commit, tree })
             }
             Err(e) => {
@@ -420,7 +421,10 @@ pub async fn follow(
             _ => source.interval,
         };
         if let Some(update) = update {
-            feed.put(update);
+            // A commit the loop never took (a newer one came first): its export goes.
+            if let Some(Update::Fetched { tree: Ok(old), .. }) = feed.put(update) {
+                let _ = std::fs::remove_dir_all(old);
+            }
             if reload.send(()).is_err() {
                 return;
             }
