@@ -106,6 +106,23 @@ impl GitFollow {
                 self.save(state, metrics);
                 Loaded::Nothing
             }
+            Some(Update::Recovered) => {
+                tracing::info!(
+                    repository = %self.status.repository,
+                    "fetching branch `{}` works again; nothing new",
+                    self.source.branch
+                );
+                self.status.last_fetch_time = Some(crate::state::now_rfc3339());
+                match (self.status.fetched_commit.clone(), self.served.clone()) {
+                    (Some(fetched), Some(served)) if fetched != served => {
+                        let errors = std::mem::take(&mut self.status.errors);
+                        self.invalid(&fetched, errors, state, metrics);
+                    }
+                    (_, Some(served)) => self.valid(&served, state, metrics),
+                    (_, None) => {}
+                }
+                Loaded::Nothing
+            }
             Some(Update::Fetched { commit, tree }) => {
                 self.status.last_fetch_time = Some(crate::state::now_rfc3339());
                 self.status.fetched_commit = Some(commit.clone());

@@ -339,6 +339,8 @@ pub enum Update {
     },
     /// The fetch failed; the next attempt comes after `retry_in`.
     Failed { error: String, retry_in: Duration },
+    /// A fetch succeeded after failures, and found the commit fetched before them.
+    Recovered,
 }
 
 /// Between [`follow`] and the controller loop: the newest update, and the webhook's trigger.
@@ -396,10 +398,8 @@ pub async fn follow(
             Err(e) => Err(e),
         };
         let update = match fetched {
-            Ok(None) => {
-                delays = None;
-                None
-            }
+            // After failures, the branch answers again with nothing new: say so once.
+            Ok(None) => delays.take().map(|_| Update::Recovered),
             Ok(Some((commit, tree))) => {
                 delays = None;
                 last = Some(commit.clone());

@@ -490,6 +490,15 @@ fn an_unreachable_remote_backs_off_and_the_last_good_commit_stays_served() {
     );
     // Back: the next fetch takes the new commit.
     fs::rename(&moved, &remote.bare).unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "status recovers with nothing new",
+        || {
+            let status = text(&convoy(dir.path(), &["status"]).stdout);
+            !status.contains("FetchFailed") && status.contains(&format!("commit {good}"))
+        },
+    );
+    assert!(daemon.log_text().contains("works again; nothing new"));
     push_site(&remote, &root, 2);
     wait_until(
         Duration::from_secs(60),
