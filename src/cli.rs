@@ -216,10 +216,12 @@ pub enum Command {
 /// `reconcile --git`: follow a branch of a manifest repository instead of reading `-f`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GitArgs {
-    /// Follow this git repository (a path or URL, as `git fetch` takes it) instead of reading
-    /// the manifests from -f: convoy keeps its own clone in the state dir, fetches the branch
-    /// every --interval (and on a signed webhook), and deploys the tree of the fetched
-    /// commit. With --once: fetch once, reconcile that commit.
+    /// Follow a branch of this git repository instead of reading the manifests from -f.
+    ///
+    /// REPO is a path or URL, as `git fetch` takes it. convoy keeps its own clone in the
+    /// state dir, fetches the branch every --interval (and on a signed webhook), and deploys
+    /// the tree of the fetched commit; an invalid commit changes nothing. With --once: fetch
+    /// once, reconcile that commit.
     #[arg(long, value_name = "REPO")]
     pub git: Option<String>,
     /// With --git: the branch to follow.

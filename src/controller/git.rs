@@ -491,6 +491,18 @@ mod tests {
     }
 
     #[test]
+    fn positions_name_files_as_they_are_in_the_repository() {
+        let tree = Path::new("/state/git/incoming/abc");
+        let mut diagnostics = crate::manifest::Diagnostics(vec![
+            crate::manifest::Diagnostic::file_level("/state/git/incoming/abc/deploy/a.yaml", "x"),
+            crate::manifest::Diagnostic::file_level("/elsewhere/b.yaml", "y"),
+        ]);
+        relabel(&mut diagnostics, tree);
+        assert_eq!(diagnostics.0[0].file, "deploy/a.yaml");
+        assert_eq!(diagnostics.0[1].file, "/elsewhere/b.yaml");
+    }
+
+    #[test]
     fn credentials_in_urls_are_never_shown() {
         assert_eq!(
             redact("https://bot:ghp_secret@github.com/org/m.git"),
