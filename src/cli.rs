@@ -141,6 +141,8 @@ pub enum Command {
         /// archive paths must stay inside the manifest directory; nothing else is uploaded.
         #[arg(long = "archive-root", value_name = "DIR")]
         archive_roots: Vec<PathBuf>,
+        #[command(flatten)]
+        git: Box<GitArgs>,
     },
 
     /// Observe the hosts and print what a reconcile pass would do; changes nothing.
@@ -224,6 +226,39 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+}
+
+/// `reconcile --git`: follow a branch of a manifest repository instead of reading `-f`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GitArgs {
+    /// Follow a branch of this git repository instead of reading the manifests from -f.
+    ///
+    /// REPO is a path or URL, as `git fetch` takes it. convoy keeps its own clone in the
+    /// state dir, fetches the branch every --interval (and on a signed webhook), and deploys
+    /// the tree of the fetched commit; an invalid commit changes nothing. With --once: fetch
+    /// once, reconcile that commit.
+    #[arg(long, value_name = "REPO")]
+    pub git: Option<String>,
+    /// With --git: the branch to follow.
+    #[arg(long, value_name = "BRANCH", default_value = "main", requires = "git")]
+    pub branch: String,
+    /// With --git: the manifest folder inside the repository (default: its root).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "",
+        hide_default_value = true,
+        requires = "git"
+    )]
+    pub path: String,
+    /// With --git: how often to fetch.
+    #[arg(long, value_name = "DURATION", default_value = "1m", requires = "git")]
+    pub interval: String,
+    /// With --git, daemon: serve `POST /hooks/git` on --metrics-addr, which fetches at once
+    /// when signed with the secret in this file (GitHub's X-Hub-Signature-256). Without
+    /// it the endpoint does not exist.
+    #[arg(long, value_name = "FILE", requires = "git")]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -138,7 +138,10 @@ pub struct DesiredState {
     /// Each Site's `metadata.labels`: for `convoy status -l`, never part of what a pass
     /// does (an edited label neither lifts a hold nor starts a pass).
     pub site_labels: BTreeMap<String, BTreeMap<String, String>>,
-    /// The commit of the manifests this state was read from, when they came from git.
+    /// The manifest commit this desired state was loaded from (`reconcile --git`): the
+    /// version of the desired state, shown in status, history, logs and metrics. Never part
+    /// of a site's desired key: a commit that leaves a site unchanged neither starts its
+    /// pass nor lifts its hold.
     pub commit: Option<String>,
     /// Who hears about what (the URLs are read when convoy starts sending, see `notify`).
     pub notifications: Vec<DesiredNotification>,

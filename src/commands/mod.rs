@@ -47,6 +47,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             metrics_addr,
             metrics_textfile,
             archive_roots,
+            git,
         } => {
             let args = reconcile::ReconcileArgs {
                 once: *once,
@@ -63,6 +64,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 load: LoadOptions {
                     archive_roots: archive_roots.clone(),
                 },
+                git,
             };
             reconcile::reconcile(cli, args, out, err)
         }

@@ -59,6 +59,7 @@ pub(super) fn status(
     let code = match which {
         Which::Site(name) => match sites.first() {
             Some(site) => {
+                print_source(&state, output, out)?;
                 let detail = || render::render_site_detail(site);
                 print(out, output, detail, || render::site_object(site))?;
                 exit_code::OK
@@ -73,6 +74,7 @@ pub(super) fn status(
             }
         },
         _ => {
+            print_source(&state, output, out)?;
             let table = || render::render_status_table(&sites);
             print(out, output, table, || render::status_list(&sites))?;
             if let (Which::Selected(text), true, true) = (&which, sites.is_empty(), any) {
@@ -95,6 +97,15 @@ pub(super) fn status(
         return Ok(exit_code::INVALID);
     }
     Ok(code)
+}
+
+/// A controller following a git branch: which one, the commit served, and why a newer one
+/// is not (the table's first lines; `-o json|yaml` carry `manifestCommit` per Site).
+fn print_source(state: &StateDir, output: OutputFormat, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let (Some(source), OutputFormat::Table) = (state.load_source(), output) {
+        out.write_all(render::render_source(&source).as_bytes())?;
+    }
+    Ok(())
 }
 
 /// A daemon's last manifest load failed: what `status` shows is the last valid state's.

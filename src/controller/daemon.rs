@@ -35,6 +35,15 @@ pub struct DaemonOptions {
     pub resync: Duration,
     pub metrics_addr: SocketAddr,
     pub run: RunOptions,
+    /// `--git`: follow a branch instead of watching `manifests`.
+    pub git: Option<GitOptions>,
+}
+
+/// `reconcile --git REPO`: the branch to follow, and the webhook's secret if it is served.
+pub struct GitOptions {
+    pub source: super::git::GitSource,
+    /// `--webhook-secret-file`'s content: without it `/hooks/git` does not exist.
+    pub webhook_secret: Option<Vec<u8>>,
 }
 
 /// How often the hosts of Blocked sites are probed.
@@ -65,17 +74,41 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         }
     };
     let ready = Arc::new(AtomicBool::new(false));
-    let (mut sources, _watch, serve) = match listen(&options, &shared, &ready).await {
+    let git = options.git.as_ref().map(|g| {
+        let git = super::from_git::GitFollow::new(g.source.clone(), &state);
+        // An earlier run's exports, before the fetcher writes new ones.
+        git.dir.prune_incoming();
+        git
+    });
+    let (mut sources, _watch, serve) = match listen(&options, &shared, &ready, git.as_ref()).await {
         Ok(listening) => listening,
         Err(message) => {
             let _ = writeln!(err, "error: {message}");
             return exit_code::FAILED;
         }
     };
-    tracing::info!(
-        "watching the manifests; metrics on http://{}/metrics",
-        options.metrics_addr
-    );
+    match &git {
+        Some(git) => tracing::info!(
+            repository = %git.source.shown_repository(),
+            branch = %git.source.branch,
+            path = %git.source.path,
+            "following the branch every {}s{}; metrics on http://{}/metrics",
+            git.source.interval.as_secs(),
+            if options.git.as_ref().is_some_and(|g| g.webhook_secret.is_some()) {
+                format!(", and on signed POSTs to http://{}{}", options.metrics_addr, super::webhook::PATH)
+            } else {
+                String::new()
+            },
+            options.metrics_addr
+        ),
+        None => tracing::info!(
+            "watching the manifests; metrics on http://{}/metrics",
+            options.metrics_addr
+        ),
+    }
+    if git.is_none() {
+        let _ = wrote(&shared.metrics, "source", state.forget_source());
+    }
 
     let mut resync = tokio::time::interval(options.resync);
     resync.tick().await;
@@ -86,6 +119,7 @@ pub async fn run(options: DaemonOptions, state: StateDir, err: &mut dyn Write) -
         options,
         ready,
         reload_retry: None,
+        git,
     });
     controller.reload();
     // Only now: the first scrape already has every series the manifests make known.
@@ -117,10 +151,11 @@ async fn listen(
     options: &DaemonOptions,
     shared: &Shared,
     ready: &Arc<AtomicBool>,
+    git: Option<&super::from_git::GitFollow>,
 ) -> Result<
     (
         Sources,
-        super::watch::Watch,
+        Option<super::watch::Watch>,
         impl std::future::Future<Output = ()> + Send + 'static,
     ),
     String,
@@ -135,15 +170,43 @@ async fn listen(
         })?;
     let heartbeat = Arc::new(super::http::Heartbeat::new(stale_after(options.resync)));
     heartbeat.beat();
+    let hooks = match (
+        git,
+        options.git.as_ref().and_then(|g| g.webhook_secret.clone()),
+    ) {
+        (Some(git), Some(secret)) => Some(super::webhook::router(
+            Arc::new(secret),
+            git.feed.clone(),
+            shared.metrics.clone(),
+        )),
+        _ => None,
+    };
     let serve = super::http::serve(
         listener,
         shared.metrics.clone(),
         ready.clone(),
         heartbeat.clone(),
+        hooks,
     );
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
-    let watch = super::watch::start(&options.manifests, reload_tx)
-        .map_err(|e| format!("failed to watch `{}`: {e}", options.manifests.display()))?;
+    let watch = match git {
+        // The fetcher is the git source's watcher: it signals each new commit.
+        Some(git) => {
+            let follow = super::git::follow(
+                git.dir.clone(),
+                git.source.clone(),
+                git.feed.clone(),
+                reload_tx,
+                shared.metrics.clone(),
+            );
+            tokio::spawn(follow);
+            None
+        }
+        None => Some(
+            super::watch::start(&options.manifests, reload_tx)
+                .map_err(|e| format!("failed to watch `{}`: {e}", options.manifests.display()))?,
+        ),
+    };
     let (Ok(sigterm), Ok(sigint), Ok(sighup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -173,6 +236,8 @@ pub(super) struct Manifests {
     /// file event may ever announce the cure (descriptors freed, a mount back), so the
     /// reload is retried on backoff until one succeeds.
     reload_retry: Option<ReloadRetry>,
+    /// `--git`: the branch followed (then `options.manifests` is not read).
+    git: Option<super::from_git::GitFollow>,
 }
 
 struct ReloadRetry {
@@ -189,14 +254,12 @@ impl Controller<'_> {
             return;
         };
         let metrics = self.shared.metrics.clone();
-        let catalog = match load_checked(&source.options, &self.state) {
-            Ok(catalog) => catalog,
-            Err(failure) => {
-                source.invalid(failure, &metrics, &self.state);
-                return;
-            }
+        let (catalog, commit) = match source.load(&self.state, &metrics) {
+            Some(loaded) => loaded,
+            None => return,
         };
         let mut new = DesiredState::from_catalog(&catalog);
+        new.commit = commit;
         // A webhook URL that cannot be read makes the manifests unusable, as an error would.
         let targets = match crate::notify::resolve(&new.notifications) {
             Ok(targets) => targets,
@@ -231,11 +294,19 @@ impl Controller<'_> {
                 );
             }
         }
-        tracing::info!(
-            "manifests loaded: {}; {} site(s) to reconcile",
-            catalog.summary(),
-            changed.len()
-        );
+        match &new.commit {
+            Some(commit) => tracing::info!(
+                commit = %commit,
+                "manifests of commit {commit} loaded: {}; {} site(s) to reconcile",
+                catalog.summary(),
+                changed.len()
+            ),
+            None => tracing::info!(
+                "manifests loaded: {}; {} site(s) to reconcile",
+                catalog.summary(),
+                changed.len()
+            ),
+        }
         let new = Arc::new(new);
         self.ctx = Some(Arc::new(context(
             &new,
@@ -301,6 +372,47 @@ impl Controller<'_> {
 }
 
 impl Manifests {
+    /// Loads the desired state from the directory, or from the git source's newest commit.
+    /// `None` when there is nothing to act on: invalid (reported), or nothing new from git.
+    fn load(
+        &mut self,
+        state: &StateDir,
+        metrics: &Metrics,
+    ) -> Option<(manifest::Catalog, Option<String>)> {
+        let Some(git) = &mut self.git else {
+            return match load_checked(&self.options.manifests, &self.options.load, state) {
+                Ok(catalog) => Some((catalog, None)),
+                Err(failure) => {
+                    self.invalid(failure, metrics, state);
+                    None
+                }
+            };
+        };
+        match git.load(&self.options.load, state, metrics) {
+            super::from_git::Loaded::Nothing => None,
+            super::from_git::Loaded::Valid { catalog, commit } => {
+                git.valid(&commit, state, metrics);
+                Some((catalog, Some(commit)))
+            }
+            super::from_git::Loaded::Invalid { failure, commit } => {
+                let errors = failure
+                    .diagnostics
+                    .0
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                git.invalid(&commit, errors, state, metrics);
+                tracing::warn!(
+                    commit = %commit,
+                    "commit {commit} is invalid; still serving {}",
+                    git.serving()
+                );
+                self.invalid(failure, metrics, state);
+                None
+            }
+        }
+    }
+
     /// The manifests did not load: says so (state dir, metrics, `/readyz`, log) while the
     /// last valid state stays in force. Invalid content waits for the edit the watcher
     /// reports; a failed read is retried on backoff.
@@ -339,11 +451,12 @@ impl Manifests {
 
 /// The manifests, loaded and validated, also against the revisions Releases were first
 /// applied with (an edited `spec.revision` is invalid).
-fn load_checked(
-    options: &DaemonOptions,
+pub(super) fn load_checked(
+    manifests: &std::path::Path,
+    load: &manifest::LoadOptions,
     state: &StateDir,
 ) -> Result<manifest::Catalog, manifest::LoadFailure> {
-    let catalog = manifest::load_classified(&options.manifests, &options.load)?;
+    let catalog = manifest::load_classified(manifests, load)?;
     manifest::validate::check_immutable(&catalog, |site, release| {
         state.applied_revision(site, release)
     })

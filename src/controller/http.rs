@@ -1,5 +1,6 @@
 //! The daemon's HTTP endpoint (127.0.0.1 by default): `/metrics` (OpenMetrics text),
-//! `/healthz` (the control loop is turning) and `/readyz` (manifests loaded and valid).
+//! `/healthz` (the control loop is turning), `/readyz` (manifests loaded and valid) and,
+//! with a git source and a webhook secret, `POST /hooks/git` (`webhook.rs`).
 //!
 //! The listener cannot be exhausted by idle clients: a connection must send its request
 //! head within [`HEADER_READ_TIMEOUT`], at most [`MAX_CONNECTIONS`] are open at once, and
@@ -141,8 +142,14 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     heartbeat: Arc<Heartbeat>,
+    hooks: Option<Router>,
 ) {
     let app = router(metrics, ready, heartbeat);
+    // `/hooks/git` (the webhook) exists only with a secret to check it against.
+    let app = match hooks {
+        Some(hooks) => app.merge(hooks),
+        None => app,
+    };
     let connections = Arc::new(Mutex::new(Connections::default()));
     loop {
         let stream = match listener.accept().await {

@@ -10,6 +10,8 @@
 
 pub mod daemon;
 mod depends;
+mod from_git;
+pub mod git;
 mod http;
 mod log;
 pub mod once_record;
@@ -21,6 +23,7 @@ mod revision;
 mod run;
 mod run_once;
 pub mod watch;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::plan::Outcome;
 use crate::progress::Progress;
 use crate::state::{self, StateDir};
+pub use from_git::load_once as load_git_once;
 pub use pass::{Pass, dependencies, pass_once, pass_state, wrote};
 pub use publish::{Ending, desired_loaded, interrupted, publish};
 use queue::Requeue;
@@ -153,6 +157,7 @@ pub fn context(
         cancel: shared.cancel.clone(),
         progress: shared.progress.clone(),
         targets: (!options.hosts.is_empty()).then(|| options.hosts.iter().cloned().collect()),
+        commit: desired.commit.clone(),
     }
 }
 

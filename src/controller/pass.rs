@@ -198,6 +198,11 @@ fn record(
         _ => {}
     }
     if !events.is_empty() {
+        let commit = ctx.commit.as_deref();
+        let events: Vec<HistoryEvent> = events
+            .into_iter()
+            .map(|e| e.manifest_commit(commit))
+            .collect();
         let _ = wrote(metrics, "history", state.append_history(&events));
     }
     hold_lost

@@ -32,7 +32,8 @@ pub fn publish(
     report: &SiteReport,
     ending: &Ending,
 ) -> SiteStatus {
-    let status = status_of(state, site, report, ending);
+    let mut status = status_of(state, site, report, ending);
+    status.manifest_commit = ctx.commit.clone();
     save(&ctx.metrics, state, &site.name, &status);
     ctx.metrics.hosts(&site.name, &report.hosts);
     let backoff = match ending.retry {
@@ -55,6 +56,7 @@ pub fn interrupted(metrics: &Metrics, state: &StateDir, site: &DesiredSite, why:
             "{}; the pass did not end within the grace period (hosts as last observed)",
             interrupted_message(why)
         ),
+        manifest_commit: previous.as_ref().and_then(|p| p.manifest_commit.clone()),
         attempts: state.attempts(&site.name, &desired_key(site)).attempts,
         last_transition_time: None,
         last_success_time: None,
@@ -77,6 +79,7 @@ pub fn desired_loaded(
     desired: &DesiredState,
     only: Option<&str>,
 ) {
+    metrics.manifest_commit(desired.commit.as_deref());
     for (name, labels) in &desired.site_labels {
         let _ = wrote(metrics, "labels", state.save_site_labels(name, labels));
     }
@@ -191,6 +194,7 @@ fn status_of(
             .clone()
             .or_else(|| state.revision(&site.name, &site.release)),
         message,
+        manifest_commit: None,
         attempts: attempts.attempts,
         last_transition_time: None,
         last_success_time: None,

@@ -49,6 +49,9 @@ pub struct Context {
     pub progress: Option<Arc<Progress>>,
     /// `--once --host`: the only hosts a pass may change; `None` = every host.
     pub targets: Option<BTreeSet<String>>,
+    /// The manifest commit of the desired state this context serves (git source), for
+    /// status and history.
+    pub commit: Option<String>,
 }
 
 /// What a site run ended with.

@@ -7,6 +7,7 @@
 //! `--metrics-textfile` of `--once`, gauges only). Nothing here decides or stores anything.
 
 mod declare;
+mod git;
 mod limits;
 mod textfile;
 
@@ -95,6 +96,16 @@ pub struct NotificationLabels {
 pub const NOTIFICATION_RESULTS: [&str; 4] = ["sent", "failed", "gave_up", "dropped"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommitLabel {
+    pub commit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
 }
@@ -122,7 +133,7 @@ pub const RESULTS: [&str; 7] = [
 ];
 
 /// Every `kind` of state-dir file whose writes are counted (see `controller::wrote`).
-pub const STATE_FILE_KINDS: [&str; 9] = [
+pub const STATE_FILE_KINDS: [&str; 10] = [
     "status",
     "labels",
     "attempts",
@@ -132,6 +143,7 @@ pub const STATE_FILE_KINDS: [&str; 9] = [
     "manifests",
     "instance",
     "notified",
+    "source",
 ];
 
 /// convoy's metrics. Cheap to share: every family is reference-counted inside.
@@ -155,6 +167,11 @@ pub struct Metrics {
     manifest_last_success: FloatGauge,
     state_write_errors: Family<StateFileLabel, Counter>,
     notifications: Family<NotificationLabels, Counter>,
+    /// The manifest commit being served (git source): one series at a time.
+    manifest_info: Family<CommitLabel, Gauge>,
+    manifest_commit: Mutex<Option<CommitLabel>>,
+    webhook_requests: Family<ResultLabel, Counter>,
+    git_fetches: Family<ResultLabel, Counter>,
     /// The gauges again, alone: what a `--once` textfile holds.
     gauges: Registry,
     /// Label sets in use per site, so its series can be replaced or removed (families
@@ -221,6 +238,10 @@ impl Metrics {
             manifest_last_success: FloatGauge::default(),
             state_write_errors: Family::default(),
             notifications: Family::default(),
+            manifest_info: Family::default(),
+            manifest_commit: Mutex::default(),
+            webhook_requests: Family::default(),
+            git_fetches: Family::default(),
             sites: Mutex::default(),
             hosts_declared: Mutex::default(),
             limits: limits::LimitsCollector::default(),
@@ -531,6 +552,11 @@ fn register_controller_gauges(r: &mut Registry, m: &Metrics) {
         })
         .set(1);
     r.register("convoy_build_info", "convoy's version", build_info);
+    r.register(
+        "convoy_manifest_info",
+        "The manifest commit being served (git source)",
+        m.manifest_info.clone(),
+    );
 }
 
 /// The controller's own errors: manifest loads, state dir writes.
@@ -549,6 +575,16 @@ fn register_controller_counters(r: &mut Registry, m: &Metrics) {
         "convoy_notifications",
         "Notification messages by Notification and result (sent, failed attempt, gave_up, dropped)",
         m.notifications.clone(),
+    );
+    r.register(
+        "convoy_webhook_requests",
+        "Requests to /hooks/git by result (accepted, missing_signature, bad_signature, too_large)",
+        m.webhook_requests.clone(),
+    );
+    r.register(
+        "convoy_git_fetches",
+        "Fetches of the git source's branch by result (ok, failed)",
+        m.git_fetches.clone(),
     );
 }
 

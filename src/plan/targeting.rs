@@ -273,7 +273,7 @@ mod tests {
                 only(&["w2"]),
                 vec![],
                 Box::new(
-                    |o: &Outcome| matches!(o, Outcome::Degraded { skipped } if skipped == &["w2"]),
+                    |o: &Outcome| matches!(o, Outcome::Degraded { skipped, .. } if skipped == &["w2"]),
                 ),
             ),
             (

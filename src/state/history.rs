@@ -37,6 +37,9 @@ pub struct HistoryEvent {
     pub detail: Option<String>,
     /// Which controller did it: `hostname:pid` (see [`controller_id`]).
     pub controller: String,
+    /// The manifest commit (full SHA) of the desired state it was done for (git source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_commit: Option<String>,
 }
 
 impl HistoryEvent {
@@ -51,6 +54,7 @@ impl HistoryEvent {
             kind,
             detail: None,
             controller: controller_id().to_owned(),
+            manifest_commit: None,
         }
     }
 
@@ -66,6 +70,12 @@ impl HistoryEvent {
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
+        self
+    }
+
+    /// The manifest commit the event's desired state came from, if known.
+    pub fn manifest_commit(mut self, commit: Option<&str>) -> Self {
+        self.manifest_commit = commit.map(str::to_owned);
         self
     }
 }

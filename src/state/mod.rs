@@ -11,6 +11,8 @@
 //! <dir>/sites/<site>/applied.json     release -> `spec.revision` as first applied (immutable)
 //! <dir>/sites/<site>/history.jsonl    append-only log of what convoy did, one event a line
 //! <dir>/requests/                     requests to the running daemon and its answers
+//! <dir>/source.json                   the git branch followed (`reconcile --git`), commit served
+//! <dir>/git/                          convoy's clone of that repository and the served tree
 //! ```
 //! Every whole-file write goes to a temporary file in the same directory, is fsynced, then
 //! renamed over the old one, so a controller killed at any instant leaves either the old or
@@ -28,6 +30,7 @@ mod files;
 mod history;
 mod output;
 mod requests;
+mod source;
 #[cfg(test)]
 mod tests;
 mod time;
@@ -48,6 +51,7 @@ use files::{read_json, write_atomic, write_json_atomic};
 pub use history::HistoryEvent;
 pub use output::KEEP_OUTPUTS;
 pub use requests::{Answer, Pending, Request, now_ms};
+pub use source::SourceStatus;
 pub use time::{now_rfc3339, parse_rfc3339, rfc3339};
 
 /// Where convoy keeps its state when `--state-dir` is not given.

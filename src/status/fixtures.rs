@@ -7,6 +7,7 @@ use crate::state::HistoryEvent;
 
 pub(crate) fn status(phase: Phase, desired: &str) -> SiteStatus {
     SiteStatus {
+        manifest_commit: None,
         phase,
         desired_release: desired.to_owned(),
         revision: Some("3f2a9c1".to_owned()),

@@ -104,6 +104,10 @@ pub struct SiteStatus {
     /// One line for humans: what is happening or what went wrong.
     #[serde(default)]
     pub message: String,
+    /// The manifest commit (full SHA) of the desired state the last pass ran for, when the
+    /// controller follows a git branch (`reconcile --git`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_commit: Option<String>,
     /// Failed attempts of the desired release so far.
     #[serde(default)]
     pub attempts: u32,

@@ -3,7 +3,8 @@
 //! lines. Text in, text out: reads no state dir, writes nothing.
 
 use crate::manifest::types::API_VERSION;
-use crate::state::HistoryEvent;
+use crate::state::{HistoryEvent, SourceStatus};
+use crate::status::ConditionStatus;
 
 use super::SiteObject;
 
@@ -72,6 +73,30 @@ pub fn render_status_table(sites: &[SiteObject]) -> String {
     out
 }
 
+/// Where the desired state comes from, when the controller follows a git branch: a line
+/// naming the branch and the commit served (full SHA), and one more when a newer commit is
+/// not served (invalid, or the fetch failed), from its `Ready` condition.
+pub fn render_source(source: &SourceStatus) -> String {
+    let path = if source.path.is_empty() {
+        String::new()
+    } else {
+        format!(", path {}", source.path)
+    };
+    let mut out = format!(
+        "Manifests: git {} (branch {}{path}), commit {}\n",
+        source.repository,
+        source.branch,
+        source.commit.as_deref().unwrap_or("- (none valid yet)")
+    );
+    if let Some(ready) = source.ready().filter(|c| c.status != ConditionStatus::True) {
+        out.push_str(&format!(
+            "  {} since {}: {}\n",
+            ready.reason, ready.last_transition_time, ready.message
+        ));
+    }
+    out
+}
+
 /// `convoy status -o json|yaml`: a Kubernetes `List` of Site objects carrying their status.
 pub fn status_list(sites: &[SiteObject]) -> serde_json::Value {
     let items: Vec<serde_json::Value> = sites.iter().map(site_object).collect();
@@ -101,7 +126,7 @@ pub fn render_site_detail(site: &SiteObject) -> String {
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    let fields = [
+    let mut fields = vec![
         ("Name", site.name.clone()),
         ("Labels", dash(Some(&labels.join(",")))),
         ("Phase", s.phase.to_string()),
@@ -112,6 +137,9 @@ pub fn render_site_detail(site: &SiteObject) -> String {
         ("Last success", dash(s.last_success_time.as_deref())),
         ("Message", dash(Some(&s.message))),
     ];
+    if let Some(commit) = &s.manifest_commit {
+        fields.insert(5, ("Manifest commit", commit.clone()));
+    }
     let mut out = String::new();
     for (field, value) in fields {
         let mut lines = value.lines();
@@ -190,12 +218,14 @@ pub fn render_history(events: &[HistoryEvent]) -> String {
             if several_sites {
                 row.push(e.site.clone());
             }
-            row.extend([
-                e.kind.to_string(),
-                e.release.clone(),
-                place,
-                first_line(e.detail.as_deref().unwrap_or("")).to_owned(),
-            ]);
+            let detail = first_line(e.detail.as_deref().unwrap_or("")).to_owned();
+            // The manifest commit the event's desired state came from (git source).
+            let detail = match (&e.manifest_commit, detail.is_empty()) {
+                (Some(commit), true) => format!("manifests {commit}"),
+                (Some(commit), false) => format!("{detail} (manifests {commit})"),
+                (None, _) => detail,
+            };
+            row.extend([e.kind.to_string(), e.release.clone(), place, detail]);
             row
         })
         .collect();

@@ -9,6 +9,7 @@ mod depends_tests;
 mod engine_tests;
 mod failure_budget_tests;
 mod fleet;
+mod git_source_tests;
 mod host_ops_tests;
 mod integrity_tests;
 mod lab;
