@@ -23,7 +23,7 @@ use super::{
     render_site, requeue, waits_for_another_run, wrote,
 };
 use crate::desired::{DesiredSite, DesiredState};
-use crate::execute::Context;
+use crate::execute::{Context, SiteReport};
 use crate::exit_code;
 use crate::plan::EventKind;
 use crate::plan::Outcome;
@@ -293,50 +293,7 @@ impl<'o> Controller<'o> {
         };
         self.note_drift(&ctx, site, &pass, resync_pass);
         let Pass { report, hold_lost } = pass;
-        let rule = match requeue(&report.outcome, self.mode, &ctx.hosts) {
-            _ if ctx.targets.is_some() && waits_for_another_run(&report) => Requeue::Done,
-            rule => rule,
-        };
-        let mut again = self.queue.finished(&name, rule, now);
-        // Locked by a controller that stopped renewing: retry right after its lease expires.
-        if let (Some(_), Some(expiry)) = (again, report.lease_expires_in) {
-            again = self
-                .queue
-                .retry_no_later(&name, now + expiry + Duration::from_secs(1))
-                .or(again);
-        }
-        // --once waits for an unreachable host only so long: a last retry at the limit.
-        let mut waited_out = None;
-        if let (Some(at), Some((limit, wait))) =
-            (again, self.unreachable_limit(&name, &report, now))
-            && at > limit
-        {
-            if now < limit {
-                again = self.queue.retry_no_later(&name, limit).or(again);
-            } else {
-                waited_out = Some(wait);
-            }
-        }
-        let scheduled = self.queue.retry_at(&name);
-        // A retry that will not come is not promised.
-        let dropped = match (&self.stopped, self.deadline) {
-            (Some(why), _) => Some(why.clone()),
-            _ if waited_out.is_some() => Some(format!(
-                "the host stayed unreachable for the --wait-unreachable of {}s",
-                waited_out.unwrap_or_default().as_secs()
-            )),
-            (None, Some((deadline, timeout))) if again.is_some_and(|at| at >= deadline) => {
-                Some(format!(
-                    "it would come after the --timeout of {}s",
-                    timeout.as_secs()
-                ))
-            }
-            _ => None,
-        };
-        if dropped.is_some() && again.is_some() {
-            self.queue.remove(&name);
-            again = None;
-        }
+        let (mut again, scheduled, dropped) = self.reschedule(&name, &ctx, &report, now);
         // dependsOn: a site waiting for one that still has a pass to come is not done.
         let wait = self.after_dependencies(site, &report.outcome, &mut again, now);
         let retry = match (&report.outcome, scheduled, dropped) {
@@ -368,12 +325,69 @@ impl<'o> Controller<'o> {
         }
     }
 
+    /// When `name` runs again after a pass that ended with `report` ([`requeue`], lease
+    /// expiry, `--wait-unreachable`), its retry as scheduled, and why a retry that will not
+    /// come was dropped.
+    fn reschedule(
+        &mut self,
+        name: &str,
+        ctx: &Context,
+        report: &SiteReport,
+        now: Instant,
+    ) -> (Option<Instant>, Option<(Instant, u32, Duration)>, Option<String>) {
+        let rule = match requeue(&report.outcome, self.mode, &ctx.hosts) {
+            _ if ctx.targets.is_some() && waits_for_another_run(report) => Requeue::Done,
+            rule => rule,
+        };
+        let mut again = self.queue.finished(name, rule, now);
+        // Locked by a controller that stopped renewing: retry right after its lease expires.
+        if let (Some(_), Some(expiry)) = (again, report.lease_expires_in) {
+            again = self
+                .queue
+                .retry_no_later(name, now + expiry + Duration::from_secs(1))
+                .or(again);
+        }
+        // --once waits for an unreachable host only so long: a last retry at the limit.
+        let mut waited_out = None;
+        if let (Some(at), Some((limit, wait))) =
+            (again, self.unreachable_limit(name, &report, now))
+            && at > limit
+        {
+            if now < limit {
+                again = self.queue.retry_no_later(name, limit).or(again);
+            } else {
+                waited_out = Some(wait);
+            }
+        }
+        let scheduled = self.queue.retry_at(&name);
+        // A retry that will not come is not promised.
+        let dropped = match (&self.stopped, self.deadline) {
+            (Some(why), _) => Some(why.clone()),
+            _ if waited_out.is_some() => Some(format!(
+                "the host stayed unreachable for the --wait-unreachable of {}s",
+                waited_out.unwrap_or_default().as_secs()
+            )),
+            (None, Some((deadline, timeout))) if again.is_some_and(|at| at >= deadline) => {
+                Some(format!(
+                    "it would come after the --timeout of {}s",
+                    timeout.as_secs()
+                ))
+            }
+            _ => None,
+        };
+        if dropped.is_some() && again.is_some() {
+            self.queue.remove(name);
+            again = None;
+        }
+        (again, scheduled, dropped)
+    }
+
     /// `--once` and a site Blocked by an unreachable (not a locked) host: until when it may
     /// wait, and the wait it was given. Forgets the wait once the site is not so blocked.
     fn unreachable_limit(
         &mut self,
         name: &str,
-        report: &crate::execute::SiteReport,
+        report: &SiteReport,
         now: Instant,
     ) -> Option<(Instant, Duration)> {
         let wait = self.wait_unreachable?;

@@ -34,3 +34,4 @@ mod targeting_tests;
 mod transport_tests;
 mod util;
 mod validate_tests;
+mod wordpress_fleet_tests;

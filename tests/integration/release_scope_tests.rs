@@ -149,7 +149,7 @@ fn the_bundled_manifests_deploy_with_one_release_name_in_many_sites() {
         &reconcile_once(tmp.path(), &dir.display().to_string(), &[]),
         0,
     );
-    for blog in ["blog-alpha", "blog-juliett"] {
+    for blog in ["licensing", "blog-juliett"] {
         for host in ["wp01", "wp10"] {
             let current = tmp
                 .path()

@@ -163,31 +163,6 @@ fn without_flock_a_stale_mutex_directory_is_broken() {
     assert!(!Path::new(&format!("{p}/.convoy/mutex")).exists());
 }
 
-/// A script still queued for the mutex when its controller went away (the watchdog left
-/// `gone.<attempt>`) gives up instead of taking the lease for nobody.
-#[test]
-fn a_script_whose_controller_is_gone_takes_no_lease() {
-    for sh in shells() {
-        let tmp = TempDir::new("gone");
-        let p = site(&tmp);
-        let attempt = Attempt::new("ctl-a");
-        std::fs::create_dir_all(format!("{p}/.convoy")).unwrap();
-        std::fs::write(format!("{p}/.convoy/gone.{}", attempt.token), "").unwrap();
-        let o = fails(
-            &sh,
-            Script::for_attempt(&p, &attempt)
-                .lease_acquire("ctl-a", 60)
-                .finish(),
-        );
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains("the controller is gone"),
-            "{}",
-            explain(&sh, &o)
-        );
-        assert!(!Path::new(&format!("{p}/.convoy/lock")).exists());
-    }
-}
-
 #[test]
 fn held_lease_is_refused_until_expiry() {
     for sh in shells() {
