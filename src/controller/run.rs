@@ -29,6 +29,14 @@ use crate::plan::EventKind;
 use crate::plan::Outcome;
 use crate::state::{HistoryEvent, StateDir};
 
+/// After a pass: when the site runs again, its retry as the queue has it (when, how many
+/// so far, the delay), and why a retry that will not come was dropped.
+type Rescheduled = (
+    Option<Instant>,
+    Option<(Instant, u32, Duration)>,
+    Option<String>,
+);
+
 /// Where each pass's result goes.
 pub(super) enum Out<'o> {
     /// `--once`: a site's block, printed once when it is done.
@@ -334,7 +342,7 @@ impl<'o> Controller<'o> {
         ctx: &Context,
         report: &SiteReport,
         now: Instant,
-    ) -> (Option<Instant>, Option<(Instant, u32, Duration)>, Option<String>) {
+    ) -> Rescheduled {
         let rule = match requeue(&report.outcome, self.mode, &ctx.hosts) {
             _ if ctx.targets.is_some() && waits_for_another_run(report) => Requeue::Done,
             rule => rule,
@@ -349,8 +357,7 @@ impl<'o> Controller<'o> {
         }
         // --once waits for an unreachable host only so long: a last retry at the limit.
         let mut waited_out = None;
-        if let (Some(at), Some((limit, wait))) =
-            (again, self.unreachable_limit(name, &report, now))
+        if let (Some(at), Some((limit, wait))) = (again, self.unreachable_limit(name, report, now))
             && at > limit
         {
             if now < limit {
@@ -359,7 +366,7 @@ impl<'o> Controller<'o> {
                 waited_out = Some(wait);
             }
         }
-        let scheduled = self.queue.retry_at(&name);
+        let scheduled = self.queue.retry_at(name);
         // A retry that will not come is not promised.
         let dropped = match (&self.stopped, self.deadline) {
             (Some(why), _) => Some(why.clone()),

@@ -84,9 +84,8 @@ fn events(fleet: &Fleet, site: &str) -> Vec<(String, f64)> {
 /// last health check).
 fn live_window(fleet: &Fleet, site: &str) -> (f64, f64) {
     let ev = events(fleet, site);
-    let times = |kind: &str| -> Vec<f64> {
-        ev.iter().filter(|e| e.0 == kind).map(|e| e.1).collect()
-    };
+    let times =
+        |kind: &str| -> Vec<f64> { ev.iter().filter(|e| e.0 == kind).map(|e| e.1).collect() };
     let start = times("reloaded").into_iter().fold(f64::INFINITY, f64::min);
     let end = times("healthy").into_iter().fold(0.0, f64::max);
     assert_eq!(
@@ -117,7 +116,12 @@ fn the_wordpress_fleet_goes_live_licensing_first_then_two_sites_at_a_time() {
     let fleet = Fleet::new(10);
     let root = tempfile::tempdir().unwrap();
     let example = example_on_the_lab(&fleet, root.path());
-    let (out, secs) = deploy(&fleet, &example, &root.path().join("state"), &["--max-sites", "2"]);
+    let (out, secs) = deploy(
+        &fleet,
+        &example,
+        &root.path().join("state"),
+        &["--max-sites", "2"],
+    );
     assert_exit(&out, 0);
     eprintln!("wordpress-fleet on 10 lab hosts with --max-sites 2: {secs:.1} s");
     for i in 0..10 {
@@ -140,7 +144,10 @@ fn the_wordpress_fleet_goes_live_licensing_first_then_two_sites_at_a_time() {
     }
     let most = most_at_once(&windows);
     eprintln!("most sites going live at once: {most}");
-    assert!(most <= 2, "{most} sites went live at once with --max-sites 2");
+    assert!(
+        most <= 2,
+        "{most} sites went live at once with --max-sites 2"
+    );
 }
 
 /// The cost of safety, for the record (run by hand: `cargo test --test integration
