@@ -111,19 +111,15 @@ fn most_at_once(windows: &[(f64, f64)]) -> usize {
     most as usize
 }
 
-#[test]
-fn the_wordpress_fleet_goes_live_licensing_first_then_two_sites_at_a_time() {
+/// Deploys the example on a fresh ten-host lab with `flags`: every site is live on every
+/// host. Returns the lab (its hosts hold the logs), the deploy's wall time, and when each
+/// site after `licensing` went live.
+fn deploy_the_example(flags: &[&str]) -> (Fleet, tempfile::TempDir, f64, Vec<(f64, f64)>) {
     let fleet = Fleet::new(10);
     let root = tempfile::tempdir().unwrap();
     let example = example_on_the_lab(&fleet, root.path());
-    let (out, secs) = deploy(
-        &fleet,
-        &example,
-        &root.path().join("state"),
-        &["--max-sites", "2"],
-    );
+    let (out, secs) = deploy(&fleet, &example, &root.path().join("state"), flags);
     assert_exit(&out, 0);
-    eprintln!("wordpress-fleet on 10 lab hosts with --max-sites 2: {secs:.1} s");
     for i in 0..10 {
         for site in SITES {
             let current = fleet.lab.host_dir(i).join(format!("www/{site}/current"));
@@ -134,8 +130,15 @@ fn the_wordpress_fleet_goes_live_licensing_first_then_two_sites_at_a_time() {
             );
         }
     }
+    let windows = SITES[1..].iter().map(|s| live_window(&fleet, s)).collect();
+    (fleet, root, secs, windows)
+}
+
+#[test]
+fn the_wordpress_fleet_goes_live_licensing_first_then_two_sites_at_a_time() {
+    let (fleet, _root, secs, windows) = deploy_the_example(&["--max-sites", "2"]);
+    eprintln!("wordpress-fleet on 10 lab hosts with --max-sites 2: {secs:.1} s");
     let (_, licensing_verified) = live_window(&fleet, "licensing");
-    let windows: Vec<(f64, f64)> = SITES[1..].iter().map(|s| live_window(&fleet, s)).collect();
     for (site, (start, _)) in SITES[1..].iter().zip(&windows) {
         assert!(
             *start > licensing_verified,
@@ -155,17 +158,7 @@ fn the_wordpress_fleet_goes_live_licensing_first_then_two_sites_at_a_time() {
 #[test]
 #[ignore = "a measurement, run by hand"]
 fn the_wordpress_fleet_without_limits() {
-    let fleet = Fleet::new(10);
-    let root = tempfile::tempdir().unwrap();
-    let example = example_on_the_lab(&fleet, root.path());
-    let (out, secs) = deploy(
-        &fleet,
-        &example,
-        &root.path().join("state"),
-        &["--max-builds-per-host", "10"],
-    );
-    assert_exit(&out, 0);
-    let windows: Vec<(f64, f64)> = SITES[1..].iter().map(|s| live_window(&fleet, s)).collect();
+    let (_fleet, _root, secs, windows) = deploy_the_example(&["--max-builds-per-host", "10"]);
     eprintln!(
         "wordpress-fleet on 10 lab hosts without limits: {secs:.1} s, most sites going live at once: {}",
         most_at_once(&windows)
