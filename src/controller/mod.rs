@@ -138,12 +138,18 @@ pub fn context(
         max_builds_per_host: options.max_builds_per_host,
     };
     let groups = groups_in_use(desired);
+    let sites: BTreeMap<String, usize> = desired
+        .sites
+        .values()
+        .map(|s| (s.name.clone(), s.rollout.max_parallel))
+        .collect();
     let limits = match previous {
         Some(previous) => previous
             .limits
             .carried_over(&fleet, &groups, desired.hosts.keys()),
         None => Limits::new(&fleet, &groups, desired.hosts.keys()),
-    };
+    }
+    .with_sites(&sites, previous.map(|p| &p.limits));
     shared.metrics.show_limits(Arc::new(limits.clone()));
     Context {
         pool: shared.pool.clone(),

@@ -114,6 +114,8 @@ pub struct Limits {
     builds: BTreeMap<String, Cap>,
     /// Per ServerGroup used by a site: its `maxParallel` (`None`: no limit, still counted).
     groups: BTreeMap<String, Cap>,
+    /// Per Site: its `rollout.maxParallel` (one pass per site at a time holds it).
+    site_caps: BTreeMap<String, Cap>,
 }
 
 impl Limits {
@@ -136,6 +138,29 @@ impl Limits {
                 .iter()
                 .map(|(g, n)| (g.clone(), Cap::new(*n)))
                 .collect(),
+            site_caps: BTreeMap::new(),
+        }
+    }
+
+    /// These limits with each Site's `rollout.maxParallel` (`sites`: name -> cap), keeping
+    /// the caps of `old` whose size did not change (a pass under way keeps counting).
+    pub fn with_sites(mut self, sites: &BTreeMap<String, usize>, old: Option<&Limits>) -> Self {
+        self.site_caps = sites
+            .iter()
+            .map(|(name, n)| {
+                let cap = Cap::new(Some(*n)).or_same(old.and_then(|o| o.site_caps.get(name)));
+                (name.clone(), cap)
+            })
+            .collect();
+        self
+    }
+
+    /// The semaphore of `site`'s `rollout.maxParallel`: its own one for a site these
+    /// limits do not know (a test, a pass started before a reload removed it).
+    pub fn site_cap(&self, site: &str, max_parallel: usize) -> Arc<Semaphore> {
+        match self.site_caps.get(site) {
+            Some(cap) => cap.semaphore.clone(),
+            None => Arc::new(Semaphore::new(max_parallel.max(1))),
         }
     }
 
@@ -162,6 +187,7 @@ impl Limits {
             max_builds_per_host: next.max_builds_per_host,
             builds: keep(next.builds, &self.builds),
             groups: keep(next.groups, &self.groups),
+            site_caps: BTreeMap::new(),
         }
     }
 
@@ -225,6 +251,11 @@ impl LimitSource for Limits {
             self.groups
                 .iter()
                 .map(|(name, cap)| LimitReading::group(name, cap.limit, cap.in_use())),
+        );
+        readings.extend(
+            self.site_caps
+                .iter()
+                .map(|(name, cap)| LimitReading::site(name, cap.limit, cap.in_use())),
         );
         readings
     }

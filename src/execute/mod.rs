@@ -148,7 +148,7 @@ impl<'a> SiteRun<'a> {
         SiteRun {
             ctx,
             site,
-            site_limit: Arc::new(Semaphore::new(site.rollout.max_parallel.max(1))),
+            site_limit: ctx.limits.site_cap(&site.name, site.rollout.max_parallel),
             book: Mutex::new(Book {
                 pass,
                 ..Book::default()

@@ -1,7 +1,8 @@
 //! The concurrency limits on `/metrics`: each limit and how much of it is in use, read from
 //! the controller's current limits at every scrape (nothing to keep in step). Fleet-wide
 //! limits are `convoy_limit{limit}` / `convoy_limit_in_use{limit}`; each ServerGroup's
-//! `maxParallel` is `convoy_group_limit{group}` / `convoy_group_limit_in_use{group}`. A limit
+//! `maxParallel` is `convoy_group_limit{group}` / `convoy_group_limit_in_use{group}`, and each Site's
+//! `rollout.maxParallel` is `convoy_site_limit{site}` / `convoy_site_limit_in_use{site}`. A limit
 //! that is not set (`--max-sites` by default, a group without `maxParallel`) has no
 //! `..._limit` series, only its in-use one. Not in the `--once` textfile: at the end of a run
 //! nothing is in use.
@@ -20,6 +21,8 @@ pub struct LimitReading {
     pub limit: &'static str,
     /// The ServerGroup, for a group's `maxParallel`.
     pub group: Option<String>,
+    /// The Site, for a site's `rollout.maxParallel`.
+    pub site: Option<String>,
     /// Its size; `None`: no limit.
     pub cap: Option<usize>,
     /// Held now (`max_builds_per_host`: on the busiest host).
@@ -31,6 +34,7 @@ impl LimitReading {
         LimitReading {
             limit,
             group: None,
+            site: None,
             cap,
             in_use,
         }
@@ -40,6 +44,17 @@ impl LimitReading {
         LimitReading {
             limit: "max_parallel",
             group: Some(group.to_string()),
+            site: None,
+            cap,
+            in_use,
+        }
+    }
+
+    pub fn site(site: &str, cap: Option<usize>, in_use: usize) -> Self {
+        LimitReading {
+            limit: "max_parallel",
+            group: None,
+            site: Some(site.to_string()),
             cap,
             in_use,
         }
@@ -59,6 +74,11 @@ struct LimitLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabel {
     group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabel {
+    site: String,
 }
 
 /// The limits of the current desired state; replaced on every reload.
@@ -91,7 +111,17 @@ impl Collector for LimitsCollector {
         let fleet_use: Family<LimitLabel, Gauge> = Family::default();
         let group_cap: Family<GroupLabel, Gauge> = Family::default();
         let group_use: Family<GroupLabel, Gauge> = Family::default();
+        let site_cap: Family<SiteLabel, Gauge> = Family::default();
+        let site_use: Family<SiteLabel, Gauge> = Family::default();
         for r in source.readings() {
+            if let Some(site) = &r.site {
+                let label = SiteLabel { site: site.clone() };
+                site_use.get_or_create(&label).set(to_i64(r.in_use));
+                if let Some(cap) = r.cap {
+                    site_cap.get_or_create(&label).set(to_i64(cap));
+                }
+                continue;
+            }
             match &r.group {
                 None => {
                     let label = LimitLabel {
@@ -113,7 +143,7 @@ impl Collector for LimitsCollector {
                 }
             }
         }
-        let families: [(&str, &str, &dyn EncodeMetric); 4] = [
+        let families: [(&str, &str, &dyn EncodeMetric); 6] = [
             (
                 "convoy_limit",
                 "Fleet-wide concurrency limits (--max-parallel, --max-sites, --max-builds-per-host); absent when unlimited",
@@ -133,6 +163,16 @@ impl Collector for LimitsCollector {
                 "convoy_group_limit_in_use",
                 "Round trips on hosts of each ServerGroup under way now",
                 &group_use,
+            ),
+            (
+                "convoy_site_limit",
+                "Each Site's rollout.maxParallel",
+                &site_cap,
+            ),
+            (
+                "convoy_site_limit_in_use",
+                "Round trips of each Site under way now",
+                &site_use,
             ),
         ];
         for (name, help, family) in families {

@@ -435,6 +435,7 @@ fn the_daemon_shows_every_limit_and_its_use_on_metrics() {
         r#"convoy_limit_in_use{limit="max_builds_per_host"}"#,
         r#"convoy_limit_in_use{limit="max_parallel"}"#,
         r#"convoy_group_limit_in_use{group="web"}"#,
+        r#"convoy_site_limit_in_use{site="s0"}"#,
     ];
     let mut first = String::new();
     wait_until(
@@ -461,10 +462,12 @@ fn the_daemon_shows_every_limit_and_its_use_on_metrics() {
         (r#"convoy_limit{limit="max_builds_per_host"}"#, 1),
         (r#"convoy_limit{limit="max_parallel"}"#, 7),
         (r#"convoy_group_limit{group="web"}"#, 3),
+        (r#"convoy_site_limit{site="s0"}"#, 10),
     ] {
         assert_eq!(value(&first, series), Some(value_), "{series} in\n{first}");
     }
-    let limits = [2, 1, 7, 3];
+    // s0 has two hosts: its rollout.maxParallel of 10 is never reached.
+    let limits = [2, 1, 7, 3, 2];
     for (series, limit) in watched.iter().zip(limits) {
         let most = seen.get(series).copied().unwrap_or(-1);
         assert!(
