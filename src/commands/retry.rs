@@ -69,8 +69,8 @@ fn ask_daemon(
             break Some(answer);
         }
         let now = Instant::now();
-        // Taken between the last look and now: its answer is written before the request
-        // goes, so it is there already; a short grace covers a slow file system.
+        // Claimed by the daemon between the last look and now (it removes the request, then
+        // acts and answers): a short grace lets that answer arrive.
         if now >= deadline && (state.withdraw_request("retry", &token) || now >= deadline + GRACE) {
             break None;
         }

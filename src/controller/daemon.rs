@@ -468,7 +468,7 @@ pub(super) fn load_checked(
 }
 
 /// Webhook URLs that could not be read, as located problems of their Notifications.
-fn unresolved(
+pub(super) fn unresolved(
     catalog: &manifest::Catalog,
     errors: &[crate::notify::ResolveError],
 ) -> manifest::diagnostic::Diagnostics {

@@ -159,7 +159,18 @@ impl GitFollow {
                 });
             }
         };
-        if let Err(failure) = self.load_tree(&incoming, load, state) {
+        // A commit whose webhook URLs cannot be read is refused like an invalid one, before
+        // it is served: its tree must never stand in for the desired state still in force.
+        let checked = self.load_tree(&incoming, load, state).and_then(|catalog| {
+            let desired = crate::desired::DesiredState::from_catalog(&catalog);
+            crate::notify::resolve(&desired.notifications)
+                .map(|_| ())
+                .map_err(|errors| LoadFailure {
+                    diagnostics: super::daemon::unresolved(&catalog, &errors),
+                    read_failed: false,
+                })
+        });
+        if let Err(failure) = checked {
             if failure.read_failed {
                 self.retry = Some(Update::Fetched {
                     commit: commit.to_string(),

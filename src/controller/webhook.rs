@@ -30,11 +30,12 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 
 /// Every `result` label of `convoy_webhook_requests_total`.
-pub const RESULTS: [&str; 4] = [
+pub const RESULTS: [&str; 5] = [
     "accepted",
     "missing_signature",
     "bad_signature",
     "too_large",
+    "timeout",
 ];
 
 /// What a request's signature says.
@@ -83,6 +84,9 @@ pub fn router(secret: Arc<Vec<u8>>, feed: Arc<Feed>, metrics: Arc<Metrics>) -> R
     )
 }
 
+/// How long a request's body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn handle(
     secret: &[u8],
     feed: &Feed,
@@ -106,8 +110,18 @@ async fn handle(
             "missing X-Hub-Signature-256\n",
         );
     }
-    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return too_large;
+    // A sender that trickles its body would hold a task and a connection: it gets 10 s.
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return too_large,
+        Err(_) => {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "body not received within 10 s\n",
+            );
+        }
     };
     match verify(secret, &body, header) {
         Verdict::Valid => {

@@ -578,7 +578,7 @@ fn register_controller_counters(r: &mut Registry, m: &Metrics) {
     );
     r.register(
         "convoy_webhook_requests",
-        "Requests to /hooks/git by result (accepted, missing_signature, bad_signature, too_large)",
+        "Requests to /hooks/git by result (accepted, missing_signature, bad_signature, too_large, timeout)",
         m.webhook_requests.clone(),
     );
     r.register(

@@ -49,7 +49,6 @@ pub struct Answer {
 pub struct Pending {
     pub token: String,
     pub request: Request,
-    path: PathBuf,
 }
 
 /// Milliseconds since the epoch, now.
@@ -58,6 +57,9 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// Requests older than this are dropped unread: their sender has given up on them.
+const MAX_AGE_MS: u64 = 30_000;
 
 impl StateDir {
     fn requests_dir(&self) -> PathBuf {
@@ -109,11 +111,31 @@ impl StateDir {
                 let (_, token) = stem.split_once('.')?;
                 let path = entry.path();
                 match read_json::<Request>(&path) {
-                    Ok(Some(request)) => Some(Pending {
-                        token: token.to_string(),
-                        request,
-                        path,
-                    }),
+                    Ok(Some(request)) => {
+                        // Claimed before it is acted on: one that cannot be removed (another
+                        // user's file, a read-only directory) would be acted on at every poll.
+                        if let Err(e) = fs::remove_file(&path) {
+                            self.warn(format!(
+                                "ignoring request {}: it cannot be claimed: {e}",
+                                path.display()
+                            ));
+                            return None;
+                        }
+                        // A sender gives up after seconds: an old request is one it withdrew
+                        // too late, or left by a `retry` that was killed.
+                        if now_ms().saturating_sub(request.requested_ms) > MAX_AGE_MS {
+                            self.warn(format!(
+                                "ignoring request {}: older than {} s",
+                                path.display(),
+                                MAX_AGE_MS / 1000
+                            ));
+                            return None;
+                        }
+                        Some(Pending {
+                            token: token.to_string(),
+                            request,
+                        })
+                    }
                     Ok(None) => None,
                     Err(e) => {
                         self.warn(format!("ignoring request: {}", super::error_chain(&e)));
@@ -127,17 +149,13 @@ impl StateDir {
         pending
     }
 
-    /// Answers `pending` and removes it.
+    /// Answers `pending` (already claimed: its request file is gone).
     pub fn answer(&self, pending: &Pending, answer: &Answer) -> Result<(), StateError> {
         let path = self.requests_dir().join(format!(
             "{}.{}{ANSWER_SUFFIX}",
             pending.request.kind, pending.token
         ));
-        write_json_atomic(&path, answer)?;
-        fs::remove_file(&pending.path).map_err(|source| StateError::Remove {
-            path: pending.path.clone(),
-            source,
-        })
+        write_json_atomic(&path, answer)
     }
 }
 
@@ -156,7 +174,7 @@ mod tests {
         let request = Request {
             kind: "retry".into(),
             site: "shop".into(),
-            requested_ms: 42,
+            requested_ms: now_ms(),
         };
         let token = sender.send_request(&request).unwrap();
         assert_eq!(sender.take_answer("retry", &token).unwrap(), None);
@@ -164,15 +182,37 @@ mod tests {
         let pending = daemon.pending_requests();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].request, request);
+        assert!(
+            daemon.pending_requests().is_empty(),
+            "claimed when listed: never acted on twice, even if no answer can be written"
+        );
         let answer = Answer {
             ok: true,
             message: "done".into(),
             unknown_site: false,
         };
         daemon.answer(&pending[0], &answer).unwrap();
-        assert!(daemon.pending_requests().is_empty(), "answered = gone");
         assert_eq!(sender.take_answer("retry", &token).unwrap(), Some(answer));
         assert_eq!(sender.take_answer("retry", &token).unwrap(), None);
+    }
+
+    #[test]
+    fn a_request_older_than_its_sender_waits_is_dropped_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let sender = StateDir::open_read_only(dir.path());
+        let request = Request {
+            kind: "retry".into(),
+            site: "shop".into(),
+            requested_ms: now_ms() - MAX_AGE_MS - 1000,
+        };
+        sender.send_request(&request).unwrap();
+        let daemon = StateDir::lock(dir.path()).unwrap();
+        assert!(daemon.pending_requests().is_empty());
+        assert!(daemon.take_warnings()[0].contains("older than 30 s"));
+        assert_eq!(
+            fs::read_dir(dir.path().join(REQUESTS_DIR)).unwrap().count(),
+            0
+        );
     }
 
     #[test]

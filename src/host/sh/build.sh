@@ -145,6 +145,7 @@ cv_build() {
   cv_locked cv_publish "$_bi" "$_bd"
 }
 cv_publish() {
+  if cv_gone; then rm -rf "$2"; return 1; fi
   cv_lease_read
   if [ "$L_HOLDER" != "$H" ] || [ "$L_ATTEMPT" != "$T" ] || [ "$L_EXPIRES" -le "$(cv_now)" ]; then
     cv_say "fenced holder=$L_HOLDER generation=$L_GEN expires=$L_EXPIRES"

@@ -12,6 +12,7 @@ cv_lease_acquire() {
   cv_locked cv_lease_acquire_locked "$@"
 }
 cv_lease_acquire_locked() {
+  ! cv_gone || return 1
   # Under the mutex no writer is active: temporary files are leftovers of a failed write.
   rm -f "$P"/.convoy/lock.tmp.* "$P"/.convoy/previous.tmp.* "$P"/.convoy/pending.tmp.*
   cv_lease_read; _lnow=$(cv_now)

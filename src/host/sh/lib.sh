@@ -70,6 +70,14 @@ cv_marker() {
   cv_num "$M_BUILT" || M_BUILT=0
   return 0
 }
+# `cv_gone`: this attempt's controller is gone (its watchdog left the mark): what is left
+# of its script may give back and stop, never publish, take a lease or switch.
+cv_gone() {
+  if [ -n "$T" ] && [ -e "$P/.convoy/gone.$T" ]; then
+    cv_err "the controller of this attempt is gone: not acting for it"; return 0
+  fi
+  return 1
+}
 # The lease mutex. With flock (util-linux, busybox) it is a kernel lock on .convoy/mutex
 # held through fd 8: it ends with its holder however that dies (SIGKILL, or SIGPIPE when
 # the controller that sent the script went away), so no dead holder makes the next
@@ -79,7 +87,13 @@ cv_lock() {
   if command -v flock >/dev/null 2>&1; then
     cv_lkfd=1
     exec 8>>"$P/.convoy/mutex"
-    flock -w 30 8 || { cv_unlock; cv_err "lease mutex $P/.convoy/mutex stays busy"; return 1; }
+    # -n in a loop, not -w: busybox and toybox flock know only -sxun.
+    _ln=0
+    until flock -n 8; do
+      _ln=$((_ln + 1))
+      [ "$_ln" -lt 150 ] || { cv_unlock; cv_err "lease mutex $P/.convoy/mutex stays busy"; return 1; }
+      cv_nap
+    done
   else
     cv_lkfd=0
     _lm="$P/.convoy/lock.d"; _ln=0

@@ -26,6 +26,7 @@ cv_switch() {
   cv_locked cv_switch_locked "$@"
 }
 cv_switch_locked() {
+  ! cv_gone || return 1
   cv_fence "$2" "$3" || return
   cv_complete "$1" || { cv_err "release $1 is not complete on this host: refusing to switch"; return 1; }
   _scur=$(cv_current)

@@ -163,6 +163,37 @@ fn without_flock_a_stale_mutex_directory_is_broken() {
     assert!(!Path::new(&format!("{p}/.convoy/mutex")).exists());
 }
 
+/// A script still queued for the mutex when its controller went away (the watchdog left
+/// `gone.<attempt>`) takes no lease for nobody; giving a lease back still works.
+#[test]
+fn a_script_whose_controller_is_gone_takes_no_lease_but_gives_one_back() {
+    for sh in shells() {
+        let tmp = TempDir::new("gone");
+        let p = site(&tmp);
+        let attempt = Attempt::new("ctl-a");
+        lease_as(&sh, &p, &attempt);
+        std::fs::write(format!("{p}/.convoy/gone.{}", attempt.token), "").unwrap();
+        let o = fails(
+            &sh,
+            Script::for_attempt(&p, &attempt)
+                .lease_acquire("ctl-a", 60)
+                .finish(),
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("the controller of this attempt is gone"),
+            "{}",
+            explain(&sh, &o)
+        );
+        let out = ok(
+            &sh,
+            Script::for_attempt(&p, &attempt)
+                .lease_release("ctl-a")
+                .finish(),
+        );
+        assert_eq!(fact(&out, "lease").as_deref(), Some("released"));
+    }
+}
+
 #[test]
 fn held_lease_is_refused_until_expiry() {
     for sh in shells() {
