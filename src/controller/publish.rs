@@ -159,11 +159,13 @@ fn status_of(
     report: &SiteReport,
     ending: &Ending,
 ) -> SiteStatus {
-    let (phase, mut message) = phase_and_message(site, &report.outcome, ending);
+    let (mut phase, mut message) = phase_and_message(site, &report.outcome, ending);
     if phase == Phase::Converged
         && let Some(others) = not_live(site, report)
     {
-        // `--host`: converged are the targeted hosts; the status must not claim the rest.
+        // `--host`: converged are the targeted hosts, not the site: it stays Progressing,
+        // so a site that `dependsOn` it does not take it for live everywhere.
+        phase = Phase::Progressing;
         message = format!(
             "the targeted hosts run {}; hosts --host left alone and not on it: {others}",
             site.release

@@ -48,8 +48,8 @@ pub fn plan(site: &DesiredSite, observed: &Observed, pass: &PassState) -> Plan {
     failures::plan(site, &members, pass)
         .or_else(|| builds::plan(site, &members))
         .or_else(|| {
-            let next =
-                once::plan(site, &members, pass).or_else(|| switch::plan(site, &members, pass));
+            let next = targeting::once_follows(&members, once::plan(site, &members, pass))
+                .or_else(|| switch::plan(site, &members, pass));
             depends::hold(next, &pass.dependencies)
         })
         .or_else(|| cleanup::plan(site, &members))

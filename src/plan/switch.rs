@@ -34,6 +34,9 @@ fn batch(
     if pending.is_empty() {
         return super::targeting::stage_order(site, stage, &others, members);
     }
+    if let Some(wait) = super::targeting::follows_the_fleet(site, stage, &pending, members) {
+        return Some(wait);
+    }
     let size = match site.rollout.batch {
         0 => pending.len(),
         batch => batch.min(pending.len()),

@@ -8,10 +8,15 @@
 //!   `cleanup.rs`; a rollback only touches hosts this attempt switched);
 //! - the gate stays whole: a required host this run may not build and that lacks the build
 //!   keeps it shut ([`unbuilt`]): Blocked, no `once`, nothing switches;
-//! - `once` runs where it always does, once the gate is open: it belongs to the release,
-//!   not to a host, and must precede the first switch;
+//! - `once` runs where it always does, once the gate is open, when the run targets its
+//!   whole stage; otherwise the release never went live there and the targeted hosts wait
+//!   ([`once_follows`]): migrations run for a deploy, not for a catch-up;
 //! - stage order stays whole: a targeted host never goes live while an earlier stage has a
 //!   host not live on the desired release ([`stage_order`]); it waits (Blocked) instead;
+//! - a targeted host follows its stage, never leads it: while `--host` leaves hosts of the
+//!   stage alone, it switches only to a release one of them already runs
+//!   ([`follows_the_fleet`]). A release a controller rolled back and holds Failed runs on
+//!   none of them, and a run with another state dir (the boot catch-up) cannot see the hold;
 //! - the outcome (and so the exit code) is the targeted hosts' (`settled` in `mod.rs`).
 //!
 //! The waits here name hosts that are reachable: only another run can change them, so
@@ -80,6 +85,64 @@ pub(super) fn stage_order(
             ),
         })
     })
+}
+
+/// `once` has not run for the release on a stage `--host` leaves hosts of alone: the release
+/// never went live there, so the targeted hosts have nothing to follow; they wait, and the
+/// `once` commands (migrations) wait for a run that deploys the whole stage.
+pub(super) fn once_follows(members: &[Member], once: Option<Plan>) -> Option<Plan> {
+    let plan = once?;
+    let stage = plan.steps.iter().find_map(|s| match s {
+        super::Step::Once { stage, .. } => Some(stage.as_str()),
+        _ => None,
+    });
+    let Some(stage) = stage else {
+        return Some(plan);
+    };
+    if members.iter().all(|m| m.stage != stage || m.targeted) {
+        return Some(plan);
+    }
+    let targeted: Vec<&Member> = members.iter().filter(|m| m.targeted).collect();
+    Some(Plan::done(Outcome::Blocked {
+        hosts: host_names(&targeted),
+        reason: format!(
+            "the release has not gone live on stage `{stage}` (its `once` has not run): --host catches a host up to a release its stage already runs (deploy it without --host first)"
+        ),
+    }))
+}
+
+/// `pending`: targeted hosts of `stage` to switch. While the run leaves other hosts of the
+/// stage alone and none of those is live (and verified) on the desired release, they wait:
+/// `--host` catches a host up, it does not lead its stage onto a release.
+pub(super) fn follows_the_fleet(
+    site: &DesiredSite,
+    stage: &DesiredStage,
+    pending: &[&Member],
+    members: &[Member],
+) -> Option<Plan> {
+    let left_alone: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.stage == stage.name && !m.targeted)
+        .collect();
+    let runs_it = |m: &&Member| {
+        m.view().is_some_and(|v| {
+            v.current.as_deref() == Some(&site.release)
+                && v.pending.as_deref() != Some(&site.release)
+        })
+    };
+    if left_alone.is_empty() || left_alone.iter().any(runs_it) {
+        return None;
+    }
+    Some(Plan::done(Outcome::Blocked {
+        hosts: host_names(pending),
+        reason: format!(
+            "{} wait{}: --host catches a host up to a release its stage already runs, and no other host of stage `{}` runs {} (deploy it without --host first)",
+            host_names(pending).join(", "),
+            if pending.len() == 1 { "s" } else { "" },
+            stage.name,
+            site.release
+        ),
+    }))
 }
 
 #[cfg(test)]
@@ -176,6 +239,28 @@ mod tests {
                 Box::new(ok),
             ),
             (
+                "r2 built everywhere, `once` done, but no other frontend host runs it (a controller rolled it back and holds it): w2 does not lead its stage onto r2",
+                {
+                    let mut o = caught_up_elsewhere(live("r1", &["r1", "r2"]));
+                    o.insert("w1".into(), live("r1", &["r1", "r2"]));
+                    o
+                },
+                only(&["w2"]),
+                vec![],
+                Box::new(blocked_on(&["w2"])),
+            ),
+            (
+                "every host of the stage targeted: a full run of it, nothing to follow",
+                {
+                    let mut o = caught_up_elsewhere(live("r1", &["r1", "r2"]));
+                    o.insert("w1".into(), live("r1", &["r1", "r2"]));
+                    o
+                },
+                only(&["w1", "w2"]),
+                vec![switch("frontend", &["w1", "w2"])],
+                Box::new(progressing),
+            ),
+            (
                 "a fresh release: untargeted required hosts lack the build, the gate stays shut, no `once`",
                 observed(&[
                     ("s1", live("r1", &["r1"])),
@@ -203,7 +288,7 @@ mod tests {
                 Box::new(progressing),
             ),
             (
-                "gate open (every required host built): `once` runs where it always does",
+                "gate open but r2 never went live (its `once` has not run): w2 has nothing to follow, no `once`",
                 observed(&[
                     ("s1", live("r1", &["r1", "r2"])),
                     ("s2", live("r1", &["r1", "r2"])),
@@ -211,6 +296,18 @@ mod tests {
                     ("w2", live("r1", &["r1", "r2"])),
                 ]),
                 only(&["w2"]),
+                vec![],
+                Box::new(blocked_on(&["w2"])),
+            ),
+            (
+                "the whole `once` stage targeted: `once` runs where it always does",
+                observed(&[
+                    ("s1", live("r1", &["r1", "r2"])),
+                    ("s2", live("r1", &["r1", "r2"])),
+                    ("w1", live("r1", &["r1"])),
+                    ("w2", live("r1", &["r1", "r2"])),
+                ]),
+                only(&["s1", "s2"]),
                 vec![Step::Once {
                     stage: "scheduler".into(),
                     host: "s1".into(),

@@ -88,29 +88,40 @@ fn a_host_back_from_being_off_catches_up_alone_and_waits_for_what_it_may_not_cha
     assert!(stdout(&out).contains(": h1"), "{}", stdout(&out));
     assert_eq!(fleet.current(0, "app").as_deref(), Some("app.r2"));
 
-    // h1 builds: the gate opens, `once` runs where it always does (h0, the first host of
-    // its stage), and only h1 switches.
+    // h1 builds: the gate opens, but r3 never went live on its stage (its `once` has not
+    // run): --host catches hosts up, it does not deploy. No `once`, nothing switches.
     let out = fleet.reconcile(&["--host", "h1"]);
+    assert_exit(&out, 1);
+    assert!(
+        stdout(&out).contains("--host catches a host up to a release its stage already runs"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(fleet.current(1, "app").as_deref(), Some("app.r2"));
+    assert_eq!(fleet.once_log(4).len(), 2, "no `once` for a catch-up");
+
+    // The whole scheduler stage targeted: `once` runs where it always does (h0) and both go
+    // live; the site is not Converged while --host left h2 and h3 on app.r2.
+    let out = fleet.reconcile(&["--host", "h0", "--host", "h1"]);
     assert_exit(&out, 0);
-    assert_eq!(fleet.current(1, "app").as_deref(), Some("app.r3"));
-    assert_eq!(fleet.current(0, "app").as_deref(), Some("app.r2"));
+    assert_eq!(fleet.current(0, "app").as_deref(), Some("app.r3"));
     assert_eq!(
         fleet.once_log(4).last().map(String::as_str),
         Some("app.r3 h0")
     );
-    let message = fleet.status_json()["items"][0]["status"]["message"].clone();
+    let status = fleet.status_json()["items"][0]["status"].clone();
     assert_eq!(
-        message,
-        "the targeted hosts run app.r3; hosts --host left alone and not on it: h0 (app.r2), h2 (app.r2), h3 (app.r2)"
+        status["message"],
+        "the targeted hosts run app.r3; hosts --host left alone and not on it: h2 (app.r2), h3 (app.r2)"
     );
+    assert_eq!(status["phase"], "Progressing");
 
-    // h3 is in the later stage while h0 (scheduler) is not live: it waits, never out of order.
+    // h3 follows h2 in its stage, and h2 is not on app.r3 yet: it waits, never leads.
     let out = fleet.reconcile(&["--host", "h3"]);
     assert_exit(&out, 1);
     let text = stdout(&out);
     assert!(
-        text.contains("h3 waits: stage `scheduler` goes live on app.r3 first")
-            && text.contains(": h0"),
+        text.contains("h3 waits: --host catches a host up to a release its stage already runs"),
         "{text}"
     );
     assert_eq!(fleet.current(3, "app").as_deref(), Some("app.r2"));
