@@ -397,6 +397,8 @@ fn every_metric_family_has_series_on_the_first_scrape_before_any_pass_ends() {
         "convoy_limit",
         "convoy_limit_in_use",
         "convoy_group_limit_in_use",
+        "convoy_site_limit",
+        "convoy_site_limit_in_use",
     ]
     .map(String::from)
     .into();
