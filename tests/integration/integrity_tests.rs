@@ -513,3 +513,51 @@ fn a_full_disk_is_a_failed_attempt_with_the_hosts_error() {
     let live = fleet.lab.ssh(0, &format!("readlink {site}/current"));
     assert_eq!(stdout(&live).trim(), "releases/app.r1");
 }
+
+/// The lease mutex on a host ends with its holder, however that dies: a run that finds it
+/// held waits (nothing on the host changes meanwhile), and the moment the holder is
+/// SIGKILLed (as a script of a killed controller dies mid-operation) the run goes on and
+/// converges. Before, a dead holder's `lock.d` kept every later attempt waiting 5 s.
+#[test]
+fn a_lease_mutex_holder_killed_on_the_host_frees_the_waiting_run_at_once() {
+    let fleet = Fleet::new(1);
+    deploy(&fleet, &[0], 1, "0");
+    assert_exit(&fleet.reconcile(&[]), 0);
+    deploy(&fleet, &[0], 2, "0");
+    // A holder of the mutex on h0, started over ssh (it ends by itself after 2 minutes):
+    // it prints its pid once it holds it.
+    let out = fleet.lab.ssh(
+        0,
+        "exec 8>>/srv/convoy-lab/sites/app/.convoy/mutex; flock 8; \
+         nohup sleep 120 >/dev/null 2>&1 </dev/null & echo $!",
+    );
+    let holder = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        holder.parse::<u32>().is_ok(),
+        "holder pid: {holder:?} {}",
+        stderr(&out)
+    );
+    let run = spawn(fleet.reconcile_cmd(&[]));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        fleet.current(0, "app").as_deref(),
+        Some("app.r1"),
+        "nothing switched while the mutex was held"
+    );
+    let killed = Instant::now();
+    let status = Command::new("kill")
+        .args(["-KILL", &holder])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = finish(run, Duration::from_secs(60));
+    assert_exit(&out, 0);
+    let after = killed.elapsed();
+    assert_eq!(fleet.current(0, "app").as_deref(), Some("app.r2"));
+    // The rest of a one-host pass, on a loaded machine; not the minutes a dead holder
+    // would keep it waiting (the run gives up on a mutex after 30 s).
+    assert!(
+        after < Duration::from_secs(10),
+        "the run went on {after:?} after the holder died: a dead holder still held the mutex"
+    );
+}
