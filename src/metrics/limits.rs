@@ -103,6 +103,19 @@ fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// One reading as its in-use series, and its limit series when it has a limit.
+fn show<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug>(
+    caps: &Family<L, Gauge>,
+    in_use: &Family<L, Gauge>,
+    label: L,
+    reading: &LimitReading,
+) {
+    in_use.get_or_create(&label).set(to_i64(reading.in_use));
+    if let Some(cap) = reading.cap {
+        caps.get_or_create(&label).set(to_i64(cap));
+    }
+}
+
 impl Collector for LimitsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let source = self.source.lock().expect("not poisoned").clone();
@@ -114,33 +127,24 @@ impl Collector for LimitsCollector {
         let site_cap: Family<SiteLabel, Gauge> = Family::default();
         let site_use: Family<SiteLabel, Gauge> = Family::default();
         for r in source.readings() {
-            if let Some(site) = &r.site {
-                let label = SiteLabel { site: site.clone() };
-                site_use.get_or_create(&label).set(to_i64(r.in_use));
-                if let Some(cap) = r.cap {
-                    site_cap.get_or_create(&label).set(to_i64(cap));
-                }
-                continue;
-            }
-            match &r.group {
-                None => {
-                    let label = LimitLabel {
-                        limit: r.limit.to_string(),
-                    };
-                    fleet_use.get_or_create(&label).set(to_i64(r.in_use));
-                    if let Some(cap) = r.cap {
-                        fleet_cap.get_or_create(&label).set(to_i64(cap));
-                    }
-                }
-                Some(group) => {
-                    let label = GroupLabel {
+            match (&r.site, &r.group) {
+                (Some(site), _) => show(&site_cap, &site_use, SiteLabel { site: site.clone() }, &r),
+                (None, Some(group)) => show(
+                    &group_cap,
+                    &group_use,
+                    GroupLabel {
                         group: group.clone(),
-                    };
-                    group_use.get_or_create(&label).set(to_i64(r.in_use));
-                    if let Some(cap) = r.cap {
-                        group_cap.get_or_create(&label).set(to_i64(cap));
-                    }
-                }
+                    },
+                    &r,
+                ),
+                (None, None) => show(
+                    &fleet_cap,
+                    &fleet_use,
+                    LimitLabel {
+                        limit: r.limit.to_string(),
+                    },
+                    &r,
+                ),
             }
         }
         let families: [(&str, &str, &dyn EncodeMetric); 6] = [

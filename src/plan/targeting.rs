@@ -133,15 +133,16 @@ pub(super) fn follows_the_fleet(
     if left_alone.is_empty() || left_alone.iter().any(runs_it) {
         return None;
     }
+    let hosts = host_names(pending);
     Some(Plan::done(Outcome::Blocked {
-        hosts: host_names(pending),
         reason: format!(
             "{} wait{}: --host catches a host up to a release its stage already runs, and no other host of stage `{}` runs {} (deploy it without --host first)",
-            host_names(pending).join(", "),
+            hosts.join(", "),
             if pending.len() == 1 { "s" } else { "" },
             stage.name,
             site.release
         ),
+        hosts,
     }))
 }
 

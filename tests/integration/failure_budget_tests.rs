@@ -1,30 +1,18 @@
 //! `rollout.maxFailed` end to end: the real binary against real sshd hosts of the lab, with
 //! builds and health checks failing on chosen hosts (marker files, see `fleet.rs`).
 
-use crate::fleet::{Fleet, SiteDef, activations, assert_exit};
+use crate::fleet::{Fleet, activations, assert_exit};
 use crate::util::stdout;
 
 /// A required scheduler stage, then an optional frontend stage, with `rollout.maxFailed`.
 fn write(fleet: &Fleet, version: u32, scheduler: &[usize], frontend: &[usize], max_failed: &str) {
-    let mut docs = vec![
-        fleet.group("scheduler", scheduler, None),
-        fleet.group("frontend", frontend, None),
-    ];
-    let mut site = fleet.site(&SiteDef {
-        version,
-        stages: &[
-            ("scheduler", "scheduler", false, true),
-            ("frontend", "frontend", true, false),
-        ],
-        failure_retries: 2,
-        ..SiteDef::default()
-    });
-    assert!(site[0].contains("rollout: {batch:"), "{}", site[0]);
-    site[0] = site[0].replace(
+    let mut docs = fleet.two_stage_docs(version, scheduler, frontend);
+    let site = &mut docs[2];
+    assert!(site.contains("rollout: {batch:"), "{site}");
+    *site = site.replace(
         "rollout: {batch:",
         &format!("rollout: {{maxFailed: {max_failed}, batch:"),
     );
-    docs.extend(site);
     fleet.write(&docs);
 }
 

@@ -257,6 +257,17 @@ impl Fleet {
 
     /// The two-stage site of the tests: scheduler (h0, runs once) then optional frontend.
     pub fn two_stage(&self, version: u32, scheduler: &[usize], frontend: &[usize]) {
+        self.write(&self.two_stage_docs(version, scheduler, frontend));
+    }
+
+    /// The documents [`Fleet::two_stage`] writes: the two groups, then the Site and its
+    /// Release.
+    pub fn two_stage_docs(
+        &self,
+        version: u32,
+        scheduler: &[usize],
+        frontend: &[usize],
+    ) -> Vec<String> {
         let mut docs = vec![
             self.group("scheduler", scheduler, None),
             self.group("frontend", frontend, None),
@@ -270,7 +281,7 @@ impl Fleet {
             failure_retries: 2,
             ..SiteDef::default()
         }));
-        self.write(&docs);
+        docs
     }
 }
 

@@ -4,8 +4,6 @@
 //! wait is bounded; the daemons are stopped by PID.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -133,32 +131,7 @@ impl GitDaemon {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, String) {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return (0, String::new());
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut head = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(body);
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        let code = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (code, body)
+        crate::util::http_request(self.port, method, path, headers, body)
     }
 
     fn metrics(&self) -> String {
